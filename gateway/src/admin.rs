@@ -1,0 +1,576 @@
+//! The admin API (v1): JSON over HTTP on its own listener.
+//!
+//! | method, path | who |
+//! |---|---|
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | anyone |
+//! | `GET /v1/tenants` | admin |
+//! | `PUT`, `DELETE /v1/tenants/{tenant}` | admin |
+//! | `POST`, `GET /v1/tenants/{tenant}/tokens`, `DELETE …/tokens/{id}` | admin |
+//! | `GET /v1/tenants/{tenant}/functions` | `functions` |
+//! | `PUT`, `GET`, `DELETE /v1/tenants/{tenant}/functions/{name}` | `functions` |
+//! | `GET /v1/tenants/{tenant}/routes` | `routes` |
+//! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{host}` | `routes` |
+//!
+//! `Authorization: Bearer <token>`; the admin token works everywhere, a
+//! tenant token only under its own tenant and with the scope the path names.
+//! Errors are `{"error":{"code","message"}}`.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::App;
+use crate::auth::{bearer, new_token, random_hex, token_hash};
+use crate::http::{ResBody, error, full, json, no_content};
+use crate::names::valid_name;
+use crate::registry::{RegistryError, SCOPES, TokenRecord, now};
+
+/// Body limit for JSON requests.
+const JSON_LIMIT: usize = 1 << 20;
+
+type Resp = Response<ResBody>;
+
+enum Principal {
+    Admin,
+    Tenant(TokenRecord),
+}
+
+/// Handles one admin request.
+pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => return json(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            return if app.ready.load(Ordering::Relaxed) {
+                json(StatusCode::OK, &json!({"status": "ready"}))
+            } else {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the server is shutting down",
+                )
+            };
+        }
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(full(app.metrics.render(app.runtime.stats())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return resp;
+        }
+        _ => {}
+    }
+
+    let principal = match authenticate(&app, &req) {
+        Some(p) => p,
+        None => {
+            if let Some(wait) = app.throttle.blocked(peer.ip()) {
+                let mut resp = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    "too many failed authentication attempts; retry later",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                return resp;
+            }
+            app.throttle.fail(peer.ip());
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    };
+
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    route(app, principal, req, &segs).await
+}
+
+fn authenticate(app: &App, req: &Request<Incoming>) -> Option<Principal> {
+    let hash = token_hash(bearer(req.headers())?);
+    if hash == app.admin_token_hash {
+        return Some(Principal::Admin);
+    }
+    app.registry.lookup_token(&hash).map(Principal::Tenant)
+}
+
+fn forbidden() -> Resp {
+    error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this token may not do that",
+    )
+}
+
+fn not_found_endpoint() -> Resp {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here",
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+fn invalid_name(what: &str, name: &str) -> Resp {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_name",
+        &format!("{what} name `{name}` must match [a-z0-9][a-z0-9-]{{0,62}}"),
+    )
+}
+
+fn registry_error(e: RegistryError) -> Resp {
+    match e {
+        RegistryError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", &m),
+        RegistryError::HostTaken(m) => error(StatusCode::CONFLICT, "host_taken", &m),
+        RegistryError::HostNotAllowed(m) => error(StatusCode::FORBIDDEN, "host_not_allowed", &m),
+        RegistryError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+        other => {
+            tracing::error!(error = %other, "registry failure");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error",
+            )
+        }
+    }
+}
+
+/// Runs blocking registry work off the async threads.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, RegistryError> + Send + 'static,
+) -> Result<R, Resp> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(registry_error),
+        Err(e) => {
+            tracing::error!(error = %e, "registry task failed");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error",
+            ))
+        }
+    }
+}
+
+async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Resp> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("request body is over the {limit}-byte limit"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            &format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    req: Request<Incoming>,
+    optional: bool,
+) -> Result<Option<T>, Resp> {
+    let body = read_body(req, JSON_LIMIT as u64).await?;
+    if optional && body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body).map(Some).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            &format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        }
+    };
+}
+
+async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&str]) -> Resp {
+    let method = req.method().clone();
+    match segs {
+        ["v1", "tenants"] => {
+            if !matches!(who, Principal::Admin) {
+                return forbidden();
+            }
+            match method {
+                Method::GET => {
+                    let tenants: Vec<_> = app
+                        .registry
+                        .list_tenants()
+                        .into_iter()
+                        .map(|t| json!({"name": t.name, "domains": t.domains}))
+                        .collect();
+                    json(StatusCode::OK, &json!({ "tenants": tenants }))
+                }
+                _ => method_not_allowed("GET"),
+            }
+        }
+        ["v1", "tenants", tenant, rest @ ..] => {
+            let tenant = tenant.to_string();
+            // Authorisation before anything about the tenant is revealed.
+            let scope = match rest.first() {
+                None | Some(&"tokens") => None,
+                Some(s @ (&"functions" | &"routes" | &"kv" | &"logs")) => Some(*s),
+                Some(_) => {
+                    return if matches!(who, Principal::Admin) {
+                        not_found_endpoint()
+                    } else {
+                        forbidden()
+                    };
+                }
+            };
+            if let Principal::Tenant(rec) = &who {
+                let Some(scope) = scope else {
+                    return forbidden();
+                };
+                if rec.tenant != tenant || !rec.allows(scope) {
+                    return forbidden();
+                }
+            }
+            if !valid_name(&tenant) {
+                return invalid_name("tenant", &tenant);
+            }
+            match rest {
+                [] => tenant_endpoint(app, method, req, tenant).await,
+                ["tokens"] => tokens_endpoint(app, method, req, tenant).await,
+                ["tokens", id] => match method {
+                    Method::DELETE => {
+                        let id = id.to_string();
+                        tri!(blocking(move || app.registry.revoke_token(&tenant, &id)).await);
+                        no_content()
+                    }
+                    _ => method_not_allowed("DELETE"),
+                },
+                ["functions"] => match method {
+                    Method::GET => {
+                        let list =
+                            tri!(blocking(move || app.registry.list_functions(&tenant)).await);
+                        let list: Vec<_> = list
+                            .iter()
+                            .map(|f| json!({"name": f.name, "active_version": f.active_version}))
+                            .collect();
+                        json(StatusCode::OK, &json!({ "functions": list }))
+                    }
+                    _ => method_not_allowed("GET"),
+                },
+                ["functions", name] => {
+                    function_endpoint(app, method, req, tenant, name.to_string()).await
+                }
+                ["routes"] => match method {
+                    Method::GET => {
+                        let list = tri!(blocking(move || app.registry.list_routes(&tenant)).await);
+                        let list: Vec<_> = list
+                            .iter()
+                            .map(|r| json!({"host": r.host, "function": r.function}))
+                            .collect();
+                        json(StatusCode::OK, &json!({ "routes": list }))
+                    }
+                    _ => method_not_allowed("GET"),
+                },
+                ["routes", host] => {
+                    route_endpoint(app, method, req, tenant, host.to_string()).await
+                }
+                _ => not_found_endpoint(),
+            }
+        }
+        _ => not_found_endpoint(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantBody {
+    domains: Option<Vec<String>>,
+}
+
+async fn tenant_endpoint(
+    app: Arc<App>,
+    method: Method,
+    req: Request<Incoming>,
+    tenant: String,
+) -> Resp {
+    match method {
+        Method::PUT => {
+            let body: Option<TenantBody> = tri!(read_json(req, true).await);
+            let domains = body.and_then(|b| b.domains);
+            let (t, created) =
+                tri!(blocking(move || app.registry.put_tenant(&tenant, domains)).await);
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json(status, &json!({"name": t.name, "domains": t.domains}))
+        }
+        Method::DELETE => {
+            tri!(blocking(move || app.registry.delete_tenant(&tenant)).await);
+            no_content()
+        }
+        _ => method_not_allowed("PUT, DELETE"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    scopes: Vec<String>,
+}
+
+async fn tokens_endpoint(
+    app: Arc<App>,
+    method: Method,
+    req: Request<Incoming>,
+    tenant: String,
+) -> Resp {
+    match method {
+        Method::POST => {
+            let body: TokenBody = tri!(read_json(req, false).await).expect("required body");
+            if body.scopes.is_empty() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scopes",
+                    "at least one scope is required",
+                );
+            }
+            if let Some(bad) = body.scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scopes",
+                    &format!("unknown scope `{bad}`; scopes are functions, routes, kv, logs and *"),
+                );
+            }
+            let mut scopes = body.scopes;
+            scopes.sort();
+            scopes.dedup();
+            let token = new_token("perch_");
+            let record = TokenRecord {
+                id: random_hex(8),
+                tenant: tenant.clone(),
+                scopes,
+                created_at: now(),
+                hash: token_hash(&token),
+            };
+            let rec = tri!(blocking(move || app.registry.add_token(record)).await);
+            json(
+                StatusCode::CREATED,
+                &json!({"id": rec.id, "token": token, "scopes": rec.scopes}),
+            )
+        }
+        Method::GET => {
+            let list = tri!(blocking(move || app.registry.list_tokens(&tenant)).await);
+            let list: Vec<_> = list
+                .iter()
+                .map(|t| json!({"id": t.id, "scopes": t.scopes, "created_at": t.created_at}))
+                .collect();
+            json(StatusCode::OK, &json!({ "tokens": list }))
+        }
+        _ => method_not_allowed("POST, GET"),
+    }
+}
+
+async fn function_endpoint(
+    app: Arc<App>,
+    method: Method,
+    req: Request<Incoming>,
+    tenant: String,
+    name: String,
+) -> Resp {
+    if !valid_name(&name) {
+        return invalid_name("function", &name);
+    }
+    match method {
+        Method::PUT => upload(app, req, tenant, name).await,
+        Method::GET => {
+            let f = tri!(blocking(move || app.registry.get_function(&tenant, &name)).await);
+            let versions: Vec<_> = f
+                .versions
+                .iter()
+                .map(|v| json!({"version": v.version, "digest": v.digest, "created_at": v.created_at}))
+                .collect();
+            json(
+                StatusCode::OK,
+                &json!({"name": f.name, "active_version": f.active_version, "versions": versions}),
+            )
+        }
+        Method::DELETE => {
+            tri!(blocking(move || app.registry.delete_function(&tenant, &name)).await);
+            no_content()
+        }
+        _ => method_not_allowed("PUT, GET, DELETE"),
+    }
+}
+
+async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: String) -> Resp {
+    if !app.registry.tenant_exists(&tenant) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("tenant `{tenant}` does not exist"),
+        );
+    }
+    let bytes = tri!(read_body(req, app.config.max_upload_bytes).await);
+    let Ok(_slot) = app.compile_slots.acquire().await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        );
+    };
+    let runtime = app.runtime.clone();
+    let stored = tokio::task::spawn_blocking(move || runtime.store_component(&bytes)).await;
+    let digest = match stored {
+        Ok(Ok(d)) => d.to_string(),
+        Ok(Err(perch_runtime::ValidationError::Storage(e))) => {
+            tracing::error!(error = %e, "storing artifact failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error",
+            );
+        }
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_component", &e.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "compile task failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error",
+            );
+        }
+    };
+    let (t, n, d) = (tenant.clone(), name.clone(), digest.clone());
+    let registry = app.registry.clone();
+    let version = tri!(blocking(move || registry.add_version(&t, &n, &d)).await);
+    tracing::info!(%tenant, function = %name, version, %digest, "deployed");
+    json(
+        StatusCode::CREATED,
+        &json!({"function": name, "version": version, "digest": digest}),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteBody {
+    function: String,
+}
+
+async fn route_endpoint(
+    app: Arc<App>,
+    method: Method,
+    req: Request<Incoming>,
+    tenant: String,
+    host: String,
+) -> Resp {
+    match method {
+        Method::PUT => {
+            let body: RouteBody = tri!(read_json(req, false).await).expect("required body");
+            if !valid_name(&body.function) {
+                return invalid_name("function", &body.function);
+            }
+            let (route, created) = tri!(
+                blocking(move || app.registry.put_route(&tenant, &host, &body.function)).await
+            );
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json(
+                status,
+                &json!({"host": route.host, "function": route.function}),
+            )
+        }
+        Method::DELETE => {
+            tri!(blocking(move || app.registry.delete_route(&tenant, &host)).await);
+            no_content()
+        }
+        _ => method_not_allowed("PUT, DELETE"),
+    }
+}
+
+/// Decodes `%XX` escapes once; invalid escapes are kept literally.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_once() {
+        assert_eq!(percent_decode("%2A.w.test"), "*.w.test");
+        assert_eq!(percent_decode("a%252F"), "a%2F");
+        assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
+    }
+}

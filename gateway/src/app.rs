@@ -1,0 +1,30 @@
+//! State shared by the data plane and the admin API.
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use perch_runtime::Runtime;
+
+use crate::auth::Throttle;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Everything a request handler needs.
+pub struct App {
+    /// Resolved configuration.
+    pub config: Config,
+    /// Tenants, functions, routes, tokens.
+    pub registry: Arc<Registry>,
+    /// The wasmtime host.
+    pub runtime: Arc<Runtime>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// SHA-256 (hex) of the admin token.
+    pub admin_token_hash: String,
+    /// Failed-auth throttle.
+    pub throttle: Throttle,
+    /// Bounds concurrent compilations so uploads cannot starve the node.
+    pub compile_slots: tokio::sync::Semaphore,
+    /// False once shutdown begins.
+    pub ready: AtomicBool,
+}

@@ -1,0 +1,395 @@
+//! The `perch` command line: `perch serve`, and client subcommands that
+//! talk to the admin API (`PERCH_URL`, `PERCH_TOKEN`).
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Client, ClientError};
+use crate::config::{Config, Overrides};
+use crate::server::{AdminToken, serve};
+
+/// Perch: a self-hostable serverless functions platform.
+#[derive(Parser, Debug)]
+#[command(name = "perch", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the data plane and the admin API.
+    Serve(ServeArgs),
+    /// Upload a component as a new version of a function (and optionally bind a host).
+    Deploy {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Tenant that owns the function.
+        #[arg(long)]
+        tenant: String,
+        /// Function name.
+        #[arg(long)]
+        name: String,
+        /// Bind this host to the function after uploading.
+        #[arg(long)]
+        route: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage tenants (admin token).
+    Tenants {
+        #[command(subcommand)]
+        action: TenantAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage a tenant's functions.
+    Functions {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: FunctionAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage a tenant's routes.
+    Routes {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: RouteAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage a tenant's tokens (admin token).
+    Tokens {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: TokenAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Data directory [default: ./perch-data].
+    #[arg(long, env = "PERCH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Data-plane address [default: 127.0.0.1:8080].
+    #[arg(long, env = "PERCH_LISTEN")]
+    listen: Option<String>,
+    /// Admin API address [default: 127.0.0.1:8081].
+    #[arg(long, env = "PERCH_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Config file (TOML).
+    #[arg(long, env = "PERCH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ApiArgs {
+    /// Admin API URL.
+    #[arg(
+        long,
+        env = "PERCH_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
+    url: String,
+    /// Bearer token.
+    #[arg(long, env = "PERCH_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantAction {
+    /// List tenants.
+    List,
+    /// Create a tenant (or replace its domains).
+    Create {
+        /// Name.
+        name: String,
+        /// Allowed host or `*.suffix` (repeatable).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+    },
+    /// Delete a tenant and everything it owns.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FunctionAction {
+    /// List functions.
+    List,
+    /// Show a function's versions.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Delete a function with its versions and routes.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RouteAction {
+    /// List routes.
+    List,
+    /// Bind a host (or `*.suffix`) to a function.
+    Set {
+        /// Host.
+        host: String,
+        /// Function name.
+        function: String,
+    },
+    /// Unbind a host.
+    Delete {
+        /// Host.
+        host: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// List tokens (ids and scopes; never secrets).
+    List,
+    /// Create a token; prints the secret once.
+    Create {
+        /// Scope: functions, routes, kv, logs or * (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => run_serve(args),
+        other => match run_client(other) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PERCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
+    init_tracing();
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+    };
+    let config = match Config::load(args.config.as_deref(), overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let admin_token = std::env::var("PERCH_ADMIN_TOKEN").ok();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let summary = config.clone();
+    let result = rt.block_on(serve(config, admin_token, move |s| {
+        let l = &summary.limits;
+        match &s.admin_token {
+            AdminToken::FromEnv => eprintln!("admin token: from PERCH_ADMIN_TOKEN"),
+            AdminToken::File(p) => eprintln!("admin token: {}", p.display()),
+        }
+        eprintln!(
+            "data dir: {}  limits: memory={}MiB cpu={}ms wall={}ms  tenant concurrency: {}",
+            summary.data_dir.display(),
+            l.memory_mb,
+            l.cpu_ms,
+            l.wall_ms,
+            summary.tenant_concurrency
+        );
+        println!(
+            "perch listening data=http://{} admin=http://{}",
+            s.data, s.admin
+        );
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The admin API's upload limit.
+const MAX_UPLOAD: usize = 50 << 20;
+
+fn client(api: &ApiArgs) -> Result<Client, ClientError> {
+    Client::new(&api.url, api.token.clone())
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn body(v: Value) -> Option<(Bytes, &'static str)> {
+    Some((Bytes::from(v.to_string()), "application/json"))
+}
+
+fn run_client(cmd: Command) -> Result<(), ClientError> {
+    match cmd {
+        Command::Serve(_) => unreachable!("handled by main"),
+        Command::Deploy {
+            file,
+            tenant,
+            name,
+            route,
+            api,
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| ClientError(format!("cannot read {}: {e}", file.display())))?;
+            if bytes.len() > MAX_UPLOAD {
+                return Err(ClientError(format!(
+                    "{} is {} bytes; uploads are limited to 50 MiB",
+                    file.display(),
+                    bytes.len()
+                )));
+            }
+            let c = client(&api)?;
+            let v = c.call(
+                Method::PUT,
+                &format!("/v1/tenants/{tenant}/functions/{name}"),
+                Some((Bytes::from(bytes), "application/wasm")),
+            )?;
+            println!(
+                "deployed {tenant}/{name} version {} ({})",
+                v["version"],
+                v["digest"].as_str().unwrap_or("")
+            );
+            if let Some(host) = route {
+                c.call(
+                    Method::PUT,
+                    &format!("/v1/tenants/{tenant}/routes/{host}"),
+                    body(json!({ "function": name })),
+                )?;
+                println!("route {host} -> {name}");
+            }
+            Ok(())
+        }
+        Command::Tenants { action, api } => {
+            let c = client(&api)?;
+            match action {
+                TenantAction::List => print(&c.call(Method::GET, "/v1/tenants", None)?),
+                TenantAction::Create { name, domains } => {
+                    let b = if domains.is_empty() {
+                        None
+                    } else {
+                        body(json!({ "domains": domains }))
+                    };
+                    print(&c.call(Method::PUT, &format!("/v1/tenants/{name}"), b)?)
+                }
+                TenantAction::Delete { name } => {
+                    c.call(Method::DELETE, &format!("/v1/tenants/{name}"), None)?;
+                    println!("deleted tenant {name}");
+                }
+            }
+            Ok(())
+        }
+        Command::Functions {
+            tenant,
+            action,
+            api,
+        } => {
+            let c = client(&api)?;
+            let base = format!("/v1/tenants/{tenant}/functions");
+            match action {
+                FunctionAction::List => print(&c.call(Method::GET, &base, None)?),
+                FunctionAction::Show { name } => {
+                    print(&c.call(Method::GET, &format!("{base}/{name}"), None)?)
+                }
+                FunctionAction::Delete { name } => {
+                    c.call(Method::DELETE, &format!("{base}/{name}"), None)?;
+                    println!("deleted function {tenant}/{name}");
+                }
+            }
+            Ok(())
+        }
+        Command::Routes {
+            tenant,
+            action,
+            api,
+        } => {
+            let c = client(&api)?;
+            let base = format!("/v1/tenants/{tenant}/routes");
+            match action {
+                RouteAction::List => print(&c.call(Method::GET, &base, None)?),
+                RouteAction::Set { host, function } => print(&c.call(
+                    Method::PUT,
+                    &format!("{base}/{host}"),
+                    body(json!({ "function": function })),
+                )?),
+                RouteAction::Delete { host } => {
+                    c.call(Method::DELETE, &format!("{base}/{host}"), None)?;
+                    println!("unbound {host}");
+                }
+            }
+            Ok(())
+        }
+        Command::Tokens {
+            tenant,
+            action,
+            api,
+        } => {
+            let c = client(&api)?;
+            let base = format!("/v1/tenants/{tenant}/tokens");
+            match action {
+                TokenAction::List => print(&c.call(Method::GET, &base, None)?),
+                TokenAction::Create { scopes } => {
+                    print(&c.call(Method::POST, &base, body(json!({ "scopes": scopes })))?)
+                }
+                TokenAction::Revoke { id } => {
+                    c.call(Method::DELETE, &format!("{base}/{id}"), None)?;
+                    println!("revoked token {id}");
+                }
+            }
+            Ok(())
+        }
+    }
+}

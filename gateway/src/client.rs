@@ -1,0 +1,82 @@
+//! A small blocking client of the admin API, used by the CLI subcommands.
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// Admin API endpoint and credentials.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    rt: tokio::runtime::Runtime,
+}
+
+/// A failed call, rendered as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientError(pub String);
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:8081`).
+    pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError(format!("cannot start client runtime: {e}")))?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            rt,
+        })
+    }
+
+    /// Sends a request; returns the JSON body of a 2xx answer (Null for 204).
+    pub fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &str)>,
+    ) -> Result<Value, ClientError> {
+        let uri = format!("{}{path}", self.base);
+        let mut builder = Request::builder().method(method).uri(&uri);
+        if let Some(t) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let (bytes, ctype) = body.unwrap_or((Bytes::new(), "application/json"));
+        let req = builder
+            .header(header::CONTENT_TYPE, ctype)
+            .body(Full::new(bytes))
+            .map_err(|e| ClientError(format!("bad request to {uri}: {e}")))?;
+        self.rt.block_on(async {
+            let client = HyperClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| ClientError(format!("cannot reach {}: {e}", self.base)))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError(format!("reading response: {e}")))?
+                .to_bytes();
+            if status == StatusCode::NO_CONTENT {
+                return Ok(Value::Null);
+            }
+            let value: Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+            if status.is_success() {
+                Ok(value)
+            } else {
+                let code = value["error"]["code"].as_str().unwrap_or("error");
+                let message = value["error"]["message"].as_str().unwrap_or("");
+                Err(ClientError(format!(
+                    "{} {code}: {message}",
+                    status.as_u16()
+                )))
+            }
+        })
+    }
+}

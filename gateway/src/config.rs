@@ -1,0 +1,326 @@
+//! Server configuration: embedded defaults, an optional TOML file
+//! (`deny_unknown_fields`), environment variables and flags, in rising order
+//! of precedence. Everything is validated before any port is bound.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The config file's shape. Every field is optional; see `perch.example.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Data-plane listen address.
+    pub listen: Option<String>,
+    /// Admin API listen address.
+    pub admin_listen: Option<String>,
+    /// Default per-function limits.
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// Operator maxima for per-function overrides.
+    #[serde(default)]
+    pub max: LimitsFile,
+    /// Node-wide settings.
+    #[serde(default)]
+    pub node: NodeFile,
+    /// Outbound-traffic exemptions.
+    #[serde(default)]
+    pub egress: EgressFile,
+}
+
+/// Limits as written in the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Instance memory, MiB.
+    pub memory_mb: Option<u64>,
+    /// CPU time per request, ms.
+    pub cpu_ms: Option<u64>,
+    /// Wall time per request, ms.
+    pub wall_ms: Option<u64>,
+    /// Outbound requests per invocation.
+    pub outbound_requests: Option<u32>,
+}
+
+/// Node-wide settings as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// Concurrent requests per tenant.
+    pub tenant_concurrency: Option<u32>,
+    /// Open data-plane connections.
+    pub max_connections: Option<u32>,
+    /// Request body limit, bytes.
+    pub max_body_bytes: Option<u64>,
+    /// Request header section limit, bytes.
+    pub max_header_bytes: Option<usize>,
+    /// Request URI limit, bytes.
+    pub max_uri_bytes: Option<usize>,
+    /// Pre-instantiated components kept in memory.
+    pub component_cache: Option<u64>,
+    /// Instances that may run at once on the node.
+    pub max_instances: Option<u32>,
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    pub drain_seconds: Option<u64>,
+}
+
+/// Egress exemptions as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressFile {
+    /// `host:port` addresses functions may reach despite the default refusals.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// Resolved per-function limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSet {
+    /// Instance memory, MiB.
+    pub memory_mb: u64,
+    /// CPU time, ms.
+    pub cpu_ms: u64,
+    /// Wall time, ms.
+    pub wall_ms: u64,
+    /// Outbound requests per invocation.
+    pub outbound_requests: u32,
+}
+
+impl LimitSet {
+    /// The runtime's view of these limits.
+    pub fn to_runtime(self) -> perch_runtime::Limits {
+        perch_runtime::Limits {
+            memory_bytes: (self.memory_mb as usize) << 20,
+            cpu: Duration::from_millis(self.cpu_ms),
+            wall: Duration::from_millis(self.wall_ms),
+            ..perch_runtime::Limits::default()
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Data-plane listen address.
+    pub listen: SocketAddr,
+    /// Admin API listen address.
+    pub admin_listen: SocketAddr,
+    /// Default limits for functions.
+    pub limits: LimitSet,
+    /// Operator maxima.
+    pub max: LimitSet,
+    /// Concurrent requests per tenant.
+    pub tenant_concurrency: u32,
+    /// Open data-plane connections.
+    pub max_connections: u32,
+    /// Request body limit.
+    pub max_body_bytes: u64,
+    /// Request header section limit.
+    pub max_header_bytes: usize,
+    /// Request URI limit.
+    pub max_uri_bytes: usize,
+    /// Upload limit on the admin API.
+    pub max_upload_bytes: u64,
+    /// Component cache entries.
+    pub component_cache: u64,
+    /// Instance pool size.
+    pub max_instances: u32,
+    /// Drain period on SIGTERM.
+    pub drain: Duration,
+    /// Egress exemptions.
+    pub egress_allow: Vec<String>,
+}
+
+/// Values given on the command line or in the environment (already merged
+/// by clap: a flag wins over its environment variable).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir` / `PERCH_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen` / `PERCH_LISTEN`.
+    pub listen: Option<String>,
+    /// `--admin-listen` / `PERCH_ADMIN_LISTEN`.
+    pub admin_listen: Option<String>,
+}
+
+const DEFAULT_LIMITS: LimitSet = LimitSet {
+    memory_mb: 128,
+    cpu_ms: 50,
+    wall_ms: 30_000,
+    outbound_requests: 50,
+};
+const DEFAULT_MAX: LimitSet = LimitSet {
+    memory_mb: 1024,
+    cpu_ms: 30_000,
+    wall_ms: 300_000,
+    outbound_requests: 1000,
+};
+
+fn merge(file: &LimitsFile, base: LimitSet) -> LimitSet {
+    LimitSet {
+        memory_mb: file.memory_mb.unwrap_or(base.memory_mb),
+        cpu_ms: file.cpu_ms.unwrap_or(base.cpu_ms),
+        wall_ms: file.wall_ms.unwrap_or(base.wall_ms),
+        outbound_requests: file.outbound_requests.unwrap_or(base.outbound_requests),
+    }
+}
+
+fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|e| format!("{what}: `{s}` is not an IP:port address ({e})"))
+}
+
+impl Config {
+    /// Reads the optional file and applies overrides; validates everything.
+    pub fn load(file: Option<&Path>, over: Overrides) -> Result<Config, String> {
+        let parsed = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("invalid config {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Config::resolve(parsed, over)
+    }
+
+    /// Applies overrides to a parsed file and validates the result.
+    pub fn resolve(file: FileConfig, over: Overrides) -> Result<Config, String> {
+        let listen = over
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let admin_listen = over
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or_else(|| "127.0.0.1:8081".into());
+        let max = merge(&file.max, DEFAULT_MAX);
+        let limits = merge(&file.limits, DEFAULT_LIMITS);
+        let config = Config {
+            data_dir: over
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./perch-data")),
+            listen: parse_addr("listen", &listen)?,
+            admin_listen: parse_addr("admin_listen", &admin_listen)?,
+            limits,
+            max,
+            tenant_concurrency: file.node.tenant_concurrency.unwrap_or(256),
+            max_connections: file.node.max_connections.unwrap_or(4096),
+            max_body_bytes: file.node.max_body_bytes.unwrap_or(16 << 20),
+            max_header_bytes: file.node.max_header_bytes.unwrap_or(32 << 10),
+            max_uri_bytes: file.node.max_uri_bytes.unwrap_or(16 << 10),
+            max_upload_bytes: 50 << 20,
+            component_cache: file.node.component_cache.unwrap_or(1000),
+            max_instances: file.node.max_instances.unwrap_or(1000),
+            drain: Duration::from_secs(file.node.drain_seconds.unwrap_or(30)),
+            egress_allow: file.egress.allow,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let m = &self.max;
+        let checks = [
+            ("memory_mb", l.memory_mb, m.memory_mb),
+            ("cpu_ms", l.cpu_ms, m.cpu_ms),
+            ("wall_ms", l.wall_ms, m.wall_ms),
+            (
+                "outbound_requests",
+                l.outbound_requests as u64,
+                m.outbound_requests as u64,
+            ),
+        ];
+        for (name, default, max) in checks {
+            if default == 0 || max == 0 {
+                return Err(format!("limits.{name} and max.{name} must be positive"));
+            }
+            if default > max {
+                return Err(format!(
+                    "limits.{name} ({default}) is above max.{name} ({max})"
+                ));
+            }
+        }
+        if m.memory_mb > 16 * 1024 {
+            return Err("max.memory_mb may not exceed 16384".into());
+        }
+        if self.tenant_concurrency == 0 || self.max_connections == 0 || self.max_instances == 0 {
+            return Err("node.tenant_concurrency, node.max_connections and node.max_instances must be positive".into());
+        }
+        for a in &self.egress_allow {
+            parse_addr("egress.allow", a)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9001\"\n[limits]\nwall_ms = 500\n",
+        )
+        .unwrap();
+        let c = Config::resolve(
+            file,
+            Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.admin_listen.port(), 9001);
+        assert_eq!(c.limits.wall_ms, 500);
+        assert_eq!(c.limits.cpu_ms, 50);
+        assert_eq!(c.data_dir, PathBuf::from("./perch-data"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let file: FileConfig = toml::from_str("[limits]\ncpu_ms = 99999999\n").unwrap();
+        let err = Config::resolve(file, Overrides::default()).unwrap_err();
+        assert!(err.contains("above max.cpu_ms"), "{err}");
+        let err = Config::resolve(
+            FileConfig::default(),
+            Overrides {
+                listen: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    #[test]
+    fn documented_example_matches_the_defaults() {
+        let text = include_str!("../../perch.example.toml");
+        let file: FileConfig = toml::from_str(text).expect("perch.example.toml parses");
+        let from_file = Config::resolve(file, Overrides::default()).unwrap();
+        let defaults = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(from_file.limits, defaults.limits);
+        assert_eq!(from_file.max, defaults.max);
+        assert_eq!(from_file.tenant_concurrency, defaults.tenant_concurrency);
+        assert_eq!(from_file.max_body_bytes, defaults.max_body_bytes);
+        assert_eq!(from_file.max_header_bytes, defaults.max_header_bytes);
+        assert_eq!(from_file.max_uri_bytes, defaults.max_uri_bytes);
+        assert_eq!(from_file.drain, defaults.drain);
+    }
+}

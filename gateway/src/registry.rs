@@ -1,0 +1,660 @@
+//! The registry of tenants, tokens, functions, versions and routes.
+//!
+//! It lives in redb (durable before any write returns) and in memory. Every
+//! change is made on a copy of the in-memory state, written to redb in one
+//! transaction, and only after the commit installed — together with a new
+//! routing snapshot that the data plane picks up atomically. No lock is held
+//! by the data plane, and none across a guest call.
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::config::LimitSet;
+use crate::names::HostPattern;
+use crate::routing::{RouteTable, Target, TenantGate};
+
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
+
+/// Version of the on-disk layout; bumped on incompatible changes.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Scopes a tenant token can hold.
+pub const SCOPES: &[&str] = &["functions", "routes", "kv", "logs", "*"];
+
+/// A tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Tenant {
+    /// Name.
+    pub name: String,
+    /// Hosts and wildcards the tenant may route; empty means any.
+    pub domains: Vec<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A tenant token (its secret is never stored, only its SHA-256).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    /// Public identifier used to revoke it.
+    pub id: String,
+    /// Owner.
+    pub tenant: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Lowercase hex SHA-256 of the token.
+    pub hash: String,
+}
+
+impl TokenRecord {
+    /// True when the token grants `scope`.
+    pub fn allows(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == "*" || s == scope)
+    }
+}
+
+/// One immutable version of a function.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Version {
+    /// 1, 2, …
+    pub version: u32,
+    /// Component digest (lowercase hex SHA-256).
+    pub digest: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A function and its versions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Function {
+    /// Owner.
+    pub tenant: String,
+    /// Name.
+    pub name: String,
+    /// The version that serves requests.
+    pub active_version: u32,
+    /// Every version, oldest first.
+    pub versions: Vec<Version>,
+}
+
+impl Function {
+    /// The active version's record.
+    pub fn active(&self) -> Option<&Version> {
+        self.versions
+            .iter()
+            .find(|v| v.version == self.active_version)
+    }
+}
+
+/// A host bound to a function.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Route {
+    /// Exact host or `*.suffix`.
+    pub host: String,
+    /// Owner.
+    pub tenant: String,
+    /// Function name within the tenant.
+    pub function: String,
+}
+
+/// Registry failures, mapped to HTTP statuses by the admin API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The object or its parent does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The host is claimed by another tenant.
+    #[error("{0}")]
+    HostTaken(String),
+    /// The host is outside the tenant's domains.
+    #[error("{0}")]
+    HostNotAllowed(String),
+    /// A malformed value.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Storage(e.to_string())
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Default)]
+struct State {
+    tenants: BTreeMap<String, Tenant>,
+    /// By token hash.
+    tokens: HashMap<String, TokenRecord>,
+    /// By `tenant/name`.
+    functions: BTreeMap<String, Function>,
+    /// By host pattern text.
+    routes: BTreeMap<String, Route>,
+}
+
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// Pending writes of one change: (table, key, new value or deletion).
+#[derive(Default)]
+struct Batch {
+    ops: Vec<(Table, String, Option<Vec<u8>>)>,
+}
+
+impl Batch {
+    fn put<T: Serialize>(
+        &mut self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        key: &str,
+        value: &T,
+    ) {
+        let bytes = serde_json::to_vec(value).expect("registry records serialise");
+        self.ops.push((table, key.to_string(), Some(bytes)));
+    }
+    fn delete(&mut self, table: Table, key: &str) {
+        self.ops.push((table, key.to_string(), None));
+    }
+}
+
+fn fn_key(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The registry.
+pub struct Registry {
+    db: Arc<Database>,
+    state: Mutex<State>,
+    routes: ArcSwap<RouteTable>,
+    gates: Mutex<HashMap<String, Arc<TenantGate>>>,
+    defaults: LimitSet,
+}
+
+impl Registry {
+    /// Opens (or creates) the database at `path` and loads the registry.
+    pub fn open(path: &Path, defaults: LimitSet) -> Result<Registry> {
+        let db = Database::create(path).map_err(storage)?;
+        let db = Arc::new(db);
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let existing = meta
+                .get("schema_version")
+                .map_err(storage)?
+                .map(|v| v.value().to_string());
+            match existing.as_deref() {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(storage)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(other) => {
+                    return Err(RegistryError::Storage(format!(
+                        "database schema version {other} is not supported by this perch (expects {SCHEMA_VERSION})"
+                    )));
+                }
+            }
+            for t in [TENANTS, TOKENS, FUNCTIONS, ROUTES] {
+                txn.open_table(t).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)?;
+
+        let mut state = State::default();
+        let read = db.begin_read().map_err(storage)?;
+        fn load<T: for<'de> Deserialize<'de>>(
+            read: &redb::ReadTransaction,
+            table: TableDefinition<&str, &[u8]>,
+            mut f: impl FnMut(String, T),
+        ) -> Result<()> {
+            let t = read.open_table(table).map_err(storage)?;
+            for row in t.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                let value = serde_json::from_slice(v.value()).map_err(|e| {
+                    RegistryError::Storage(format!("corrupt record {}: {e}", k.value()))
+                })?;
+                f(k.value().to_string(), value);
+            }
+            Ok(())
+        }
+        load(&read, TENANTS, |k, v| {
+            state.tenants.insert(k, v);
+        })?;
+        load(&read, TOKENS, |k, v| {
+            state.tokens.insert(k, v);
+        })?;
+        load(&read, FUNCTIONS, |k, v| {
+            state.functions.insert(k, v);
+        })?;
+        load(&read, ROUTES, |k, v| {
+            state.routes.insert(k, v);
+        })?;
+        drop(read);
+
+        let registry = Registry {
+            db,
+            state: Mutex::new(State::default()),
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            gates: Mutex::new(HashMap::new()),
+            defaults,
+        };
+        {
+            let mut guard = registry.state.lock().unwrap_or_else(|e| e.into_inner());
+            registry.install(&mut guard, state);
+        }
+        Ok(registry)
+    }
+
+    /// The shared database (the KV store lives in it too).
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// The current routing snapshot.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Applies a change: `f` edits a copy of the state and lists its writes;
+    /// they commit durably, then the copy and a new route snapshot go live.
+    fn change<R>(&self, f: impl FnOnce(&mut State, &mut Batch) -> Result<R>) -> Result<R> {
+        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = guard.clone();
+        let mut batch = Batch::default();
+        let out = f(&mut next, &mut batch)?;
+        if !batch.ops.is_empty() {
+            let txn = self.db.begin_write().map_err(storage)?;
+            for (table, key, value) in &batch.ops {
+                let mut t = txn.open_table(*table).map_err(storage)?;
+                match value {
+                    Some(v) => {
+                        t.insert(key.as_str(), v.as_slice()).map_err(storage)?;
+                    }
+                    None => {
+                        t.remove(key.as_str()).map_err(storage)?;
+                    }
+                }
+            }
+            txn.commit().map_err(storage)?;
+        }
+        let mut guard = guard;
+        self.install(&mut guard, next);
+        Ok(out)
+    }
+
+    fn install(&self, guard: &mut State, state: State) {
+        let table = self.build_routes(&state);
+        *guard = state;
+        self.routes.store(Arc::new(table));
+    }
+
+    fn gate(&self, tenant: &str) -> Arc<TenantGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates
+            .entry(tenant.to_string())
+            .or_insert_with(|| Arc::new(TenantGate::default()))
+            .clone()
+    }
+
+    fn build_routes(&self, state: &State) -> RouteTable {
+        let mut table = RouteTable::default();
+        let mut targets: HashMap<String, Arc<Target>> = HashMap::new();
+        for route in state.routes.values() {
+            let key = fn_key(&route.tenant, &route.function);
+            let target = match targets.get(&key) {
+                Some(t) => t.clone(),
+                None => {
+                    let Some(function) = state.functions.get(&key) else {
+                        continue;
+                    };
+                    let Some(version) = function.active() else {
+                        continue;
+                    };
+                    let Ok(digest) = version.digest.parse() else {
+                        continue;
+                    };
+                    let label =
+                        format!("{}/{}@{}", function.tenant, function.name, version.version);
+                    let t = Arc::new(Target {
+                        tenant: function.tenant.clone(),
+                        function: function.name.clone(),
+                        version: version.version,
+                        invocation: perch_runtime::Invocation::new(
+                            digest,
+                            self.defaults.to_runtime(),
+                            &label,
+                        ),
+                        gate: self.gate(&function.tenant),
+                    });
+                    targets.insert(key, t.clone());
+                    t
+                }
+            };
+            match HostPattern::parse(&route.host) {
+                Ok(HostPattern::Exact(h)) => {
+                    table.exact.insert(h, target);
+                }
+                Ok(HostPattern::Wildcard(s)) => {
+                    table.wildcard.insert(s, target);
+                }
+                Err(_) => {}
+            }
+        }
+        table
+    }
+
+    // ---- tenants ----
+
+    /// Creates a tenant, or updates its domains; returns it and whether it is new.
+    pub fn put_tenant(&self, name: &str, domains: Option<Vec<String>>) -> Result<(Tenant, bool)> {
+        let domains = match domains {
+            Some(list) => {
+                let mut out = Vec::new();
+                for d in list {
+                    let p = HostPattern::parse(&d)
+                        .map_err(|e| RegistryError::Invalid(format!("domains: {e}")))?;
+                    out.push(p.as_string());
+                }
+                Some(out)
+            }
+            None => None,
+        };
+        self.change(|s, b| {
+            let created = !s.tenants.contains_key(name);
+            let tenant = s.tenants.entry(name.to_string()).or_insert_with(|| Tenant {
+                name: name.to_string(),
+                domains: Vec::new(),
+                created_at: now(),
+            });
+            let changed = created || domains.as_ref().is_some_and(|d| *d != tenant.domains);
+            if let Some(d) = domains {
+                tenant.domains = d;
+            }
+            let tenant = tenant.clone();
+            if changed {
+                b.put(TENANTS, name, &tenant);
+            }
+            Ok((tenant, created))
+        })
+    }
+
+    /// All tenants, by name.
+    pub fn list_tenants(&self) -> Vec<Tenant> {
+        self.read(|s| s.tenants.values().cloned().collect())
+    }
+
+    /// True when the tenant exists.
+    pub fn tenant_exists(&self, name: &str) -> bool {
+        self.read(|s| s.tenants.contains_key(name))
+    }
+
+    /// Deletes a tenant with its tokens, functions and routes.
+    pub fn delete_tenant(&self, name: &str) -> Result<()> {
+        self.change(|s, b| {
+            if s.tenants.remove(name).is_none() {
+                return Ok(());
+            }
+            b.delete(TENANTS, name);
+            s.tokens.retain(|hash, t| {
+                let keep = t.tenant != name;
+                if !keep {
+                    b.delete(TOKENS, hash);
+                }
+                keep
+            });
+            s.functions.retain(|key, f| {
+                let keep = f.tenant != name;
+                if !keep {
+                    b.delete(FUNCTIONS, key);
+                }
+                keep
+            });
+            s.routes.retain(|host, r| {
+                let keep = r.tenant != name;
+                if !keep {
+                    b.delete(ROUTES, host);
+                }
+                keep
+            });
+            Ok(())
+        })
+    }
+
+    fn require_tenant(s: &State, tenant: &str) -> Result<()> {
+        if s.tenants.contains_key(tenant) {
+            Ok(())
+        } else {
+            Err(RegistryError::NotFound(format!(
+                "tenant `{tenant}` does not exist"
+            )))
+        }
+    }
+
+    // ---- tokens ----
+
+    /// Stores a new token record (the caller made the secret and its hash).
+    pub fn add_token(&self, record: TokenRecord) -> Result<TokenRecord> {
+        self.change(|s, b| {
+            Self::require_tenant(s, &record.tenant)?;
+            b.put(TOKENS, &record.hash, &record);
+            s.tokens.insert(record.hash.clone(), record.clone());
+            Ok(record)
+        })
+    }
+
+    /// A tenant's tokens, oldest first.
+    pub fn list_tokens(&self, tenant: &str) -> Result<Vec<TokenRecord>> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            let mut v: Vec<_> = s
+                .tokens
+                .values()
+                .filter(|t| t.tenant == tenant)
+                .cloned()
+                .collect();
+            v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            Ok(v)
+        })
+    }
+
+    /// Revokes a token by id (absent is fine).
+    pub fn revoke_token(&self, tenant: &str, id: &str) -> Result<()> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let hash = s
+                .tokens
+                .iter()
+                .find(|(_, t)| t.tenant == tenant && t.id == id)
+                .map(|(h, _)| h.clone());
+            if let Some(hash) = hash {
+                s.tokens.remove(&hash);
+                b.delete(TOKENS, &hash);
+            }
+            Ok(())
+        })
+    }
+
+    /// The token whose SHA-256 is `hash`.
+    pub fn lookup_token(&self, hash: &str) -> Option<TokenRecord> {
+        self.read(|s| s.tokens.get(hash).cloned())
+    }
+
+    // ---- functions ----
+
+    /// Adds version N+1 with `digest` and activates it.
+    pub fn add_version(&self, tenant: &str, name: &str, digest: &str) -> Result<u32> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let key = fn_key(tenant, name);
+            let f = s.functions.entry(key.clone()).or_insert_with(|| Function {
+                tenant: tenant.to_string(),
+                name: name.to_string(),
+                active_version: 0,
+                versions: Vec::new(),
+            });
+            let version = f.versions.last().map(|v| v.version).unwrap_or(0) + 1;
+            f.versions.push(Version {
+                version,
+                digest: digest.to_string(),
+                created_at: now(),
+            });
+            f.active_version = version;
+            b.put(FUNCTIONS, &key, f);
+            Ok(version)
+        })
+    }
+
+    /// A tenant's functions, by name.
+    pub fn list_functions(&self, tenant: &str) -> Result<Vec<Function>> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            Ok(s.functions
+                .values()
+                .filter(|f| f.tenant == tenant)
+                .cloned()
+                .collect())
+        })
+    }
+
+    /// One function.
+    pub fn get_function(&self, tenant: &str, name: &str) -> Result<Function> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            s.functions
+                .get(&fn_key(tenant, name))
+                .cloned()
+                .ok_or_else(|| RegistryError::NotFound(format!("function `{name}` does not exist")))
+        })
+    }
+
+    /// Every digest some version refers to (for start-up checks).
+    pub fn all_digests(&self) -> Vec<String> {
+        self.read(|s| {
+            let mut v: Vec<String> = s
+                .functions
+                .values()
+                .flat_map(|f| f.versions.iter().map(|v| v.digest.clone()))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        })
+    }
+
+    /// Deletes a function, its versions and its routes (absent is fine).
+    pub fn delete_function(&self, tenant: &str, name: &str) -> Result<()> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let key = fn_key(tenant, name);
+            if s.functions.remove(&key).is_some() {
+                b.delete(FUNCTIONS, &key);
+            }
+            s.routes.retain(|host, r| {
+                let keep = !(r.tenant == tenant && r.function == name);
+                if !keep {
+                    b.delete(ROUTES, host);
+                }
+                keep
+            });
+            Ok(())
+        })
+    }
+
+    // ---- routes ----
+
+    /// Binds `host` to a function; returns the route and whether it is new.
+    pub fn put_route(&self, tenant: &str, host: &str, function: &str) -> Result<(Route, bool)> {
+        let pattern = HostPattern::parse(host).map_err(RegistryError::Invalid)?;
+        let host = pattern.as_string();
+        self.change(|s, b| {
+            let t = s.tenants.get(tenant).ok_or_else(|| {
+                RegistryError::NotFound(format!("tenant `{tenant}` does not exist"))
+            })?;
+            if !t.domains.is_empty()
+                && !t
+                    .domains
+                    .iter()
+                    .any(|d| HostPattern::parse(d).is_ok_and(|d| d.covers(&pattern)))
+            {
+                return Err(RegistryError::HostNotAllowed(format!(
+                    "host `{host}` is outside tenant `{tenant}`'s domains ({})",
+                    t.domains.join(", ")
+                )));
+            }
+            for r in s.routes.values() {
+                if r.tenant != tenant
+                    && HostPattern::parse(&r.host).is_ok_and(|p| p.overlaps(&pattern))
+                {
+                    return Err(RegistryError::HostTaken(format!(
+                        "host `{host}` overlaps a route held by another tenant"
+                    )));
+                }
+            }
+            if !s.functions.contains_key(&fn_key(tenant, function)) {
+                return Err(RegistryError::NotFound(format!(
+                    "function `{function}` does not exist"
+                )));
+            }
+            let route = Route {
+                host: host.clone(),
+                tenant: tenant.to_string(),
+                function: function.to_string(),
+            };
+            let created = !s.routes.contains_key(&host);
+            if s.routes.get(&host) != Some(&route) {
+                b.put(ROUTES, &host, &route);
+                s.routes.insert(host.clone(), route.clone());
+            }
+            Ok((route, created))
+        })
+    }
+
+    /// A tenant's routes, by host.
+    pub fn list_routes(&self, tenant: &str) -> Result<Vec<Route>> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            Ok(s.routes
+                .values()
+                .filter(|r| r.tenant == tenant)
+                .cloned()
+                .collect())
+        })
+    }
+
+    /// Unbinds a host (absent, or another tenant's, is a no-op).
+    pub fn delete_route(&self, tenant: &str, host: &str) -> Result<()> {
+        let host = HostPattern::parse(host)
+            .map(|p| p.as_string())
+            .unwrap_or_else(|_| host.to_string());
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            if s.routes.get(&host).is_some_and(|r| r.tenant == tenant) {
+                s.routes.remove(&host);
+                b.delete(ROUTES, &host);
+            }
+            Ok(())
+        })
+    }
+}

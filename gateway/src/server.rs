@@ -1,0 +1,268 @@
+//! `perch serve`: open the data directory, load the registry, bind both
+//! listeners, serve until SIGTERM/SIGINT, then drain.
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use perch_runtime::{Runtime, RuntimeConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::app::App;
+use crate::auth::{Throttle, new_token, token_hash};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The data directory or a file in it is unusable.
+    #[error("{0}")]
+    Data(String),
+    /// The runtime could not start.
+    #[error(transparent)]
+    Runtime(#[from] perch_runtime::RuntimeError),
+    /// The registry could not be opened.
+    #[error("registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Where the admin token came from, for the start-up summary.
+pub enum AdminToken {
+    /// `PERCH_ADMIN_TOKEN`.
+    FromEnv,
+    /// Read from (or generated into) this file.
+    File(PathBuf),
+}
+
+/// What `serve` reports once both listeners are bound.
+pub struct Started {
+    /// Bound data-plane address.
+    pub data: SocketAddr,
+    /// Bound admin address.
+    pub admin: SocketAddr,
+    /// Admin token source.
+    pub admin_token: AdminToken,
+}
+
+fn admin_token(
+    data_dir: &Path,
+    from_env: Option<String>,
+) -> Result<(String, AdminToken), ServeError> {
+    if let Some(t) = from_env.filter(|t| !t.is_empty()) {
+        return Ok((t, AdminToken::FromEnv));
+    }
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), AdminToken::File(path))),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(ServeError::Data(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    let token = new_token("perch_admin_");
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| ServeError::Data(format!("cannot write {}: {e}", path.display())))?;
+    Ok((token, AdminToken::File(path)))
+}
+
+/// Runs the server until a shutdown signal; calls `started` once listening.
+pub async fn serve(
+    config: Config,
+    admin_token_env: Option<String>,
+    started: impl FnOnce(&Started),
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServeError::Data(format!("cannot create {}: {e}", config.data_dir.display()))
+    })?;
+    let (token, token_source) = admin_token(&config.data_dir, admin_token_env)?;
+
+    let mut rc = RuntimeConfig::new(config.data_dir.join("artifacts"));
+    rc.max_instance_memory = (config.max.memory_mb as usize) << 20;
+    rc.max_instances = config.max_instances;
+    rc.cache_capacity = config.component_cache;
+    let runtime = Arc::new(Runtime::new(rc)?);
+
+    let db_path = config.data_dir.join("perch.redb");
+    let defaults = config.limits;
+    let registry = tokio::task::spawn_blocking(move || Registry::open(&db_path, defaults))
+        .await
+        .map_err(|e| ServeError::Data(format!("registry load failed: {e}")))??;
+    for digest in registry.all_digests() {
+        match digest.parse() {
+            Ok(d) if runtime.has_component(&d) => {}
+            _ => {
+                tracing::warn!(%digest, "a registered version's component is missing from artifacts/")
+            }
+        }
+    }
+
+    let app = Arc::new(App {
+        registry: Arc::new(registry),
+        runtime,
+        metrics: Metrics::default(),
+        admin_token_hash: token_hash(&token),
+        throttle: Throttle::new(20, Duration::from_secs(60)),
+        compile_slots: Semaphore::new(2),
+        ready: AtomicBool::new(true),
+        config: config.clone(),
+    });
+    drop(token);
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })
+    };
+    let data_listener = bind(config.listen).await?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let local = |l: &TcpListener, addr| {
+        l.local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })
+    };
+    let info = Started {
+        data: local(&data_listener, config.listen)?,
+        admin: local(&admin_listener, config.admin_listen)?,
+        admin_token: token_source,
+    };
+    started(&info);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let data_graceful = GracefulShutdown::new();
+    let admin_graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(config.max_connections as usize));
+
+    let data_loop = {
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        let graceful = &data_graceful;
+        async move {
+            loop {
+                let permit = tokio::select! {
+                    p = connections.clone().acquire_owned() => p.expect("semaphore open"),
+                    _ = stop.changed() => break,
+                };
+                let (stream, _) = tokio::select! {
+                    r = data_listener.accept() => match r {
+                        Ok(s) => s,
+                        Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(10)).await; continue }
+                    },
+                    _ = stop.changed() => break,
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .max_buf_size((app.config.max_header_bytes + app.config.max_uri_bytes) * 4)
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| {
+                            let app = app.clone();
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    crate::dataplane::handle(app, req).await,
+                                )
+                            }
+                        }),
+                    );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+        }
+    };
+
+    let admin_loop = {
+        let app = app.clone();
+        let mut stop = stop_rx.clone();
+        let graceful = &admin_graceful;
+        async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    r = admin_listener.accept() => match r {
+                        Ok(s) => s,
+                        Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(10)).await; continue }
+                    },
+                    _ = stop.changed() => break,
+                };
+                let app = app.clone();
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| {
+                            let app = app.clone();
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    crate::admin::handle(app, peer, req).await,
+                                )
+                            }
+                        }),
+                    );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    };
+
+    let signals = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
+        app.ready.store(false, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+    };
+
+    tokio::join!(data_loop, admin_loop, signals);
+    let drain = async {
+        tokio::join!(data_graceful.shutdown(), admin_graceful.shutdown());
+    };
+    if tokio::time::timeout(config.drain, drain).await.is_err() {
+        tracing::warn!("drain period over; closing remaining connections");
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The per-request store data: WASI and wasi-http contexts, the resource
+//! table and the limiter, plus the guest's captured stdout/stderr.
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::limits::InstanceLimiter;
+
+/// Store data of one request's instance.
+pub struct Host {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: InstanceLimiter,
+    pub(crate) hooks: PerchHooks,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Perch's wasi-http policy hooks.
+pub(crate) struct PerchHooks;
+
+impl WasiHttpHooks for PerchHooks {}
+
+/// Bounded capture of a guest's stdout or stderr. Output past the capacity
+/// is dropped (and noted), never an error the guest could trip over.
+#[derive(Clone)]
+pub(crate) struct GuestLog {
+    inner: Arc<Mutex<LogBuf>>,
+}
+
+struct LogBuf {
+    bytes: Vec<u8>,
+    capacity: usize,
+    truncated: bool,
+}
+
+impl GuestLog {
+    pub(crate) fn new(capacity: usize) -> Self {
+        GuestLog {
+            inner: Arc::new(Mutex::new(LogBuf {
+                bytes: Vec::new(),
+                capacity,
+                truncated: false,
+            })),
+        }
+    }
+
+    fn append(&self, data: &[u8]) {
+        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let room = buf.capacity - buf.bytes.len();
+        if data.len() > room {
+            buf.truncated = true;
+        }
+        buf.bytes.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    /// Takes what was captured so far, and whether some was dropped.
+    pub(crate) fn take(&self) -> (Vec<u8>, bool) {
+        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let truncated = std::mem::take(&mut buf.truncated);
+        (std::mem::take(&mut buf.bytes), truncated)
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestLog {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for GuestLog {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.append(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestLog {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.append(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

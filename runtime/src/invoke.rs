@@ -1,0 +1,302 @@
+//! Running one request: a fresh store and instance per request, CPU time
+//! measured while the guest is being polled, a wall-clock deadline over the
+//! whole exchange, and failures classified for the gateway.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use tokio::sync::oneshot;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
+
+use crate::host::{GuestLog, Host, PerchHooks};
+use crate::limits::InstanceLimiter;
+use crate::{Digest, InvokeError, Limits, Runtime};
+
+/// Bytes of stdout+stderr kept per request for the function's log.
+const GUEST_LOG_CAPACITY: usize = 64 * 1024;
+
+/// What to run for one request.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// The component's digest.
+    pub digest: Digest,
+    /// Resource limits for this request.
+    pub limits: Limits,
+    /// Environment variables the guest sees.
+    pub env: Vec<(String, String)>,
+    /// Names the function in logs, e.g. `tenant/function@3`.
+    pub label: Arc<str>,
+}
+
+impl Invocation {
+    /// An invocation with no environment variables.
+    pub fn new(digest: Digest, limits: Limits, label: &str) -> Self {
+        Invocation {
+            digest,
+            limits,
+            env: Vec::new(),
+            label: label.into(),
+        }
+    }
+}
+
+/// The streamed response body of a function.
+pub type ResponseBody = GuardedBody;
+
+/// Time the guest has spent being polled (running), shared with the epoch
+/// callback that enforces the CPU limit.
+#[derive(Default)]
+struct RequestState {
+    base: Option<Instant>,
+    spent_ns: AtomicU64,
+    /// Nanoseconds since `base` when the current poll began, 0 when idle.
+    poll_start_ns: AtomicU64,
+    cpu_hit: AtomicBool,
+    memory_hit: Arc<AtomicBool>,
+}
+
+impl RequestState {
+    fn now_ns(&self) -> u64 {
+        self.base
+            .map(|b| b.elapsed().as_nanos() as u64)
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    fn cpu_used(&self) -> Duration {
+        let mut ns = self.spent_ns.load(Ordering::Relaxed);
+        let start = self.poll_start_ns.load(Ordering::Relaxed);
+        if start != 0 {
+            ns += self.now_ns().saturating_sub(start);
+        }
+        Duration::from_nanos(ns)
+    }
+}
+
+/// Accumulates the time spent inside `poll` of the wrapped future.
+struct CpuTimed<F> {
+    state: Arc<RequestState>,
+    fut: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for CpuTimed<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let start = self.state.now_ns();
+        self.state.poll_start_ns.store(start, Ordering::Relaxed);
+        let out = self.fut.as_mut().poll(cx);
+        let end = self.state.now_ns();
+        self.state.poll_start_ns.store(0, Ordering::Relaxed);
+        self.state
+            .spent_ns
+            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+        out
+    }
+}
+
+struct InUse(Arc<crate::RuntimeStats>);
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.instances_in_use.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Runs `req` through a fresh instance of the invocation's component.
+    ///
+    /// Returns once the guest has set its response head; the body streams
+    /// from the still-running instance. If the guest fails after the head,
+    /// the body ends with an error (so the connection is aborted, not
+    /// finished cleanly).
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        inv: &Invocation,
+        req: hyper::Request<B>,
+    ) -> Result<hyper::Response<ResponseBody>, InvokeError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let pre = self
+            .load_async(&inv.digest)
+            .await
+            .map_err(|e| InvokeError::Internal(e.to_string()))?;
+
+        let state = Arc::new(RequestState {
+            base: Some(Instant::now()),
+            ..Default::default()
+        });
+        let log = GuestLog::new(GUEST_LOG_CAPACITY);
+        let wasi = WasiCtx::builder()
+            .envs(&inv.env)
+            .stdout(log.clone())
+            .stderr(log.clone())
+            .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(inv.limits.table_capacity);
+        let host = Host {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table,
+            limiter: InstanceLimiter::new(inv.limits.memory_bytes, state.memory_hit.clone()),
+            hooks: PerchHooks,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        store.set_epoch_deadline(1);
+        let meter = state.clone();
+        let cpu_limit = inv.limits.cpu;
+        store.epoch_deadline_callback(move |_| {
+            if meter.cpu_used() >= cpu_limit {
+                meter.cpu_hit.store(true, Ordering::Relaxed);
+                return Err(wasmtime::format_err!("CPU-time limit exceeded"));
+            }
+            // Yield so other requests run; the guest resumes next tick.
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let (resp_tx, resp_rx) = oneshot::channel();
+        let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(internal)?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(resp_tx)
+            .map_err(internal)?;
+
+        self.stats.instances_in_use.fetch_add(1, Ordering::Relaxed);
+        let in_use = InUse(self.stats.clone());
+        let (done_tx, done_rx) = oneshot::channel::<bool>();
+        let label = inv.label.clone();
+        let wall = inv.limits.wall;
+        let task_state = state.clone();
+        let task = tokio::spawn(async move {
+            let run = CpuTimed {
+                state: task_state.clone(),
+                fut: Box::pin(async move {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await
+                }),
+            };
+            let result = match tokio::time::timeout(wall, run).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(classify(&task_state, e)),
+                Err(_) => Err(InvokeError::WallTimeout),
+            };
+            drop(in_use);
+            flush_guest_log(&label, &log);
+            if let Err(e) = &result {
+                tracing::warn!(function = %label, error = %e, cpu_ms = task_state.cpu_used().as_millis() as u64, "function failed");
+            }
+            let _ = done_tx.send(result.is_err());
+            result
+        });
+
+        match resp_rx.await {
+            Ok(Ok(resp)) => Ok(resp.map(|body| GuardedBody {
+                inner: body,
+                done: Some(done_rx),
+            })),
+            Ok(Err(code)) => Err(InvokeError::FunctionError(format!(
+                "guest answered with error {code:?}"
+            ))),
+            Err(_) => match task.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(InvokeError::FunctionError(
+                    "returned without setting a response".into(),
+                )),
+                Err(e) => Err(InvokeError::Internal(format!("request task failed: {e}"))),
+            },
+        }
+    }
+}
+
+fn classify(state: &RequestState, e: wasmtime::Error) -> InvokeError {
+    if state.cpu_hit.load(Ordering::Relaxed) {
+        return InvokeError::CpuTimeout;
+    }
+    if state.memory_hit.load(Ordering::Relaxed) {
+        return InvokeError::MemoryLimit;
+    }
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return InvokeError::Overloaded;
+    }
+    InvokeError::FunctionError(format!("{e:?}"))
+}
+
+fn flush_guest_log(label: &str, log: &GuestLog) {
+    let (bytes, truncated) = log.take();
+    if bytes.is_empty() {
+        return;
+    }
+    for line in String::from_utf8_lossy(&bytes).lines() {
+        tracing::info!(target: "perch_guest", function = %label, "{line}");
+    }
+    if truncated {
+        tracing::info!(target: "perch_guest", function = %label, "[output truncated at {GUEST_LOG_CAPACITY} bytes]");
+    }
+}
+
+/// The guest's response body, which turns "the instance failed after the
+/// head went out" into a body error instead of a clean end.
+pub struct GuardedBody {
+    inner: HyperOutgoingBody,
+    done: Option<oneshot::Receiver<bool>>,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {}
+            other => return other,
+        }
+        // The body ended: clean only if the instance also finished cleanly.
+        let Some(done) = self.done.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(done).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(failed) => {
+                self.done = None;
+                if failed.unwrap_or(true) {
+                    Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpResponseIncomplete)))
+                } else {
+                    Poll::Ready(None)
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,243 @@
+//! Perch's wasmtime host.
+//!
+//! `perch-runtime` owns the wasmtime [`Engine`](wasmtime::Engine) (pooling
+//! allocator, epoch interruption driven by a ticker thread), validates and
+//! compiles uploaded components into on-disk precompiled artifacts, caches
+//! pre-instantiated components, and runs one `wasi:http` request per fresh
+//! instance under memory, CPU-time and wall-time limits. It knows nothing of
+//! hostnames, tenants or the admin API: the gateway tells it which artifact to
+//! run and with which settings.
+//!
+//! ```no_run
+//! use perch_runtime::{Invocation, Limits, Runtime, RuntimeConfig};
+//! # async fn demo(bytes: Vec<u8>, req: hyper::Request<http_body_util::Empty<bytes::Bytes>>) -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = std::sync::Arc::new(Runtime::new(RuntimeConfig::new("./perch-data/artifacts"))?);
+//! let digest = runtime.store_component(&bytes)?;
+//! let invocation = Invocation::new(digest, Limits::default(), "tenant/function@1");
+//! let response = runtime.handle(&invocation, req).await?;
+//! # let _ = response; Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod artifacts;
+mod error;
+mod host;
+mod invoke;
+mod limits;
+mod validate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+pub use artifacts::Digest;
+pub use error::{InvokeError, RuntimeError, ValidationError};
+pub use host::Host;
+pub use invoke::{Invocation, ResponseBody};
+pub use limits::Limits;
+
+/// Engine-wide settings, fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where components and their precompiled forms are kept.
+    pub artifacts_dir: PathBuf,
+    /// How often the epoch advances; the granularity of CPU-time accounting.
+    pub epoch_tick: Duration,
+    /// Largest memory any single instance may have (the operator maximum).
+    pub max_instance_memory: usize,
+    /// Instances that may exist at once on the node (pool size).
+    pub max_instances: u32,
+    /// Wasm stack limit for every instance.
+    pub max_wasm_stack: usize,
+    /// Pre-instantiated components kept in memory.
+    pub cache_capacity: u64,
+}
+
+impl RuntimeConfig {
+    /// Defaults from the design: 1 GiB maximum instance memory, 512 KiB
+    /// stack, 1000 pooled instances, a 5 ms epoch tick.
+    pub fn new(artifacts_dir: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            artifacts_dir: artifacts_dir.into(),
+            epoch_tick: Duration::from_millis(5),
+            max_instance_memory: 1 << 30,
+            max_instances: 1000,
+            max_wasm_stack: 512 * 1024,
+            cache_capacity: 1000,
+        }
+    }
+}
+
+/// Counters the gateway exports as metrics.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    /// Components compiled by cranelift (uploads and artifact rebuilds).
+    pub compilations: AtomicU64,
+    /// Requests whose pre-instantiated component was already in memory.
+    pub cache_hits: AtomicU64,
+    /// Requests that had to load (or rebuild) the component first.
+    pub cache_misses: AtomicU64,
+    /// Instances alive right now.
+    pub instances_in_use: AtomicU64,
+}
+
+/// The wasmtime host shared by every request on the node.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<Host>,
+    artifacts: artifacts::ArtifactStore,
+    cache: moka::sync::Cache<Digest, ProxyPre<Host>>,
+    stats: Arc<RuntimeStats>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine, the linker with Perch's guest interfaces, and starts
+    /// the epoch ticker thread.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 4)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .total_stacks(config.max_instances)
+            .max_memory_size(config.max_instance_memory)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(32)
+            .max_unused_warm_slots(64);
+
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(RuntimeError::engine)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(RuntimeError::engine)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(RuntimeError::engine)?;
+
+        let artifacts = artifacts::ArtifactStore::open(&config.artifacts_dir, &engine)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), config.epoch_tick, ticker_stop.clone());
+
+        Ok(Runtime {
+            engine,
+            linker,
+            artifacts,
+            cache: moka::sync::Cache::new(config.cache_capacity),
+            stats: Arc::new(RuntimeStats::default()),
+            ticker_stop,
+        })
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Arc<RuntimeStats> {
+        &self.stats
+    }
+
+    /// The engine (shared by every store).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Validates an uploaded component, compiles it, and stores both the
+    /// component and its precompiled form under its SHA-256 digest.
+    ///
+    /// Blocking (cranelift): call it from a blocking thread.
+    pub fn store_component(&self, bytes: &[u8]) -> Result<Digest, ValidationError> {
+        let digest = Digest::of(bytes);
+        // Identical bytes were validated and compiled when first stored.
+        if self.cache.contains_key(&digest) {
+            return Ok(digest);
+        }
+        if self.artifacts.has_component(&digest)
+            && let Ok((component, compiled)) = self.artifacts.load(&self.engine, &digest)
+        {
+            if compiled {
+                self.stats.compilations.fetch_add(1, Ordering::Relaxed);
+            }
+            let pre = validate::pre_instantiate(&self.linker, &component)?;
+            self.cache.insert(digest, pre);
+            return Ok(digest);
+        }
+        let component = validate::compile_and_check(&self.engine, &self.linker, bytes)?;
+        self.stats.compilations.fetch_add(1, Ordering::Relaxed);
+        self.artifacts
+            .write(&digest, bytes, &component)
+            .map_err(ValidationError::Storage)?;
+        let pre = validate::pre_instantiate(&self.linker, &component)?;
+        self.cache.insert(digest, pre);
+        Ok(digest)
+    }
+
+    /// True when the component for `digest` is stored on disk.
+    pub fn has_component(&self, digest: &Digest) -> bool {
+        self.artifacts.has_component(digest)
+    }
+
+    /// The pre-instantiated component for `digest`, from memory, else from
+    /// its precompiled artifact, else compiled again from the stored component.
+    /// Blocking on a miss.
+    pub fn load(&self, digest: &Digest) -> Result<ProxyPre<Host>, RuntimeError> {
+        if let Some(pre) = self.cache.get(digest) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(pre);
+        }
+        self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        self.cache
+            .try_get_with(*digest, || {
+                let (component, compiled) = self.artifacts.load(&self.engine, digest)?;
+                if compiled {
+                    self.stats.compilations.fetch_add(1, Ordering::Relaxed);
+                }
+                validate::pre_instantiate(&self.linker, &component)
+                    .map_err(|e| RuntimeError::Artifact(e.to_string()))
+            })
+            .map_err(|e| (*e).clone())
+    }
+
+    /// Loads a component without blocking the async threads.
+    pub async fn load_async(
+        self: &Arc<Self>,
+        digest: &Digest,
+    ) -> Result<ProxyPre<Host>, RuntimeError> {
+        if let Some(pre) = self.cache.get(digest) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(pre);
+        }
+        let this = self.clone();
+        let digest = *digest;
+        tokio::task::spawn_blocking(move || this.load(&digest))
+            .await
+            .map_err(|e| RuntimeError::Artifact(format!("loader panicked: {e}")))?
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn spawn_epoch_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("perch-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })
+        .expect("spawn epoch ticker thread");
+}
+
+/// The error type of request and response bodies exchanged with guests.
+pub use wasmtime_wasi_http::Error as HttpError;

@@ -1,0 +1,255 @@
+//! The admin API contract: auth rules, shapes and status codes.
+use perch_tests::{Perch, guests};
+use serde_json::json;
+
+#[test]
+fn auth_scopes_and_host_claims() {
+    let perch = Perch::start();
+    let admin = perch.admin();
+    admin
+        .put_json(
+            "/v1/tenants/a",
+            Some(json!({"domains": ["a.test", "*.a.test", "*.w.test", "w.test"]})),
+        )
+        .expect_status(201);
+    admin.put_json("/v1/tenants/b", None).expect_status(201);
+    // Idempotent re-put.
+    let body = admin.put_json("/v1/tenants/b", None).expect_status(200);
+    assert_eq!(body, json!({"name": "b", "domains": []}));
+
+    let a_all = admin
+        .post_json("/v1/tenants/a/tokens", json!({"scopes": ["*"]}))
+        .expect_status(201);
+    assert_eq!(a_all["scopes"], json!(["*"]));
+    let a_token = a_all["token"].as_str().unwrap().to_string();
+    let a_fn_only = admin
+        .post_json("/v1/tenants/a/tokens", json!({"scopes": ["functions"]}))
+        .ok();
+    let b_token = admin
+        .post_json("/v1/tenants/b/tokens", json!({"scopes": ["*"]}))
+        .ok()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = perch.api(&a_token);
+    let b = perch.api(&b_token);
+    let a_fn = perch.api(a_fn_only["token"].as_str().unwrap());
+
+    // No token / unknown token → 401 with WWW-Authenticate.
+    let anon = admin.anonymous().get("/v1/tenants");
+    assert_eq!(anon.headers.get("www-authenticate").unwrap(), "Bearer");
+    anon.expect_error(401, "unauthorized");
+    perch
+        .api("perch_nope")
+        .get("/v1/tenants/a/functions")
+        .expect_error(401, "unauthorized");
+
+    // Tenant tokens: own tenant only, scope by path; admin-only endpoints refused.
+    b.get("/v1/tenants/a/functions")
+        .expect_error(403, "forbidden");
+    b.get("/v1/tenants/nonexistent/functions")
+        .expect_error(403, "forbidden");
+    a.get("/v1/tenants").expect_error(403, "forbidden");
+    a.post_json("/v1/tenants/a/tokens", json!({"scopes": ["*"]}))
+        .expect_error(403, "forbidden");
+
+    a.upload("a", "hello", &std::fs::read(guests::HELLO).unwrap())
+        .expect_status(201);
+    a_fn.upload("a", "hello2", &std::fs::read(guests::HELLO).unwrap())
+        .expect_status(201);
+    a_fn.put_json(
+        "/v1/tenants/a/routes/hello.a.test",
+        Some(json!({"function": "hello"})),
+    )
+    .expect_error(403, "forbidden");
+    let r = a
+        .put_json(
+            "/v1/tenants/a/routes/hello.a.test",
+            Some(json!({"function": "hello"})),
+        )
+        .expect_status(201);
+    assert_eq!(r, json!({"host": "hello.a.test", "function": "hello"}));
+    a.put_json(
+        "/v1/tenants/a/routes/hello.a.test",
+        Some(json!({"function": "hello2"})),
+    )
+    .expect_status(200);
+    a.put_json(
+        "/v1/tenants/a/routes/hello.a.test",
+        Some(json!({"function": "hello"})),
+    )
+    .expect_status(200);
+    a.put_json(
+        "/v1/tenants/a/routes/x.a.test",
+        Some(json!({"function": "missing"})),
+    )
+    .expect_error(404, "not_found");
+
+    // Host claims.
+    b.upload("b", "hello", &std::fs::read(guests::HELLO).unwrap())
+        .expect_status(201);
+    b.put_json(
+        "/v1/tenants/b/routes/hello.a.test",
+        Some(json!({"function": "hello"})),
+    )
+    .expect_error(409, "host_taken");
+    a.put_json(
+        "/v1/tenants/a/routes/*.w.test",
+        Some(json!({"function": "hello"})),
+    )
+    .expect_status(201);
+    // An exact host under another tenant's wildcard.
+    b.put_json(
+        "/v1/tenants/b/routes/deep.x.w.test",
+        Some(json!({"function": "hello"})),
+    )
+    .expect_error(409, "host_taken");
+    a.put_json(
+        "/v1/tenants/a/routes/elsewhere.test",
+        Some(json!({"function": "hello"})),
+    )
+    .expect_error(403, "host_not_allowed");
+    a.put_json(
+        "/v1/tenants/a/routes/*.com",
+        Some(json!({"function": "hello"})),
+    )
+    .expect_error(400, "invalid_request");
+
+    // Wildcard serves any depth below, not the apex.
+    assert_eq!(perch.get("x.w.test", "/").status(), 200);
+    assert_eq!(perch.get("a.b.w.test", "/").status(), 200);
+    let apex = perch.get("w.test", "/");
+    assert_eq!(apex.status(), 404);
+    assert_eq!(
+        apex.json::<serde_json::Value>().unwrap()["error"]["code"],
+        "no_route"
+    );
+
+    // Listing shapes.
+    let routes = a.get("/v1/tenants/a/routes").ok();
+    assert_eq!(
+        routes,
+        json!({"routes": [{"host": "*.w.test", "function": "hello"}, {"host": "hello.a.test", "function": "hello"}]})
+    );
+    let fns = a.get("/v1/tenants/a/functions").ok();
+    assert_eq!(
+        fns,
+        json!({"functions": [{"name": "hello", "active_version": 1}, {"name": "hello2", "active_version": 1}]})
+    );
+    let detail = a.get("/v1/tenants/a/functions/hello").ok();
+    assert_eq!(detail["versions"][0]["version"], 1);
+    assert_eq!(detail["versions"][0]["digest"].as_str().unwrap().len(), 64);
+    a.get("/v1/tenants/a/functions/nope")
+        .expect_error(404, "not_found");
+    let tenants = admin.get("/v1/tenants").ok();
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 2);
+
+    // Tokens: listed without secrets, revocation is immediate.
+    let tokens = admin.get("/v1/tenants/a/tokens").ok();
+    let listed = tokens["tokens"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .all(|t| t.get("token").is_none() && t["created_at"].is_u64())
+    );
+    assert!(!tokens.to_string().contains(&a_token));
+    let id = a_all["id"].as_str().unwrap();
+    admin
+        .delete(&format!("/v1/tenants/a/tokens/{id}"))
+        .expect_status(204);
+    admin
+        .delete(&format!("/v1/tenants/a/tokens/{id}"))
+        .expect_status(204);
+    a.get("/v1/tenants/a/functions")
+        .expect_error(401, "unauthorized");
+
+    // Deleting a function removes its routes; deleting twice is fine.
+    a_fn.delete("/v1/tenants/a/functions/hello2")
+        .expect_status(204);
+    a_fn.delete("/v1/tenants/a/functions/hello2")
+        .expect_status(204);
+    admin.delete("/v1/tenants/b").expect_status(204);
+    admin.delete("/v1/tenants/b").expect_status(204);
+    b.get("/v1/tenants/b/functions")
+        .expect_error(401, "unauthorized");
+}
+
+#[test]
+fn bad_requests_get_precise_errors() {
+    let perch = Perch::start();
+    let admin = perch.admin();
+    admin
+        .put_json("/v1/tenants/Bad_Name", None)
+        .expect_error(400, "invalid_name");
+    admin
+        .put_json("/v1/tenants/ok", Some(json!({"domains": "x"})))
+        .expect_error(400, "invalid_json");
+    admin
+        .put_json("/v1/tenants/ok", Some(json!({"bogus": 1})))
+        .expect_error(400, "invalid_json");
+    admin
+        .put_json("/v1/tenants/ok", Some(json!({"domains": ["not a host"]})))
+        .expect_error(400, "invalid_request");
+    admin.put_json("/v1/tenants/ok", None).expect_status(201);
+    admin
+        .post_json("/v1/tenants/ok/tokens", json!({"scopes": []}))
+        .expect_error(400, "invalid_scopes");
+    admin
+        .post_json("/v1/tenants/ok/tokens", json!({"scopes": ["root"]}))
+        .expect_error(400, "invalid_scopes");
+    admin
+        .post_json("/v1/tenants/missing/tokens", json!({"scopes": ["*"]}))
+        .expect_error(404, "not_found");
+    admin
+        .get("/v1/tenants/missing/functions")
+        .expect_error(404, "not_found");
+    admin
+        .upload("missing", "f", b"\0asm")
+        .expect_error(404, "not_found");
+    admin
+        .upload("ok", "Bad", b"\0asm")
+        .expect_error(400, "invalid_name");
+    admin.get("/v1/nothing").expect_error(404, "not_found");
+    admin
+        .call(reqwest::Method::POST, "/v1/tenants/ok", None)
+        .expect_error(405, "method_not_allowed");
+    assert_eq!(
+        perch
+            .client
+            .get(format!("{}/healthz", perch.admin_url))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        perch
+            .client
+            .get(format!("{}/readyz", perch.admin_url))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn failed_auth_is_throttled_but_valid_tokens_are_not() {
+    let perch = Perch::start();
+    let bad = perch.api("perch_wrong");
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(bad.get("/v1/tenants").status);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    let last = bad.get("/v1/tenants");
+    assert!(last.headers.contains_key("retry-after"));
+    last.expect_error(429, "too_many_attempts");
+    // Same client address, valid token: never throttled.
+    perch.admin().get("/v1/tenants").expect_status(200);
+    assert!(
+        !perch.logs().contains("perch_wrong"),
+        "a presented token reached the log"
+    );
+}

@@ -1,0 +1,196 @@
+//! The `perch` client subcommands against a real server.
+use std::process::{Command, Output};
+
+use perch_tests::{ADMIN_TOKEN, Perch, guests, perch_bin};
+
+fn perch_cli(perch: &Perch, token: &str, args: &[&str]) -> Output {
+    Command::new(perch_bin())
+        .args(args)
+        .env("PERCH_URL", &perch.admin_url)
+        .env("PERCH_TOKEN", token)
+        .output()
+        .expect("run perch")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn deploy_and_manage_with_the_cli() {
+    let perch = Perch::start();
+    let out = ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &["tenants", "create", "acme", "--domain", "*.acme.test"],
+    ));
+    assert!(out.contains("\"acme\""), "{out}");
+    let out = ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &[
+            "tokens",
+            "--tenant",
+            "acme",
+            "create",
+            "--scope",
+            "functions",
+            "--scope",
+            "routes",
+        ],
+    ));
+    let token: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+
+    let out = ok(perch_cli(
+        &perch,
+        &token,
+        &[
+            "deploy",
+            guests::HELLO,
+            "--tenant",
+            "acme",
+            "--name",
+            "hello",
+            "--route",
+            "hello.acme.test",
+        ],
+    ));
+    assert!(out.contains("deployed acme/hello version 1"), "{out}");
+    assert_eq!(
+        perch.get("hello.acme.test", "/").text().unwrap(),
+        "Hello, world!\n"
+    );
+
+    let out = ok(perch_cli(
+        &perch,
+        &token,
+        &["routes", "--tenant", "acme", "list"],
+    ));
+    assert!(out.contains("hello.acme.test"), "{out}");
+    let out = ok(perch_cli(
+        &perch,
+        &token,
+        &["functions", "--tenant", "acme", "show", "hello"],
+    ));
+    assert!(out.contains("\"active_version\": 1"), "{out}");
+    let out = ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &["tokens", "--tenant", "acme", "list"],
+    ));
+    assert!(!out.contains(&token), "token secret listed");
+    assert!(ok(perch_cli(&perch, ADMIN_TOKEN, &["tenants", "list"])).contains("*.acme.test"));
+    ok(perch_cli(
+        &perch,
+        &token,
+        &["routes", "--tenant", "acme", "delete", "hello.acme.test"],
+    ));
+    assert_eq!(perch.get("hello.acme.test", "/").status(), 404);
+
+    // Failures: non-zero exit and a one-line reason.
+    let out = perch_cli(
+        &perch,
+        &token,
+        &["routes", "--tenant", "acme", "set", "x.other.test", "hello"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("403 host_not_allowed"), "{err}");
+    let out = perch_cli(&perch, "wrong", &["tenants", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401 unauthorized"));
+    let out = perch_cli(
+        &perch,
+        &token,
+        &[
+            "deploy",
+            "/nonexistent.wasm",
+            "--tenant",
+            "acme",
+            "--name",
+            "x",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent.wasm"));
+    let out = Command::new(perch_bin())
+        .args(["tenants", "list"])
+        .env("PERCH_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn generated_admin_token_is_private_and_never_logged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(perch_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("PERCH_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let path = dir.path().join("admin.token");
+    let start = std::time::Instant::now();
+    while !path.exists() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let token = std::fs::read_to_string(&path).unwrap();
+    let token = token.trim();
+    assert!(token.len() > 40);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("perch listening data=http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(
+        !stdout.contains(token) && !stderr.contains(token),
+        "admin token printed"
+    );
+}
+
+#[test]
+fn bad_config_exits_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("perch.toml");
+    std::fs::write(&cfg, "no_such_setting = 1\n").unwrap();
+    let out = Command::new(perch_bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no_such_setting"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}

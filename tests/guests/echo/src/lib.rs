@@ -1,0 +1,49 @@
+//! Test guest: reflects the request back (`/big?mib=N` streams N MiB instead).
+//!
+//! The response carries `x-echo-method`, `x-echo-uri` (path and query) and
+//! `x-echo-headers` (the request headers as `name: value` lines, percent-free
+//! JSON array), and the request body streamed back unchanged.
+use futures_lite::stream::unfold;
+use std::convert::Infallible;
+use wstd::http::body::Bytes;
+use wstd::http::{Body, Error, Request, Response};
+
+const CHUNK: usize = 64 * 1024;
+
+#[wstd::http_server]
+async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
+    if req.uri().path() == "/big" {
+        let mib: usize = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("mib="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let chunks = mib * 1024 * 1024 / CHUNK;
+        // Chunk i is filled with byte (i % 251) so the client can verify order.
+        let body = unfold(0usize, move |i| async move {
+            (i < chunks).then(|| (Ok::<_, Infallible>(Bytes::from(vec![(i % 251) as u8; CHUNK])), i + 1))
+        });
+        return Ok(Response::new(Body::from_try_stream(body)));
+    }
+    let (parts, body) = req.into_parts();
+    let headers: Vec<String> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{}: {}", k, String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let headers_json = format!(
+        "[{}]",
+        headers
+            .iter()
+            .map(|h| format!("\"{}\"", h.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+    Ok(Response::builder()
+        .header("x-echo-method", parts.method.as_str())
+        .header("x-echo-uri", uri)
+        .header("x-echo-headers", headers_json)
+        .body(body)?)
+}

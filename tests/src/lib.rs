@@ -1,0 +1,396 @@
+//! Test harness: starts the real `perch` binary on 127.0.0.1:0, reads the
+//! bound addresses from its start-up line, and talks to it over HTTP.
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::Value;
+
+/// Paths of the guest components built by `build.rs`.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+pub const ADMIN_TOKEN: &str = "perch_test_admin_token";
+
+/// The `perch` binary under test.
+pub fn perch_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PERCH_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/all-<hash> → target/<profile>/perch
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("perch");
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+pub fn http() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("http client")
+}
+
+/// A running `perch serve` with its own data directory.
+pub struct Perch {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    config: String,
+    pub data_url: String,
+    pub admin_url: String,
+    pub stderr: Arc<Mutex<String>>,
+    pub client: Client,
+}
+
+impl Perch {
+    /// Starts with the default limits (and a generous CPU limit: tests run
+    /// debug builds of the host).
+    pub fn start() -> Perch {
+        Perch::start_with("")
+    }
+
+    /// Starts with extra TOML appended to the test config.
+    pub fn start_with(extra_config: &str) -> Perch {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut p = Perch {
+            child: None,
+            dir,
+            _tmp: Some(tmp),
+            config: extra_config.to_string(),
+            data_url: String::new(),
+            admin_url: String::new(),
+            stderr: Arc::default(),
+            client: http(),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let config_path = self.dir.join("perch.toml");
+        let config = if self.config.contains("[limits]") {
+            self.config.clone()
+        } else {
+            format!("[limits]\ncpu_ms = 5000\n{}", self.config)
+        };
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(perch_bin())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(self.dir.join("data"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("PERCH_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("PERCH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn perch");
+        let stderr = child.stderr.take().unwrap();
+        let sink = self.stderr.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("perch listening") {
+                    let _ = tx.send(line.clone());
+                }
+                line.clear();
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "perch did not start; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+                .to_string()
+        };
+        self.data_url = field("data");
+        self.admin_url = field("admin");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        wait_timeout(&mut child, Duration::from_secs(60))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        wait_timeout(&mut child, Duration::from_secs(60))
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn sigkill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts again on the same data directory (new ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// An admin API client using `token`.
+    pub fn api(&self, token: &str) -> Api {
+        Api {
+            base: self.admin_url.clone(),
+            token: Some(token.to_string()),
+            client: self.client.clone(),
+        }
+    }
+
+    /// An admin API client with the admin token.
+    pub fn admin(&self) -> Api {
+        self.api(ADMIN_TOKEN)
+    }
+
+    /// A data-plane request with `Host: host`.
+    pub fn request(&self, method: Method, host: &str, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.data_url))
+            .header("host", host)
+    }
+
+    /// GET on the data plane.
+    pub fn get(&self, host: &str, path: &str) -> Response {
+        self.request(Method::GET, host, path)
+            .send()
+            .expect("data-plane request")
+    }
+
+    /// Creates a tenant, uploads `wasm` as `function`, binds `host`; returns a
+    /// `*`-scoped tenant token.
+    pub fn deploy(&self, tenant: &str, function: &str, wasm: &str, host: &str) -> String {
+        let admin = self.admin();
+        admin.put_json(&format!("/v1/tenants/{tenant}"), None).ok();
+        let token = admin
+            .post_json(
+                &format!("/v1/tenants/{tenant}/tokens"),
+                serde_json::json!({"scopes": ["*"]}),
+            )
+            .ok()["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let t = self.api(&token);
+        t.upload(tenant, function, &std::fs::read(wasm).unwrap())
+            .expect_status(201);
+        t.put_json(
+            &format!("/v1/tenants/{tenant}/routes/{host}"),
+            Some(serde_json::json!({"function": function})),
+        )
+        .ok();
+        token
+    }
+
+    /// Reads one metric's value (sum over label sets matching `filter`).
+    pub fn metric(&self, name: &str, filter: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Perch {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("perch did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An admin API client.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+    pub client: Client,
+}
+
+/// Status and body of an answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// Asserts a 2xx and returns the JSON body.
+    pub fn ok(self) -> Value {
+        assert!(
+            (200..300).contains(&self.status),
+            "expected success, got {} {}",
+            self.status,
+            self.body
+        );
+        self.body
+    }
+
+    pub fn expect_status(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.body);
+        self.body
+    }
+
+    /// Asserts the status and the error code.
+    pub fn expect_error(self, status: u16, code: &str) -> String {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.body);
+        assert_eq!(
+            self.body["error"]["code"], code,
+            "unexpected body: {}",
+            self.body
+        );
+        self.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Api {
+    pub fn anonymous(&self) -> Api {
+        Api {
+            token: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn call(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Answer {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some((bytes, ctype)) = body {
+            req = req.header("content-type", ctype).body(bytes);
+        }
+        let resp = req.send().expect("admin request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut text = Vec::new();
+        resp.take(u64::MAX).read_to_end(&mut text).ok();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&text)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&text).into()))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None)
+    }
+
+    pub fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, None)
+    }
+
+    pub fn put_json(&self, path: &str, body: Option<Value>) -> Answer {
+        self.call(
+            Method::PUT,
+            path,
+            body.map(|b| (b.to_string().into_bytes(), "application/json")),
+        )
+    }
+
+    pub fn post_json(&self, path: &str, body: Value) -> Answer {
+        self.call(
+            Method::POST,
+            path,
+            Some((body.to_string().into_bytes(), "application/json")),
+        )
+    }
+
+    pub fn upload(&self, tenant: &str, function: &str, bytes: &[u8]) -> Answer {
+        self.call(
+            Method::PUT,
+            &format!("/v1/tenants/{tenant}/functions/{function}"),
+            Some((bytes.to_vec(), "application/wasm")),
+        )
+    }
+}
