@@ -10,6 +10,9 @@
 //! | `PUT`, `GET`, `DELETE /v1/tenants/{tenant}/functions/{name}` | `functions` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` |
 //! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{host}` | `routes` |
+//! | `GET /v1/tenants/{tenant}/kv`, `PUT …/kv/{ns}` | `kv` |
+//! | `GET …/kv/{ns}/keys?prefix=&cursor=&limit=` | `kv` |
+//! | `GET`, `PUT`, `DELETE …/kv/{ns}/values/{key}` | `kv` |
 //!
 //! `Authorization: Bearer <token>`; the admin token works everywhere, a
 //! tenant token only under its own tenant and with the scope the path names.
@@ -175,21 +178,24 @@ async fn blocking<R: Send + 'static>(
     }
 }
 
-async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Resp> {
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!("request body is over the {limit}-byte limit"),
-        )
-    };
+/// Why a body could not be read.
+pub enum BodyError {
+    /// Over the limit (declared or actual).
+    TooLarge,
+    /// Another failure, already rendered.
+    Other(Resp),
+}
+
+/// Reads a body of at most `limit` bytes, refusing a larger declared length
+/// before reading anything.
+pub async fn read_limited(req: Request<Incoming>, limit: u64) -> Result<Bytes, BodyError> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit
     {
-        return Err(too_large());
+        return Err(BodyError::TooLarge);
     }
     match Limited::new(req.into_body(), limit as usize)
         .collect()
@@ -200,14 +206,25 @@ async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Resp> {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            Err(too_large())
+            Err(BodyError::TooLarge)
         }
-        Err(e) => Err(error(
+        Err(e) => Err(BodyError::Other(error(
             StatusCode::BAD_REQUEST,
             "bad_body",
             &format!("could not read the request body: {e}"),
-        )),
+        ))),
     }
+}
+
+async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Resp> {
+    read_limited(req, limit).await.map_err(|e| match e {
+        BodyError::TooLarge => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("request body is over the {limit}-byte limit"),
+        ),
+        BodyError::Other(resp) => resp,
+    })
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(
@@ -321,6 +338,7 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                 ["routes", host] => {
                     route_endpoint(app, method, req, tenant, host.to_string()).await
                 }
+                ["kv", rest @ ..] => crate::kv_api::handle(app, method, req, tenant, rest).await,
                 _ => not_found_endpoint(),
             }
         }
@@ -354,7 +372,18 @@ async fn tenant_endpoint(
             json(status, &json!({"name": t.name, "domains": t.domains}))
         }
         Method::DELETE => {
-            tri!(blocking(move || app.registry.delete_tenant(&tenant)).await);
+            let registry = app.registry.clone();
+            let t = tenant.clone();
+            tri!(blocking(move || registry.delete_tenant(&t)).await);
+            let kv = app.kv.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || {
+                use perch_kv::KvBackend;
+                kv.delete_tenant(&tenant)
+            })
+            .await
+            {
+                return crate::kv_api::kv_error(e);
+            }
             no_content()
         }
         _ => method_not_allowed("PUT, DELETE"),

@@ -17,6 +17,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// The wasmtime host.
     pub runtime: Arc<Runtime>,
+    /// The key-value store.
+    pub kv: Arc<perch_kv::RedbKv>,
     /// Counters.
     pub metrics: Metrics,
     /// SHA-256 (hex) of the admin token.

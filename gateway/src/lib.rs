@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod http;
+pub mod kv_api;
 pub mod metrics;
 pub mod names;
 pub mod registry;

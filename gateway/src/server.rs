@@ -131,7 +131,10 @@ pub async fn serve(
         }
     }
 
+    let kv = perch_kv::RedbKv::open(registry.database().clone(), perch_kv::KvLimits::default())
+        .map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
     let app = Arc::new(App {
+        kv: Arc::new(kv),
         registry: Arc::new(registry),
         runtime,
         metrics: Metrics::default(),

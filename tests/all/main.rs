@@ -3,5 +3,6 @@ mod admin;
 mod cli;
 mod dataplane;
 mod examples;
+mod kv;
 mod lifecycle;
 mod uploads;

@@ -1,0 +1,325 @@
+//! Admin API for the KV store: namespaces, key listings and values.
+//!
+//! `PUT /v1/tenants/{t}/kv/{ns}` creates a namespace, `GET /v1/tenants/{t}/kv`
+//! lists them, `GET …/kv/{ns}/keys?prefix=&cursor=&limit=` lists keys, and
+//! `GET`/`PUT`/`DELETE …/kv/{ns}/values/{key}` reads and writes values (the
+//! key is the rest of the path, percent-decoded once; metadata travels in the
+//! `Perch-KV-Metadata` header, TTL as `?ttl=SECONDS`).
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use perch_kv::{KvBackend, KvError, NamespaceId, PutOptions};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::http::{ResBody, error, full, json, no_content};
+use crate::names::valid_name;
+
+/// Header carrying a value's JSON metadata.
+pub const METADATA_HEADER: &str = "perch-kv-metadata";
+
+type Resp = Response<ResBody>;
+
+/// Maps a KV error to the admin API's answer.
+pub fn kv_error(e: KvError) -> Resp {
+    match e {
+        KvError::KeyTooLong(..) => error(StatusCode::BAD_REQUEST, "key_too_long", &e.to_string()),
+        KvError::EmptyKey => error(StatusCode::BAD_REQUEST, "invalid_key", &e.to_string()),
+        KvError::ValueTooLarge(..) | KvError::MetadataTooLarge(..) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            &e.to_string(),
+        ),
+        KvError::BadLimit(_) => error(StatusCode::BAD_REQUEST, "invalid_limit", &e.to_string()),
+        KvError::BadCursor => error(StatusCode::BAD_REQUEST, "invalid_cursor", &e.to_string()),
+        KvError::NoSuchNamespace => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "namespace does not exist",
+        ),
+        KvError::NotACounter(m) => error(StatusCode::CONFLICT, "not_a_counter", &m),
+        other => {
+            tracing::error!(error = %other, "KV failure");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error",
+            )
+        }
+    }
+}
+
+async fn run<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, KvError> + Send + 'static,
+) -> Result<R, Resp> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(kv_error),
+        Err(e) => {
+            tracing::error!(error = %e, "KV task failed");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error",
+            ))
+        }
+    }
+}
+
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        }
+    };
+}
+
+fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                crate::admin::percent_decode(k),
+                crate::admin::percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+fn expires_secs(ms: Option<u64>) -> Value {
+    ms.map(|ms| json!(ms.div_ceil(1000))).unwrap_or(Value::Null)
+}
+
+fn metadata_json(m: &Option<String>) -> Value {
+    m.as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Handles `…/kv` and below, after authorisation. `rest` starts after `kv`.
+pub async fn handle(
+    app: Arc<App>,
+    method: Method,
+    req: Request<Incoming>,
+    tenant: String,
+    rest: &[&str],
+) -> Resp {
+    if !app.registry.tenant_exists(&tenant) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("tenant `{tenant}` does not exist"),
+        );
+    }
+    let kv = app.kv.clone();
+    match rest {
+        [] => match method {
+            Method::GET => {
+                let names = tri!(run(move || kv.list_namespaces(&tenant)).await);
+                json(StatusCode::OK, &json!({ "namespaces": names }))
+            }
+            _ => method_not_allowed("GET"),
+        },
+        [ns] => {
+            if !valid_name(ns) {
+                return invalid_name(ns);
+            }
+            match method {
+                Method::PUT => {
+                    let id = NamespaceId::new(&tenant, ns);
+                    let created = tri!(run(move || kv.create_namespace(&id)).await);
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    json(status, &json!({ "namespace": ns }))
+                }
+                _ => method_not_allowed("PUT"),
+            }
+        }
+        [ns, sub, key @ ..] => {
+            if !valid_name(ns) {
+                return invalid_name(ns);
+            }
+            let id = NamespaceId::new(&tenant, ns);
+            let exists = {
+                let (kv, id) = (kv.clone(), id.clone());
+                tri!(run(move || kv.namespace_exists(&id)).await)
+            };
+            if !exists {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("namespace `{ns}` does not exist"),
+                );
+            }
+            match (*sub, key) {
+                ("keys", []) => match method {
+                    Method::GET => list_keys(kv, id, &req).await,
+                    _ => method_not_allowed("GET"),
+                },
+                ("values", key) if !key.is_empty() => {
+                    value(kv, method, req, id, key.join("/")).await
+                }
+                _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            }
+        }
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here",
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+fn invalid_name(ns: &str) -> Resp {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_name",
+        &format!("namespace name `{ns}` must match [a-z0-9][a-z0-9-]{{0,62}}"),
+    )
+}
+
+async fn list_keys(kv: Arc<perch_kv::RedbKv>, id: NamespaceId, req: &Request<Incoming>) -> Resp {
+    let (mut prefix, mut cursor, mut limit) = (String::new(), None, 1000usize);
+    for (k, v) in query_params(req) {
+        match k.as_str() {
+            "prefix" => prefix = v,
+            "cursor" => cursor = Some(v),
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_limit",
+                        "limit must be between 1 and 1000",
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let page = tri!(run(move || kv.list(&id, &prefix, cursor.as_deref(), limit)).await);
+    let keys: Vec<Value> = page
+        .keys
+        .iter()
+        .map(|k| json!({"name": k.name, "expires_at": expires_secs(k.expires_at_ms), "metadata": metadata_json(&k.metadata)}))
+        .collect();
+    json(
+        StatusCode::OK,
+        &json!({ "keys": keys, "cursor": page.cursor }),
+    )
+}
+
+async fn value(
+    kv: Arc<perch_kv::RedbKv>,
+    method: Method,
+    req: Request<Incoming>,
+    id: NamespaceId,
+    key: String,
+) -> Resp {
+    let limits = kv.limits();
+    if key.len() > limits.max_key {
+        return kv_error(KvError::KeyTooLong(key.len(), limits.max_key));
+    }
+    match method {
+        Method::GET => {
+            let k = key.clone();
+            match tri!(run(move || kv.get(&id, &k)).await) {
+                None => error(StatusCode::NOT_FOUND, "not_found", "no such key"),
+                Some(entry) => {
+                    let mut resp = Response::new(full(entry.value));
+                    let h = resp.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    if let Some(m) = entry.metadata.and_then(|m| HeaderValue::from_str(&m).ok()) {
+                        h.insert(METADATA_HEADER, m);
+                    }
+                    if let Some(ms) = entry.expires_at_ms {
+                        h.insert("perch-kv-expires-at", HeaderValue::from(ms.div_ceil(1000)));
+                    }
+                    resp
+                }
+            }
+        }
+        Method::PUT => {
+            let mut ttl = None;
+            for (k, v) in query_params(&req) {
+                if k == "ttl" {
+                    match v.parse::<u64>() {
+                        Ok(n) if n > 0 => ttl = Some(Duration::from_secs(n)),
+                        _ => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_ttl",
+                                "ttl must be a positive number of seconds",
+                            );
+                        }
+                    }
+                }
+            }
+            let metadata = match req.headers().get(METADATA_HEADER) {
+                None => None,
+                Some(v) => {
+                    let text = match v.to_str() {
+                        Ok(t) => t.to_string(),
+                        Err(_) => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_metadata",
+                                "metadata must be JSON text",
+                            );
+                        }
+                    };
+                    if text.len() > limits.max_metadata {
+                        return kv_error(KvError::MetadataTooLarge(
+                            text.len(),
+                            limits.max_metadata,
+                        ));
+                    }
+                    if serde_json::from_str::<Value>(&text).is_err() {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_metadata",
+                            "metadata must be valid JSON",
+                        );
+                    }
+                    Some(text)
+                }
+            };
+            let body = match crate::admin::read_limited(req, limits.max_value as u64).await {
+                Ok(b) => b,
+                Err(crate::admin::BodyError::TooLarge) => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "value_too_large",
+                        &format!("value is over the {}-byte limit", limits.max_value),
+                    );
+                }
+                Err(crate::admin::BodyError::Other(resp)) => return resp,
+            };
+            tri!(run(move || kv.put(&id, &key, body.to_vec(), PutOptions { ttl, metadata })).await);
+            no_content()
+        }
+        Method::DELETE => {
+            tri!(run(move || kv.delete(&id, &key)).await);
+            no_content()
+        }
+        _ => method_not_allowed("GET, PUT, DELETE"),
+    }
+}

@@ -1,0 +1,668 @@
+//! The redb implementation of [`KvBackend`].
+//!
+//! Reads go through a moka cache; misses read redb directly. All writes go
+//! through one writer thread that takes every job queued at that moment,
+//! applies them in one transaction and commits once (group commit), then
+//! invalidates the cache for the keys it touched and answers the callers.
+//! A cache fill racing a write is dropped (a write sequence number tells), so
+//! a read after a write on this node never sees the old value.
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use moka::sync::Cache;
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use tokio::sync::oneshot;
+
+use crate::encoding::{
+    decode_cursor, decode_entry, encode_cursor, encode_entry, expiry_key, full_key, ns_prefix,
+    tenant_prefix,
+};
+use crate::{
+    Entry, KeyInfo, KvBackend, KvError, KvLimits, NamespaceId, Page, PutOptions, WriteOp,
+    WriteResult, now_ms,
+};
+
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const KV_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv_expiry");
+const KV_NAMESPACES: TableDefinition<&str, u64> = TableDefinition::new("kv_namespaces");
+
+/// Jobs queued per transaction at most.
+const MAX_GROUP: usize = 512;
+/// Expired keys removed per purge pass at most.
+const PURGE_BATCH: usize = 10_000;
+
+fn storage(e: impl std::fmt::Display) -> KvError {
+    KvError::Storage(e.to_string())
+}
+
+type Reply<T> = oneshot::Sender<Result<T, KvError>>;
+
+enum Job {
+    Write {
+        ns: NamespaceId,
+        ops: Vec<WriteOp>,
+        reply: Reply<Vec<WriteResult>>,
+    },
+    CreateNamespace {
+        ns: NamespaceId,
+        reply: Reply<bool>,
+    },
+    DeleteTenant {
+        tenant: String,
+        reply: Reply<()>,
+    },
+    Purge {
+        now: u64,
+        reply: Option<Reply<usize>>,
+    },
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct KvStats {
+    /// Reads answered from the cache.
+    pub cache_hits: AtomicU64,
+    /// Reads that went to redb.
+    pub cache_misses: AtomicU64,
+    /// Write transactions committed.
+    pub commits: AtomicU64,
+    /// Write jobs committed (≥ commits: group commit).
+    pub write_jobs: AtomicU64,
+    /// Expired keys purged.
+    pub purged: AtomicU64,
+}
+
+struct Shared {
+    db: Arc<Database>,
+    cache: Cache<Vec<u8>, Arc<Option<Entry>>>,
+    /// Bumped after every commit, before the cache is invalidated.
+    seq: AtomicU64,
+    stats: KvStats,
+}
+
+/// The redb-backed store.
+pub struct RedbKv {
+    shared: Arc<Shared>,
+    writer: Option<mpsc::Sender<Job>>,
+    limits: KvLimits,
+    /// Dropping it stops the purge thread.
+    stop_purge: Option<mpsc::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RedbKv {
+    /// Opens the KV tables in `db` (creating them) and starts the writer and
+    /// purge threads.
+    pub fn open(db: Arc<Database>, limits: KvLimits) -> Result<RedbKv, KvError> {
+        RedbKv::open_with(db, limits, Duration::from_secs(1), 64 << 20)
+    }
+
+    /// Like [`open`](Self::open) with a purge interval and cache size (bytes).
+    pub fn open_with(
+        db: Arc<Database>,
+        limits: KvLimits,
+        purge_every: Duration,
+        cache_bytes: u64,
+    ) -> Result<RedbKv, KvError> {
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(KV).map_err(storage)?;
+        txn.open_table(KV_EXPIRY).map_err(storage)?;
+        txn.open_table(KV_NAMESPACES).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+
+        let cache = Cache::builder()
+            .max_capacity(cache_bytes)
+            .weigher(|k: &Vec<u8>, v: &Arc<Option<Entry>>| {
+                let size = k.len()
+                    + v.as_ref()
+                        .as_ref()
+                        .map(|e| e.value.len() + 64)
+                        .unwrap_or(16);
+                size.min(u32::MAX as usize) as u32
+            })
+            .build();
+        let shared = Arc::new(Shared {
+            db,
+            cache,
+            seq: AtomicU64::new(0),
+            stats: KvStats::default(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("perch-kv-writer".into())
+            .spawn(move || writer_loop(&writer_shared, rx))
+            .map_err(storage)?;
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let purge_tx = tx.clone();
+        let purger = std::thread::Builder::new()
+            .name("perch-kv-purge".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(purge_every) {
+                    if purge_tx
+                        .send(Job::Purge {
+                            now: now_ms(),
+                            reply: None,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+            .map_err(storage)?;
+        Ok(RedbKv {
+            shared,
+            writer: Some(tx),
+            limits,
+            stop_purge: Some(stop_tx),
+            threads: vec![purger, writer],
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &KvStats {
+        &self.shared.stats
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> KvLimits {
+        self.limits
+    }
+
+    /// Removes expired keys now; returns how many.
+    pub fn purge_expired(&self) -> Result<usize, KvError> {
+        self.submit(|reply| Job::Purge {
+            now: now_ms(),
+            reply: Some(reply),
+        })
+    }
+
+    fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, KvError> {
+        let (tx, rx) = oneshot::channel();
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| KvError::Storage("KV store closed".into()))?;
+        writer
+            .send(job(tx))
+            .map_err(|_| KvError::Storage("KV writer stopped".into()))?;
+        rx.blocking_recv()
+            .map_err(|_| KvError::Storage("KV writer stopped".into()))?
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::EmptyKey);
+        }
+        if key.len() > self.limits.max_key {
+            return Err(KvError::KeyTooLong(key.len(), self.limits.max_key));
+        }
+        Ok(())
+    }
+
+    fn check_put(&self, value: &[u8], options: &PutOptions) -> Result<(), KvError> {
+        if value.len() > self.limits.max_value {
+            return Err(KvError::ValueTooLarge(value.len(), self.limits.max_value));
+        }
+        if let Some(m) = &options.metadata
+            && m.len() > self.limits.max_metadata
+        {
+            return Err(KvError::MetadataTooLarge(m.len(), self.limits.max_metadata));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedbKv {
+    /// Stops the purge thread, lets the writer finish queued jobs, and joins
+    /// both, so the database is released when this returns.
+    fn drop(&mut self) {
+        self.stop_purge.take();
+        self.writer.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn live(entry: Option<Entry>, now: u64) -> Option<Entry> {
+    entry.filter(|e| e.expires_at_ms.is_none_or(|t| t > now))
+}
+
+impl KvBackend for RedbKv {
+    fn get(&self, ns: &NamespaceId, key: &str) -> Result<Option<Entry>, KvError> {
+        self.check_key(key)?;
+        let k = full_key(ns, key);
+        let s = &self.shared;
+        if let Some(hit) = s.cache.get(&k) {
+            s.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(live(hit.as_ref().clone(), now_ms()));
+        }
+        s.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let before = s.seq.load(Ordering::Acquire);
+        let txn = s.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(KV).map_err(storage)?;
+        let entry = match table.get(k.as_slice()).map_err(storage)? {
+            Some(v) => Some(decode_entry(v.value())?),
+            None => None,
+        };
+        if s.seq.load(Ordering::Acquire) == before {
+            s.cache.insert(k, Arc::new(entry.clone()));
+        }
+        Ok(live(entry, now_ms()))
+    }
+
+    fn write(&self, ns: &NamespaceId, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, KvError> {
+        for op in &ops {
+            self.check_key(op.key())?;
+            match op {
+                WriteOp::Put { value, options, .. } => self.check_put(value, options)?,
+                WriteOp::CompareAndSwap {
+                    new: Some((value, options)),
+                    ..
+                } => self.check_put(value, options)?,
+                _ => {}
+            }
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ns = ns.clone();
+        self.submit(|reply| Job::Write { ns, ops, reply })
+    }
+
+    fn list(
+        &self,
+        ns: &NamespaceId,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, KvError> {
+        if limit == 0 || limit > self.limits.max_page {
+            return Err(KvError::BadLimit(self.limits.max_page));
+        }
+        let base = ns_prefix(ns);
+        let mut scan_prefix = base.clone();
+        scan_prefix.extend_from_slice(prefix.as_bytes());
+        let start = match cursor.filter(|c| !c.is_empty()) {
+            Some(c) => {
+                let mut k = base.clone();
+                k.extend_from_slice(&decode_cursor(c)?);
+                Bound::Excluded(k)
+            }
+            None => Bound::Included(scan_prefix.clone()),
+        };
+        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(KV).map_err(storage)?;
+        let range = table
+            .range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded))
+            .map_err(storage)?;
+        let now = now_ms();
+        let mut keys = Vec::new();
+        let mut more = false;
+        for row in range {
+            let (k, v) = row.map_err(storage)?;
+            let k = k.value();
+            if k < scan_prefix.as_slice() {
+                continue; // a cursor from before the prefix
+            }
+            if !k.starts_with(&scan_prefix) {
+                break;
+            }
+            let entry = decode_entry(v.value())?;
+            if entry.expires_at_ms.is_some_and(|t| t <= now) {
+                continue;
+            }
+            if keys.len() == limit {
+                more = true;
+                break;
+            }
+            let name = String::from_utf8(k[base.len()..].to_vec()).map_err(storage)?;
+            keys.push(KeyInfo {
+                name,
+                expires_at_ms: entry.expires_at_ms,
+                metadata: entry.metadata,
+            });
+        }
+        let cursor = if more {
+            keys.last().map(|k| encode_cursor(k.name.as_bytes()))
+        } else {
+            None
+        };
+        Ok(Page { keys, cursor })
+    }
+
+    fn create_namespace(&self, ns: &NamespaceId) -> Result<bool, KvError> {
+        if self.namespace_exists(ns)? {
+            return Ok(false);
+        }
+        let ns = ns.clone();
+        self.submit(|reply| Job::CreateNamespace { ns, reply })
+    }
+
+    fn list_namespaces(&self, tenant: &str) -> Result<Vec<String>, KvError> {
+        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(KV_NAMESPACES).map_err(storage)?;
+        let start = format!("{tenant}/");
+        let mut out = Vec::new();
+        for row in table.range(start.as_str()..).map_err(storage)? {
+            let (k, _) = row.map_err(storage)?;
+            match k.value().strip_prefix(&start) {
+                Some(name) => out.push(name.to_string()),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn namespace_exists(&self, ns: &NamespaceId) -> Result<bool, KvError> {
+        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(KV_NAMESPACES).map_err(storage)?;
+        Ok(table
+            .get(format!("{}/{}", ns.tenant, ns.name).as_str())
+            .map_err(storage)?
+            .is_some())
+    }
+
+    fn delete_tenant(&self, tenant: &str) -> Result<(), KvError> {
+        let tenant = tenant.to_string();
+        self.submit(|reply| Job::DeleteTenant { tenant, reply })
+    }
+}
+
+fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(shared, jobs);
+    }
+}
+
+enum Outcome {
+    Write(Result<Vec<WriteResult>, KvError>),
+    Created(Result<bool, KvError>),
+    Deleted(Result<(), KvError>),
+    Purged(Result<usize, KvError>),
+}
+
+fn run_group(shared: &Shared, jobs: Vec<Job>) {
+    let mut touched: Vec<Vec<u8>> = Vec::new();
+    let mut flush_all = false;
+    let result = (|| -> Result<Vec<Outcome>, KvError> {
+        let txn = shared.db.begin_write().map_err(storage)?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        {
+            let mut kv = txn.open_table(KV).map_err(storage)?;
+            let mut expiry = txn.open_table(KV_EXPIRY).map_err(storage)?;
+            for job in &jobs {
+                outcomes.push(match job {
+                    Job::Write { ns, ops, .. } => {
+                        Outcome::Write(apply_write(&mut kv, &mut expiry, ns, ops, &mut touched))
+                    }
+                    Job::CreateNamespace { ns, .. } => Outcome::Created(create_ns(&txn, ns)),
+                    Job::DeleteTenant { tenant, .. } => {
+                        flush_all = true;
+                        Outcome::Deleted(delete_tenant(&txn, &mut kv, &mut expiry, tenant))
+                    }
+                    Job::Purge { now, .. } => {
+                        Outcome::Purged(purge(&mut kv, &mut expiry, *now, &mut touched))
+                    }
+                });
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(outcomes)
+    })();
+
+    shared.seq.fetch_add(1, Ordering::AcqRel);
+    if flush_all || result.is_err() {
+        shared.cache.invalidate_all();
+    } else {
+        for k in &touched {
+            shared.cache.invalidate(k);
+        }
+    }
+    match result {
+        Ok(outcomes) => {
+            shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .write_jobs
+                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                match (job, outcome) {
+                    (Job::Write { reply, .. }, Outcome::Write(r)) => drop(reply.send(r)),
+                    (Job::CreateNamespace { reply, .. }, Outcome::Created(r)) => {
+                        drop(reply.send(r))
+                    }
+                    (Job::DeleteTenant { reply, .. }, Outcome::Deleted(r)) => drop(reply.send(r)),
+                    (Job::Purge { reply, .. }, Outcome::Purged(r)) => {
+                        if let Ok(n) = &r {
+                            shared.stats.purged.fetch_add(*n as u64, Ordering::Relaxed);
+                        }
+                        if let Some(reply) = reply {
+                            let _ = reply.send(r);
+                        }
+                    }
+                    _ => unreachable!("outcomes follow jobs"),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "KV commit failed");
+            for job in jobs {
+                match job {
+                    Job::Write { reply, .. } => drop(reply.send(Err(e.clone()))),
+                    Job::CreateNamespace { reply, .. } => drop(reply.send(Err(e.clone()))),
+                    Job::DeleteTenant { reply, .. } => drop(reply.send(Err(e.clone()))),
+                    Job::Purge {
+                        reply: Some(reply), ..
+                    } => drop(reply.send(Err(e.clone()))),
+                    Job::Purge { reply: None, .. } => {}
+                }
+            }
+        }
+    }
+}
+
+type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+type ExpiryTable<'t> = Table<'t, &'static [u8], ()>;
+
+fn read_entry(kv: &KvTable<'_>, k: &[u8]) -> Result<Option<Entry>, KvError> {
+    match kv.get(k).map_err(storage)? {
+        Some(v) => Ok(Some(decode_entry(v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn new_entry(value: Vec<u8>, options: &PutOptions, now: u64) -> Entry {
+    Entry {
+        value,
+        metadata: options.metadata.clone(),
+        expires_at_ms: options
+            .ttl
+            .map(|t| now.saturating_add(t.as_millis() as u64).max(now + 1)),
+    }
+}
+
+/// Computes the job on an overlay first, so a failing op leaves nothing behind.
+fn apply_write(
+    kv: &mut KvTable<'_>,
+    expiry: &mut ExpiryTable<'_>,
+    ns: &NamespaceId,
+    ops: &[WriteOp],
+    touched: &mut Vec<Vec<u8>>,
+) -> Result<Vec<WriteResult>, KvError> {
+    let now = now_ms();
+    // Per key: (stored before this job, value after the ops so far).
+    let mut overlay: HashMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = HashMap::new();
+    let mut order = Vec::new();
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let k = full_key(ns, op.key());
+        if !overlay.contains_key(&k) {
+            let stored = read_entry(kv, &k)?;
+            overlay.insert(k.clone(), (stored.clone(), stored));
+            order.push(k.clone());
+        }
+        let slot = overlay.get_mut(&k).expect("inserted above");
+        let current = live(slot.1.clone(), now);
+        match op {
+            WriteOp::Put { value, options, .. } => {
+                slot.1 = Some(new_entry(value.clone(), options, now));
+                results.push(WriteResult::Done);
+            }
+            WriteOp::Delete { .. } => {
+                slot.1 = None;
+                results.push(WriteResult::Done);
+            }
+            WriteOp::Increment { delta, .. } => {
+                let base = match &current {
+                    None => 0i64,
+                    Some(e) => std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i64>().ok())
+                        .ok_or_else(|| {
+                            KvError::NotACounter("value is not a decimal integer".into())
+                        })?,
+                };
+                let next = base
+                    .checked_add(*delta)
+                    .ok_or_else(|| KvError::NotACounter("counter overflow".into()))?;
+                let (metadata, expires_at_ms) = current
+                    .map(|e| (e.metadata, e.expires_at_ms))
+                    .unwrap_or((None, None));
+                slot.1 = Some(Entry {
+                    value: next.to_string().into_bytes(),
+                    metadata,
+                    expires_at_ms,
+                });
+                results.push(WriteResult::Counter(next));
+            }
+            WriteOp::CompareAndSwap { expected, new, .. } => {
+                let matches = current.as_ref().map(|e| &e.value) == expected.as_ref();
+                if matches {
+                    slot.1 = new.as_ref().map(|(v, o)| new_entry(v.clone(), o, now));
+                }
+                results.push(WriteResult::Swapped(matches));
+            }
+        }
+    }
+    for k in order {
+        let (before, after) = overlay.remove(&k).expect("ordered keys are in the overlay");
+        if before == after {
+            continue;
+        }
+        if let Some(t) = before.as_ref().and_then(|e| e.expires_at_ms) {
+            expiry
+                .remove(expiry_key(t, &k).as_slice())
+                .map_err(storage)?;
+        }
+        match &after {
+            Some(e) => {
+                kv.insert(k.as_slice(), encode_entry(e).as_slice())
+                    .map_err(storage)?;
+                if let Some(t) = e.expires_at_ms {
+                    expiry
+                        .insert(expiry_key(t, &k).as_slice(), ())
+                        .map_err(storage)?;
+                }
+            }
+            None => {
+                kv.remove(k.as_slice()).map_err(storage)?;
+            }
+        }
+        touched.push(k);
+    }
+    Ok(results)
+}
+
+fn create_ns(txn: &WriteTransaction, ns: &NamespaceId) -> Result<bool, KvError> {
+    let mut t = txn.open_table(KV_NAMESPACES).map_err(storage)?;
+    let key = format!("{}/{}", ns.tenant, ns.name);
+    if t.get(key.as_str()).map_err(storage)?.is_some() {
+        return Ok(false);
+    }
+    t.insert(key.as_str(), now_ms()).map_err(storage)?;
+    Ok(true)
+}
+
+fn delete_tenant(
+    txn: &WriteTransaction,
+    kv: &mut KvTable<'_>,
+    expiry: &mut ExpiryTable<'_>,
+    tenant: &str,
+) -> Result<(), KvError> {
+    let prefix = tenant_prefix(tenant);
+    let mut doomed = Vec::new();
+    for row in kv.range::<&[u8]>(prefix.as_slice()..).map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        if !k.value().starts_with(&prefix) {
+            break;
+        }
+        let e = decode_entry(v.value())?;
+        doomed.push((k.value().to_vec(), e.expires_at_ms));
+    }
+    for (k, exp) in doomed {
+        kv.remove(k.as_slice()).map_err(storage)?;
+        if let Some(t) = exp {
+            expiry
+                .remove(expiry_key(t, &k).as_slice())
+                .map_err(storage)?;
+        }
+    }
+    let mut ns = txn.open_table(KV_NAMESPACES).map_err(storage)?;
+    let start = format!("{tenant}/");
+    let names: Vec<String> = ns
+        .range(start.as_str()..)
+        .map_err(storage)?
+        .map_while(|r| {
+            r.ok()
+                .map(|(k, _)| k.value().to_string())
+                .filter(|k| k.starts_with(&start))
+        })
+        .collect();
+    for n in names {
+        ns.remove(n.as_str()).map_err(storage)?;
+    }
+    Ok(())
+}
+
+fn purge(
+    kv: &mut KvTable<'_>,
+    expiry: &mut ExpiryTable<'_>,
+    now: u64,
+    touched: &mut Vec<Vec<u8>>,
+) -> Result<usize, KvError> {
+    let end = (now + 1).to_be_bytes();
+    let mut due = Vec::new();
+    for row in expiry.range::<&[u8]>(..end.as_slice()).map_err(storage)? {
+        let (k, _) = row.map_err(storage)?;
+        due.push(k.value().to_vec());
+        if due.len() >= PURGE_BATCH {
+            break;
+        }
+    }
+    let mut purged = 0;
+    for ek in due {
+        expiry.remove(ek.as_slice()).map_err(storage)?;
+        let t = u64::from_be_bytes(ek[..8].try_into().map_err(storage)?);
+        let k = &ek[8..];
+        // Only if the stored entry still carries this expiry (not re-put since).
+        if read_entry(kv, k)?.is_some_and(|e| e.expires_at_ms == Some(t)) {
+            kv.remove(k).map_err(storage)?;
+            touched.push(k.to_vec());
+            purged += 1;
+        }
+    }
+    Ok(purged)
+}

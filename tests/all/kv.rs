@@ -1,0 +1,319 @@
+//! The KV store through the admin API: shapes, listing, TTL, durability.
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use perch_tests::{Api, Perch};
+use reqwest::Method;
+use serde_json::json;
+
+fn put_value(api: &Api, path: &str, value: &[u8], metadata: Option<&str>) -> u16 {
+    let mut req = api
+        .client
+        .put(format!("{}{path}", api.base))
+        .bearer_auth(api.token.as_deref().unwrap())
+        .body(value.to_vec());
+    if let Some(m) = metadata {
+        req = req.header("perch-kv-metadata", m);
+    }
+    req.send().unwrap().status().as_u16()
+}
+
+fn get_value(api: &Api, path: &str) -> (u16, Vec<u8>, Option<String>) {
+    let resp = api
+        .client
+        .get(format!("{}{path}", api.base))
+        .bearer_auth(api.token.as_deref().unwrap())
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let meta = resp
+        .headers()
+        .get("perch-kv-metadata")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, resp.bytes().unwrap().to_vec(), meta)
+}
+
+#[test]
+fn kv_admin_api_shapes_and_limits() {
+    let perch = Perch::start();
+    let admin = perch.admin();
+    admin.put_json("/v1/tenants/a", None).expect_status(201);
+    let kv_token = admin
+        .post_json("/v1/tenants/a/tokens", json!({"scopes": ["kv"]}))
+        .ok()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fn_token = admin
+        .post_json("/v1/tenants/a/tokens", json!({"scopes": ["functions"]}))
+        .ok()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kv = perch.api(&kv_token);
+    perch
+        .api(&fn_token)
+        .get("/v1/tenants/a/kv")
+        .expect_error(403, "forbidden");
+
+    kv.put_json("/v1/tenants/a/kv/cache", None)
+        .expect_status(201);
+    kv.put_json("/v1/tenants/a/kv/cache", None)
+        .expect_status(200);
+    kv.put_json("/v1/tenants/a/kv/Bad_Name", None)
+        .expect_error(400, "invalid_name");
+    assert_eq!(
+        kv.get("/v1/tenants/a/kv").ok(),
+        json!({"namespaces": ["cache"]})
+    );
+    kv.get("/v1/tenants/a/kv/missing/keys")
+        .expect_error(404, "not_found");
+
+    // Values are bytes; keys may contain slashes and escapes (decoded once).
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    assert_eq!(
+        put_value(
+            &kv,
+            "/v1/tenants/a/kv/cache/values/users/42/avatar",
+            &bytes,
+            Some("{\"type\":\"png\"}")
+        ),
+        204
+    );
+    let (status, got, meta) = get_value(&kv, "/v1/tenants/a/kv/cache/values/users/42/avatar");
+    assert_eq!(
+        (status, got, meta.as_deref()),
+        (200, bytes.clone(), Some("{\"type\":\"png\"}"))
+    );
+    assert_eq!(
+        put_value(&kv, "/v1/tenants/a/kv/cache/values/a%20b%252F", b"x", None),
+        204
+    );
+    let keys = kv.get("/v1/tenants/a/kv/cache/keys").ok();
+    assert_eq!(
+        keys,
+        json!({"keys": [
+            {"name": "a b%2F", "expires_at": null, "metadata": null},
+            {"name": "users/42/avatar", "expires_at": null, "metadata": {"type": "png"}},
+        ], "cursor": null})
+    );
+    assert_eq!(get_value(&kv, "/v1/tenants/a/kv/cache/values/nope").0, 404);
+    kv.delete("/v1/tenants/a/kv/cache/values/users/42/avatar")
+        .expect_status(204);
+    kv.delete("/v1/tenants/a/kv/cache/values/users/42/avatar")
+        .expect_status(204);
+    assert_eq!(
+        get_value(&kv, "/v1/tenants/a/kv/cache/values/users/42/avatar").0,
+        404
+    );
+
+    // Limits.
+    let long_key = "k".repeat(513);
+    kv.call(
+        Method::PUT,
+        &format!("/v1/tenants/a/kv/cache/values/{long_key}"),
+        Some((b"x".to_vec(), "application/octet-stream")),
+    )
+    .expect_error(400, "key_too_long");
+    kv.call(
+        Method::PUT,
+        "/v1/tenants/a/kv/cache/values/big",
+        Some((vec![0u8; (25 << 20) + 1], "application/octet-stream")),
+    )
+    .expect_error(413, "value_too_large");
+    let big_meta = format!("{{\"x\":\"{}\"}}", "m".repeat(1100));
+    assert_eq!(
+        put_value(
+            &kv,
+            "/v1/tenants/a/kv/cache/values/m",
+            b"x",
+            Some(&big_meta)
+        ),
+        413
+    );
+    assert_eq!(
+        put_value(
+            &kv,
+            "/v1/tenants/a/kv/cache/values/m",
+            b"x",
+            Some("not json")
+        ),
+        400
+    );
+    kv.call(
+        Method::PUT,
+        "/v1/tenants/a/kv/cache/values/t?ttl=abc",
+        Some((b"x".to_vec(), "text/plain")),
+    )
+    .expect_error(400, "invalid_ttl");
+    kv.get("/v1/tenants/a/kv/cache/keys?limit=1001")
+        .expect_error(400, "invalid_limit");
+    kv.get("/v1/tenants/a/kv/cache/keys?cursor=zz")
+        .expect_error(400, "invalid_cursor");
+
+    // Deleting the tenant deletes its data.
+    admin.delete("/v1/tenants/a").expect_status(204);
+    admin.put_json("/v1/tenants/a", None).expect_status(201);
+    assert_eq!(
+        admin.get("/v1/tenants/a/kv").ok(),
+        json!({"namespaces": []})
+    );
+}
+
+#[test]
+fn listing_pages_prefixes_and_ttl() {
+    let perch = Perch::start();
+    let admin = perch.admin();
+    admin.put_json("/v1/tenants/a", None).expect_status(201);
+    admin
+        .put_json("/v1/tenants/a/kv/big", None)
+        .expect_status(201);
+    // 2,500 keys from 8 writers (their commits are grouped).
+    let keys: Vec<String> = (0..2500)
+        .map(|i| format!("{}/{i:05}", if i % 5 == 0 { "five" } else { "other" }))
+        .collect();
+    let admin_ref = &admin;
+    std::thread::scope(|s| {
+        for chunk in keys.chunks(313) {
+            s.spawn(move || {
+                for k in chunk {
+                    assert_eq!(
+                        put_value(
+                            admin_ref,
+                            &format!("/v1/tenants/a/kv/big/values/{k}"),
+                            k.as_bytes(),
+                            None
+                        ),
+                        204
+                    );
+                }
+            });
+        }
+    });
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        let page = admin
+            .get(&format!(
+                "/v1/tenants/a/kv/big/keys?limit=1000&cursor={cursor}"
+            ))
+            .ok();
+        pages += 1;
+        let names = page["keys"].as_array().unwrap();
+        assert!(names.len() <= 1000);
+        seen.extend(
+            names
+                .iter()
+                .map(|k| k["name"].as_str().unwrap().to_string()),
+        );
+        match page["cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(pages, 3);
+    assert_eq!(seen, expected, "every key once, sorted");
+    let five = admin.get("/v1/tenants/a/kv/big/keys?prefix=five/").ok();
+    assert_eq!(five["keys"].as_array().unwrap().len(), 500);
+    assert!(
+        five["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["name"].as_str().unwrap().starts_with("five/"))
+    );
+
+    // TTL: gone from get and list within 3 s.
+    let resp = admin.call(
+        Method::PUT,
+        "/v1/tenants/a/kv/big/values/zz-ttl?ttl=1",
+        Some((b"x".to_vec(), "text/plain")),
+    );
+    assert_eq!(resp.status, 204);
+    let listed = admin.get("/v1/tenants/a/kv/big/keys?prefix=zz-").ok();
+    let exp = listed["keys"][0]["expires_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(exp >= now && exp <= now + 2, "expires_at {exp} now {now}");
+    let start = Instant::now();
+    loop {
+        let gone_get = get_value(&admin, "/v1/tenants/a/kv/big/values/zz-ttl").0 == 404;
+        let gone_list = admin.get("/v1/tenants/a/kv/big/keys?prefix=zz-").ok()["keys"]
+            .as_array()
+            .unwrap()
+            .is_empty();
+        if gone_get && gone_list {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "TTL key still visible after 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn acknowledged_kv_writes_survive_sigkill() {
+    let mut perch = Perch::start();
+    let admin = perch.admin();
+    admin.put_json("/v1/tenants/a", None).expect_status(201);
+    admin
+        .put_json("/v1/tenants/a/kv/durable", None)
+        .expect_status(201);
+    let acked = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for w in 0..8 {
+            let (admin, acked, stop) = (&admin, &acked, &stop);
+            s.spawn(move || {
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("w{w}-{i}");
+                    let resp = admin
+                        .client
+                        .put(format!(
+                            "{}/v1/tenants/a/kv/durable/values/{key}",
+                            admin.base
+                        ))
+                        .bearer_auth(admin.token.as_deref().unwrap())
+                        .body(format!("value-{w}-{i}"))
+                        .send();
+                    match resp {
+                        Ok(r) if r.status().as_u16() == 204 => acked.lock().unwrap().push(key),
+                        _ => break, // the server died mid-request: not acknowledged
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        perch.sigkill();
+        stop.store(true, Ordering::Relaxed);
+    });
+    let acked = acked.into_inner().unwrap();
+    assert!(acked.len() > 50, "only {} writes acknowledged", acked.len());
+    perch.restart();
+    let admin = perch.admin();
+    for key in &acked {
+        let (status, body, _) =
+            get_value(&admin, &format!("/v1/tenants/a/kv/durable/values/{key}"));
+        let (w, i) = key[1..].split_once('-').unwrap();
+        assert_eq!(
+            (status, String::from_utf8(body).unwrap()),
+            (200, format!("value-{w}-{i}")),
+            "lost {key}"
+        );
+    }
+    eprintln!(
+        "{} acknowledged writes all present after SIGKILL",
+        acked.len()
+    );
+}
