@@ -8,6 +8,7 @@
 //! | `POST`, `GET /v1/tenants/{tenant}/tokens`, `DELETE …/tokens/{id}` | admin |
 //! | `GET /v1/tenants/{tenant}/functions` | `functions` |
 //! | `PUT`, `GET`, `DELETE /v1/tenants/{tenant}/functions/{name}` | `functions` |
+//! | `PUT /v1/tenants/{tenant}/functions/{name}/settings` | `functions` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` |
 //! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{host}` | `routes` |
 //! | `GET /v1/tenants/{tenant}/kv`, `PUT …/kv/{ns}` | `kv` |
@@ -32,7 +33,9 @@ use crate::app::App;
 use crate::auth::{bearer, new_token, random_hex, token_hash};
 use crate::http::{ResBody, error, full, json, no_content};
 use crate::names::valid_name;
-use crate::registry::{RegistryError, SCOPES, TokenRecord, now};
+use std::collections::BTreeMap;
+
+use crate::registry::{LimitOverrides, Outbound, RegistryError, SCOPES, TokenRecord, now};
 
 /// Body limit for JSON requests.
 const JSON_LIMIT: usize = 1 << 20;
@@ -324,6 +327,10 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                 ["functions", name] => {
                     function_endpoint(app, method, req, tenant, name.to_string()).await
                 }
+                ["functions", name, "settings"] => match method {
+                    Method::PUT => settings_endpoint(app, req, tenant, name.to_string()).await,
+                    _ => method_not_allowed("PUT"),
+                },
                 ["routes"] => match method {
                     Method::GET => {
                         let list = tri!(blocking(move || app.registry.list_routes(&tenant)).await);
@@ -467,9 +474,19 @@ async fn function_endpoint(
                 .iter()
                 .map(|v| json!({"version": v.version, "digest": v.digest, "created_at": v.created_at}))
                 .collect();
+            let settings = f.active().map(|v| {
+                let st = &v.settings;
+                json!({
+                    "vars": st.vars,
+                    "secrets": st.secrets.keys().collect::<Vec<_>>(),
+                    "kv": st.kv,
+                    "limits": st.limits,
+                    "outbound": st.outbound,
+                })
+            });
             json(
                 StatusCode::OK,
-                &json!({"name": f.name, "active_version": f.active_version, "versions": versions}),
+                &json!({"name": f.name, "active_version": f.active_version, "versions": versions, "settings": settings}),
             )
         }
         Method::DELETE => {
@@ -525,6 +542,150 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
     json(
         StatusCode::CREATED,
         &json!({"function": name, "version": version, "digest": digest}),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsBody {
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    secrets: Option<BTreeMap<String, Option<String>>>,
+    #[serde(default)]
+    kv: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: LimitOverrides,
+    #[serde(default)]
+    outbound: Outbound,
+}
+
+/// Bytes of vars and secrets a version may carry.
+const MAX_SETTINGS_BYTES: usize = 64 * 1024;
+
+fn invalid_settings(message: String) -> Resp {
+    error(StatusCode::BAD_REQUEST, "invalid_settings", &message)
+}
+
+fn check_settings(body: &SettingsBody, max: &crate::config::LimitSet) -> Result<(), String> {
+    let secret_names = body.secrets.iter().flat_map(|m| m.keys());
+    for name in body.vars.keys().chain(secret_names) {
+        if !crate::names::valid_var_name(name) {
+            return Err(format!(
+                "`{name}` is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"
+            ));
+        }
+    }
+    if let Some(secrets) = &body.secrets
+        && let Some(both) = body.vars.keys().find(|k| secrets.contains_key(*k))
+    {
+        return Err(format!("`{both}` is both a var and a secret"));
+    }
+    let size: usize = body
+        .vars
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + body
+            .secrets
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len))
+            .sum::<usize>();
+    if size > MAX_SETTINGS_BYTES {
+        return Err(format!(
+            "vars and secrets total {size} bytes; the limit is {MAX_SETTINGS_BYTES}"
+        ));
+    }
+    for (binding, ns) in &body.kv {
+        if binding.is_empty() || binding.len() > 64 || binding == "default" {
+            return Err(format!(
+                "KV binding `{binding}` must be 1 to 64 characters and not `default`"
+            ));
+        }
+        if !valid_name(ns) {
+            return Err(format!(
+                "KV namespace `{ns}` must match [a-z0-9][a-z0-9-]{{0,62}}"
+            ));
+        }
+    }
+    let l = &body.limits;
+    let checks = [
+        ("memory_mb", l.memory_mb, max.memory_mb),
+        ("cpu_ms", l.cpu_ms, max.cpu_ms),
+        ("wall_ms", l.wall_ms, max.wall_ms),
+        (
+            "outbound_requests",
+            l.outbound_requests.map(u64::from),
+            u64::from(max.outbound_requests),
+        ),
+    ];
+    for (name, value, limit) in checks {
+        match value {
+            Some(0) => return Err(format!("limits.{name} must be positive")),
+            Some(v) if v > limit => {
+                return Err(format!(
+                    "limits.{name} = {v} is above the operator maximum {limit}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    for host in &body.outbound.allow {
+        crate::names::HostPattern::parse(host).map_err(|e| format!("outbound.allow: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn settings_endpoint(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    tenant: String,
+    name: String,
+) -> Resp {
+    if !valid_name(&name) {
+        return invalid_name("function", &name);
+    }
+    let body: SettingsBody = tri!(read_json(req, false).await).expect("required body");
+    if let Err(m) = check_settings(&body, &app.config.max) {
+        return invalid_settings(m);
+    }
+    let registry = app.registry.clone();
+    let (t, n) = (tenant.clone(), name.clone());
+    let version = tri!(
+        blocking(move || {
+            let sealer = registry.secrets().clone();
+            registry.put_settings(&t, &n, |st| {
+                st.vars = body.vars;
+                st.kv = body.kv;
+                st.limits = body.limits;
+                st.outbound = body.outbound;
+                if let Some(secrets) = body.secrets {
+                    for (secret, value) in secrets {
+                        match value {
+                            Some(v) => {
+                                let context = crate::registry::secret_context(&t, &n, &secret);
+                                st.secrets.insert(secret, sealer.seal(&context, &v));
+                            }
+                            None => {
+                                st.secrets.remove(&secret);
+                            }
+                        }
+                    }
+                }
+                if let Some(both) = st.vars.keys().find(|k| st.secrets.contains_key(*k)) {
+                    return Err(RegistryError::Invalid(format!(
+                        "`{both}` is both a var and a secret"
+                    )));
+                }
+                Ok(())
+            })
+        })
+        .await
+    );
+    tracing::info!(%tenant, function = %name, version, "settings updated");
+    json(
+        StatusCode::CREATED,
+        &json!({"function": name, "version": version}),
     )
 }
 

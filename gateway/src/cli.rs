@@ -67,6 +67,16 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Read and write a tenant's key-value store.
+    Kv {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: KvAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Manage a tenant's tokens (admin token).
     Tokens {
         /// Tenant.
@@ -142,6 +152,70 @@ enum FunctionAction {
     Delete {
         /// Name.
         name: String,
+    },
+    /// Replace a function's settings from a JSON file (creates a version).
+    Settings {
+        /// Name.
+        name: String,
+        /// JSON file: {"vars", "secrets", "kv", "limits", "outbound"}.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KvAction {
+    /// List namespaces.
+    Namespaces,
+    /// Create a namespace.
+    Create {
+        /// Namespace.
+        namespace: String,
+    },
+    /// Print a value (raw bytes) to stdout.
+    Get {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// Store a value given inline or from a file.
+    Put {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// The value (or use --file).
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// JSON metadata.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Delete a key.
+    Delete {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// List keys (one page; pass --cursor for the next).
+    List {
+        /// Namespace.
+        namespace: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Cursor from the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Page size (1 to 1000).
+        #[arg(long)]
+        limit: Option<u32>,
     },
 }
 
@@ -348,6 +422,16 @@ fn run_client(cmd: Command) -> Result<(), ClientError> {
                     c.call(Method::DELETE, &format!("{base}/{name}"), None)?;
                     println!("deleted function {tenant}/{name}");
                 }
+                FunctionAction::Settings { name, file } => {
+                    let text = std::fs::read(&file)
+                        .map_err(|e| ClientError(format!("cannot read {}: {e}", file.display())))?;
+                    let v = c.call(
+                        Method::PUT,
+                        &format!("{base}/{name}/settings"),
+                        Some((Bytes::from(text), "application/json")),
+                    )?;
+                    println!("settings of {tenant}/{name} are version {}", v["version"]);
+                }
             }
             Ok(())
         }
@@ -372,6 +456,11 @@ fn run_client(cmd: Command) -> Result<(), ClientError> {
             }
             Ok(())
         }
+        Command::Kv {
+            tenant,
+            action,
+            api,
+        } => run_kv(&client(&api)?, &tenant, action),
         Command::Tokens {
             tenant,
             action,
@@ -392,4 +481,88 @@ fn run_client(cmd: Command) -> Result<(), ClientError> {
             Ok(())
         }
     }
+}
+
+fn run_kv(c: &Client, tenant: &str, action: KvAction) -> Result<(), ClientError> {
+    use crate::client::{check, encode_path};
+    let base = format!("/v1/tenants/{tenant}/kv");
+    let value_path = |ns: &str, key: &str| {
+        format!(
+            "{base}/{}/values/{}",
+            encode_path(ns, false),
+            encode_path(key, true)
+        )
+    };
+    match action {
+        KvAction::Namespaces => print(&c.call(Method::GET, &base, None)?),
+        KvAction::Create { namespace } => {
+            print(&c.call(Method::PUT, &format!("{base}/{namespace}"), None)?)
+        }
+        KvAction::Get { namespace, key } => {
+            let (status, headers, body) =
+                c.call_raw(Method::GET, &value_path(&namespace, &key), None, &[])?;
+            check(status, &body)?;
+            if let Some(m) = headers
+                .get(crate::kv_api::METADATA_HEADER)
+                .and_then(|m| m.to_str().ok())
+            {
+                eprintln!("metadata: {m}");
+            }
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(&body)
+                .map_err(|e| ClientError(format!("writing stdout: {e}")))?;
+        }
+        KvAction::Put {
+            namespace,
+            key,
+            value,
+            file,
+            ttl,
+            metadata,
+        } => {
+            let bytes = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(f)) => std::fs::read(&f)
+                    .map_err(|e| ClientError(format!("cannot read {}: {e}", f.display())))?,
+                (None, None) => return Err(ClientError("give a value or --file".into())),
+            };
+            let mut path = value_path(&namespace, &key);
+            if let Some(t) = ttl {
+                path.push_str(&format!("?ttl={t}"));
+            }
+            let headers: Vec<(&str, String)> = metadata
+                .into_iter()
+                .map(|m| (crate::kv_api::METADATA_HEADER, m))
+                .collect();
+            let (status, _, body) = c.call_raw(
+                Method::PUT,
+                &path,
+                Some((Bytes::from(bytes), "application/octet-stream")),
+                &headers,
+            )?;
+            check(status, &body)?;
+            println!("stored {namespace}/{key}");
+        }
+        KvAction::Delete { namespace, key } => {
+            c.call(Method::DELETE, &value_path(&namespace, &key), None)?;
+            println!("deleted {namespace}/{key}");
+        }
+        KvAction::List {
+            namespace,
+            prefix,
+            cursor,
+            limit,
+        } => {
+            let mut q = format!("prefix={}", encode_path(&prefix, false));
+            if let Some(cur) = cursor {
+                q.push_str(&format!("&cursor={cur}"));
+            }
+            if let Some(l) = limit {
+                q.push_str(&format!("&limit={l}"));
+            }
+            print(&c.call(Method::GET, &format!("{base}/{namespace}/keys?{q}"), None)?)
+        }
+    }
+    Ok(())
 }

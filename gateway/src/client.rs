@@ -32,17 +32,21 @@ impl Client {
         })
     }
 
-    /// Sends a request; returns the JSON body of a 2xx answer (Null for 204).
-    pub fn call(
+    /// Sends a request; returns status, headers and body of any answer.
+    pub fn call_raw(
         &self,
         method: Method,
         path: &str,
         body: Option<(Bytes, &str)>,
-    ) -> Result<Value, ClientError> {
+        headers: &[(&str, String)],
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ClientError> {
         let uri = format!("{}{path}", self.base);
         let mut builder = Request::builder().method(method).uri(&uri);
         if let Some(t) = &self.token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
         }
         let (bytes, ctype) = body.unwrap_or((Bytes::new(), "application/json"));
         let req = builder
@@ -55,28 +59,57 @@ impl Client {
                 .request(req)
                 .await
                 .map_err(|e| ClientError(format!("cannot reach {}: {e}", self.base)))?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
+            let (parts, body) = resp.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|e| ClientError(format!("reading response: {e}")))?
                 .to_bytes();
-            if status == StatusCode::NO_CONTENT {
-                return Ok(Value::Null);
-            }
-            let value: Value = serde_json::from_slice(&body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
-            if status.is_success() {
-                Ok(value)
-            } else {
-                let code = value["error"]["code"].as_str().unwrap_or("error");
-                let message = value["error"]["message"].as_str().unwrap_or("");
-                Err(ClientError(format!(
-                    "{} {code}: {message}",
-                    status.as_u16()
-                )))
-            }
+            Ok((parts.status, parts.headers, body))
         })
     }
+
+    /// Sends a request; returns the JSON body of a 2xx answer (Null for 204).
+    pub fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &str)>,
+    ) -> Result<Value, ClientError> {
+        let (status, _, body) = self.call_raw(method, path, body, &[])?;
+        check(status, &body)
+    }
+}
+
+/// The JSON body of a 2xx answer (Null when empty), else the API's error as one line.
+pub fn check(status: StatusCode, body: &[u8]) -> Result<Value, ClientError> {
+    if status == StatusCode::NO_CONTENT || (status.is_success() && body.is_empty()) {
+        return Ok(Value::Null);
+    }
+    let value: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()));
+    if status.is_success() {
+        Ok(value)
+    } else {
+        let code = value["error"]["code"].as_str().unwrap_or("error");
+        let message = value["error"]["message"].as_str().unwrap_or("");
+        Err(ClientError(format!(
+            "{} {code}: {message}",
+            status.as_u16()
+        )))
+    }
+}
+
+/// Percent-encodes a path segment (keeps unreserved characters, and `/`
+/// when `keep_slash`).
+pub fn encode_path(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

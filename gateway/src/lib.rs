@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod routing;
+pub mod secrets;
 pub mod server;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::LimitSet;
 use crate::names::HostPattern;
 use crate::routing::{RouteTable, Target, TenantGate};
+use crate::secrets::SecretBox;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
@@ -71,7 +72,56 @@ pub struct Version {
     pub digest: String,
     /// Unix seconds.
     pub created_at: u64,
+    /// Vars, sealed secrets, KV bindings, limits, outbound policy.
+    #[serde(default)]
+    pub settings: Settings,
 }
+
+/// Per-version settings. Secrets are stored sealed (see `secrets`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Settings {
+    /// Plain variables (environment and `wasi:config`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Sealed secrets by name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// KV identifier → namespace.
+    #[serde(default)]
+    pub kv: BTreeMap<String, String>,
+    /// Limit overrides.
+    #[serde(default)]
+    pub limits: LimitOverrides,
+    /// Outbound policy.
+    #[serde(default)]
+    pub outbound: Outbound,
+}
+
+/// Per-function limit overrides (absent: the node default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// Instance memory, MiB.
+    pub memory_mb: Option<u64>,
+    /// CPU time per request, ms.
+    pub cpu_ms: Option<u64>,
+    /// Wall time per request, ms.
+    pub wall_ms: Option<u64>,
+    /// Outbound requests per invocation.
+    pub outbound_requests: Option<u32>,
+}
+
+/// Hosts a function may call (narrowing the node's egress rules).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// Host names or `*.suffix` patterns; empty means no narrowing.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// KV operations a guest may make per request.
+pub const KV_OPS_PER_INVOCATION: u32 = 1000;
 
 /// A function and its versions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -171,6 +221,11 @@ fn fn_key(tenant: &str, name: &str) -> String {
     format!("{tenant}/{name}")
 }
 
+/// The associated data a secret is sealed with.
+pub fn secret_context(tenant: &str, function: &str, name: &str) -> String {
+    format!("{tenant}/{function}/{name}")
+}
+
 /// Unix seconds now.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
@@ -182,6 +237,8 @@ pub fn now() -> u64 {
 /// The registry.
 pub struct Registry {
     db: Arc<Database>,
+    secrets: Arc<SecretBox>,
+    kv: std::sync::OnceLock<Arc<perch_kv::RedbKv>>,
     state: Mutex<State>,
     routes: ArcSwap<RouteTable>,
     gates: Mutex<HashMap<String, Arc<TenantGate>>>,
@@ -190,7 +247,7 @@ pub struct Registry {
 
 impl Registry {
     /// Opens (or creates) the database at `path` and loads the registry.
-    pub fn open(path: &Path, defaults: LimitSet) -> Result<Registry> {
+    pub fn open(path: &Path, defaults: LimitSet, secrets: Arc<SecretBox>) -> Result<Registry> {
         let db = Database::create(path).map_err(storage)?;
         let db = Arc::new(db);
         let txn = db.begin_write().map_err(storage)?;
@@ -251,6 +308,8 @@ impl Registry {
 
         let registry = Registry {
             db,
+            secrets,
+            kv: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
             routes: ArcSwap::from_pointee(RouteTable::default()),
             gates: Mutex::new(HashMap::new()),
@@ -261,6 +320,20 @@ impl Registry {
             registry.install(&mut guard, state);
         }
         Ok(registry)
+    }
+
+    /// Connects the KV store that functions' buckets open, and republishes
+    /// the routes so every target can reach it.
+    pub fn attach_kv(&self, kv: Arc<perch_kv::RedbKv>) {
+        let _ = self.kv.set(kv);
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = guard.clone();
+        self.install(&mut guard, state);
+    }
+
+    /// The node's secret sealing box.
+    pub fn secrets(&self) -> &Arc<SecretBox> {
+        &self.secrets
     }
 
     /// The shared database (the KV store lives in it too).
@@ -341,11 +414,7 @@ impl Registry {
                         tenant: function.tenant.clone(),
                         function: function.name.clone(),
                         version: version.version,
-                        invocation: perch_runtime::Invocation::new(
-                            digest,
-                            self.defaults.to_runtime(),
-                            &label,
-                        ),
+                        invocation: self.invocation(function, version, digest, &label),
                         gate: self.gate(&function.tenant),
                     });
                     targets.insert(key, t.clone());
@@ -363,6 +432,53 @@ impl Registry {
             }
         }
         table
+    }
+
+    /// What the runtime needs to run a version: limits, environment (vars
+    /// and unsealed secrets), `wasi:config` values and KV access.
+    fn invocation(
+        &self,
+        function: &Function,
+        version: &Version,
+        digest: perch_runtime::Digest,
+        label: &str,
+    ) -> perch_runtime::Invocation {
+        let st = &version.settings;
+        let o = &st.limits;
+        let limits = LimitSet {
+            memory_mb: o.memory_mb.unwrap_or(self.defaults.memory_mb),
+            cpu_ms: o.cpu_ms.unwrap_or(self.defaults.cpu_ms),
+            wall_ms: o.wall_ms.unwrap_or(self.defaults.wall_ms),
+            outbound_requests: o
+                .outbound_requests
+                .unwrap_or(self.defaults.outbound_requests),
+        };
+        let mut inv = perch_runtime::Invocation::new(digest, limits.to_runtime(), label);
+        let mut env: Vec<(String, String)> = st
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, sealed) in &st.secrets {
+            let context = secret_context(&function.tenant, &function.name, name);
+            match self.secrets.open(&context, sealed) {
+                Some(plain) => env.push((name.clone(), plain)),
+                None => {
+                    tracing::error!(function = %label, secret = %name, "secret cannot be unsealed with this node's key")
+                }
+            }
+        }
+        inv.config = Arc::new(env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+        inv.env = env;
+        if let Some(kv) = self.kv.get() {
+            inv.kv = Some(Arc::new(perch_runtime::KvAccess {
+                backend: kv.clone(),
+                tenant: function.tenant.clone(),
+                bindings: st.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                max_ops: KV_OPS_PER_INVOCATION,
+            }));
+        }
+        inv
     }
 
     // ---- tenants ----
@@ -515,10 +631,45 @@ impl Registry {
                 versions: Vec::new(),
             });
             let version = f.versions.last().map(|v| v.version).unwrap_or(0) + 1;
+            // New code keeps the settings of the version it replaces.
+            let settings = f.active().map(|v| v.settings.clone()).unwrap_or_default();
             f.versions.push(Version {
                 version,
                 digest: digest.to_string(),
                 created_at: now(),
+                settings,
+            });
+            f.active_version = version;
+            b.put(FUNCTIONS, &key, f);
+            Ok(version)
+        })
+    }
+
+    /// Creates version N+1 with the active version's artifact and `edit`
+    /// applied to a copy of its settings, and activates it.
+    pub fn put_settings(
+        &self,
+        tenant: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Settings) -> Result<()>,
+    ) -> Result<u32> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let key = fn_key(tenant, name);
+            let f = s.functions.get_mut(&key).ok_or_else(|| {
+                RegistryError::NotFound(format!("function `{name}` does not exist"))
+            })?;
+            let active = f.active().cloned().ok_or_else(|| {
+                RegistryError::NotFound(format!("function `{name}` has no active version"))
+            })?;
+            let mut settings = active.settings.clone();
+            edit(&mut settings)?;
+            let version = f.versions.last().map(|v| v.version).unwrap_or(0) + 1;
+            f.versions.push(Version {
+                version,
+                digest: active.digest,
+                created_at: now(),
+                settings,
             });
             f.active_version = version;
             b.put(FUNCTIONS, &key, f);

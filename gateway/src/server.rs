@@ -117,9 +117,13 @@ pub async fn serve(
     rc.cache_capacity = config.component_cache;
     let runtime = Arc::new(Runtime::new(rc)?);
 
+    let secrets = Arc::new(
+        crate::secrets::SecretBox::load(&config.data_dir, std::env::var("PERCH_SECRET_KEY").ok())
+            .map_err(ServeError::Data)?,
+    );
     let db_path = config.data_dir.join("perch.redb");
     let defaults = config.limits;
-    let registry = tokio::task::spawn_blocking(move || Registry::open(&db_path, defaults))
+    let registry = tokio::task::spawn_blocking(move || Registry::open(&db_path, defaults, secrets))
         .await
         .map_err(|e| ServeError::Data(format!("registry load failed: {e}")))??;
     for digest in registry.all_digests() {
@@ -133,8 +137,10 @@ pub async fn serve(
 
     let kv = perch_kv::RedbKv::open(registry.database().clone(), perch_kv::KvLimits::default())
         .map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
+    let kv = Arc::new(kv);
+    registry.attach_kv(kv.clone());
     let app = Arc::new(App {
-        kv: Arc::new(kv),
+        kv,
         registry: Arc::new(registry),
         runtime,
         metrics: Metrics::default(),

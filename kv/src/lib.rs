@@ -21,14 +21,16 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod bindings;
 mod encoding;
+pub mod guest;
 mod redb_backend;
 
 pub use backend::{
     Entry, KeyInfo, KvBackend, KvError, KvLimits, NamespaceId, Page, PutOptions, WriteOp,
     WriteResult,
 };
-pub use redb_backend::RedbKv;
+pub use redb_backend::{KvStats, RedbKv};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

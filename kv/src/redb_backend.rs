@@ -173,6 +173,17 @@ impl RedbKv {
         self.limits
     }
 
+    /// The cached value of a key, without touching the disk: `None` on a
+    /// cache miss, `Some(None)` for a key known to be absent or expired.
+    pub fn get_cached(&self, ns: &NamespaceId, key: &str) -> Option<Option<Entry>> {
+        if key.is_empty() || key.len() > self.limits.max_key {
+            return None;
+        }
+        let hit = self.shared.cache.get(&full_key(ns, key))?;
+        self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(live(hit.as_ref().clone(), now_ms()))
+    }
+
     /// Removes expired keys now; returns how many.
     pub fn purge_expired(&self) -> Result<usize, KvError> {
         self.submit(|reply| Job::Purge {
@@ -665,4 +676,12 @@ fn purge(
         }
     }
     Ok(purged)
+}
+
+impl std::fmt::Debug for RedbKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbKv")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
 }

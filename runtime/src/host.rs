@@ -11,11 +11,16 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
+use perch_kv::guest::{KvCtx, KvCtxView, KvView};
+use wasmtime_wasi_config::WasiConfigVariables;
+
 use crate::limits::InstanceLimiter;
 
 /// Store data of one request's instance.
 pub struct Host {
     pub(crate) wasi: WasiCtx,
+    pub(crate) config: Arc<WasiConfigVariables>,
+    pub(crate) kv: Option<KvCtx>,
     pub(crate) http: WasiHttpCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: InstanceLimiter,
@@ -28,6 +33,16 @@ impl WasiView for Host {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl KvView for Host {
+    fn kv(&mut self) -> Option<KvCtxView<'_>> {
+        let ctx = self.kv.as_mut()?;
+        Some(KvCtxView {
+            ctx,
+            table: &mut self.table,
+        })
     }
 }
 

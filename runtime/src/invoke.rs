@@ -18,6 +18,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
+use perch_kv::guest::{KvAccess, KvCtx};
+use wasmtime_wasi_config::WasiConfigVariables;
+
 use crate::host::{GuestLog, Host, PerchHooks};
 use crate::limits::InstanceLimiter;
 use crate::{Digest, InvokeError, Limits, Runtime};
@@ -26,7 +29,7 @@ use crate::{Digest, InvokeError, Limits, Runtime};
 const GUEST_LOG_CAPACITY: usize = 64 * 1024;
 
 /// What to run for one request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Invocation {
     /// The component's digest.
     pub digest: Digest,
@@ -34,17 +37,34 @@ pub struct Invocation {
     pub limits: Limits,
     /// Environment variables the guest sees.
     pub env: Vec<(String, String)>,
+    /// What `wasi:config/store` answers.
+    pub config: Arc<WasiConfigVariables>,
+    /// The KV namespaces the function may open; `None` disables KV.
+    pub kv: Option<Arc<KvAccess>>,
     /// Names the function in logs, e.g. `tenant/function@3`.
     pub label: Arc<str>,
 }
 
+impl std::fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Env and config may hold secrets: never print them.
+        f.debug_struct("Invocation")
+            .field("digest", &self.digest)
+            .field("limits", &self.limits)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Invocation {
-    /// An invocation with no environment variables.
+    /// An invocation with no environment, config or KV.
     pub fn new(digest: Digest, limits: Limits, label: &str) -> Self {
         Invocation {
             digest,
             limits,
             env: Vec::new(),
+            config: Arc::default(),
+            kv: None,
             label: label.into(),
         }
     }
@@ -146,6 +166,8 @@ impl Runtime {
         table.set_max_capacity(inv.limits.table_capacity);
         let host = Host {
             wasi,
+            config: inv.config.clone(),
+            kv: inv.kv.clone().map(KvCtx::new),
             http: WasiHttpCtx::new(),
             table,
             limiter: InstanceLimiter::new(inv.limits.memory_bytes, state.memory_hit.clone()),

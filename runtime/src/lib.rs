@@ -40,6 +40,8 @@ pub use error::{InvokeError, RuntimeError, ValidationError};
 pub use host::Host;
 pub use invoke::{Invocation, ResponseBody};
 pub use limits::Limits;
+pub use perch_kv::guest::KvAccess;
+pub use wasmtime_wasi_config::WasiConfigVariables;
 
 /// Engine-wide settings, fixed for the life of the process.
 #[derive(Debug, Clone)]
@@ -123,6 +125,11 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(RuntimeError::engine)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(RuntimeError::engine)?;
+        perch_kv::guest::add_to_linker(&mut linker).map_err(RuntimeError::engine)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, |h: &mut Host| {
+            wasmtime_wasi_config::WasiConfig::from(&*h.config)
+        })
+        .map_err(RuntimeError::engine)?;
 
         let artifacts = artifacts::ArtifactStore::open(&config.artifacts_dir, &engine)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));

@@ -37,6 +37,11 @@ const PROVIDED: &[&str] = &[
     "wasi:sockets/ip-name-lookup",
     "wasi:http/types",
     "wasi:http/outgoing-handler",
+    "wasi:keyvalue/store",
+    "wasi:keyvalue/atomics",
+    "wasi:keyvalue/batch",
+    "wasi:config/store",
+    "perch:kv/ext",
 ];
 
 const HANDLER: &str = "wasi:http/incoming-handler@0.2";
@@ -92,7 +97,7 @@ pub(crate) fn compile_and_check(
         if !PROVIDED.contains(&unversioned(name)) {
             return Err(ValidationError::UnsupportedImport {
                 name: name.to_string(),
-                detail: "; functions may import WASI 0.2 (wasi:http, wasi:cli, wasi:clocks, wasi:io, wasi:random, wasi:filesystem, wasi:sockets)".into(),
+                detail: "; functions may import WASI 0.2 (wasi:http, wasi:cli, wasi:clocks, wasi:io, wasi:random, wasi:filesystem, wasi:sockets), wasi:keyvalue@0.2.0-draft, wasi:config@0.2.0-rc.1 and perch:kv/ext".into(),
             });
         }
     }

@@ -194,3 +194,114 @@ fn bad_config_exits_before_binding() {
     assert!(err.contains("no_such_setting"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 }
+
+#[test]
+fn kv_and_settings_with_the_cli() {
+    let perch = Perch::start();
+    ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &["tenants", "create", "acme"],
+    ));
+    let t = ADMIN_TOKEN;
+    ok(perch_cli(
+        &perch,
+        t,
+        &["kv", "--tenant", "acme", "create", "cache"],
+    ));
+    assert!(
+        ok(perch_cli(
+            &perch,
+            t,
+            &["kv", "--tenant", "acme", "namespaces"]
+        ))
+        .contains("cache")
+    );
+    ok(perch_cli(
+        &perch,
+        t,
+        &[
+            "kv",
+            "--tenant",
+            "acme",
+            "put",
+            "cache",
+            "users/a b",
+            "hello",
+            "--metadata",
+            "{\"v\":1}",
+            "--ttl",
+            "60",
+        ],
+    ));
+    let out = perch_cli(
+        &perch,
+        t,
+        &["kv", "--tenant", "acme", "get", "cache", "users/a b"],
+    );
+    assert_eq!(
+        ok(Output {
+            stderr: Vec::new(),
+            ..out.clone()
+        }),
+        "hello"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metadata: {\"v\":1}"));
+    let listed = ok(perch_cli(
+        &perch,
+        t,
+        &[
+            "kv", "--tenant", "acme", "list", "cache", "--prefix", "users/",
+        ],
+    ));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["keys"][0]["name"], "users/a b");
+    assert!(listed["keys"][0]["expires_at"].is_u64());
+    ok(perch_cli(
+        &perch,
+        t,
+        &["kv", "--tenant", "acme", "delete", "cache", "users/a b"],
+    ));
+    let out = perch_cli(
+        &perch,
+        t,
+        &["kv", "--tenant", "acme", "get", "cache", "users/a b"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404 not_found"));
+
+    ok(perch_cli(
+        &perch,
+        t,
+        &[
+            "deploy",
+            guests::FAULTY,
+            "--tenant",
+            "acme",
+            "--name",
+            "env",
+            "--route",
+            "env.acme.test",
+        ],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("settings.json");
+    std::fs::write(&settings, r#"{"vars":{"COLOR":"green"}}"#).unwrap();
+    let out = ok(perch_cli(
+        &perch,
+        t,
+        &[
+            "functions",
+            "--tenant",
+            "acme",
+            "settings",
+            "env",
+            settings.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("version 2"), "{out}");
+    assert_eq!(
+        perch.get("env.acme.test", "/env?COLOR").text().unwrap(),
+        "green"
+    );
+}

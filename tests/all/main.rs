@@ -5,4 +5,5 @@ mod dataplane;
 mod examples;
 mod kv;
 mod lifecycle;
+mod settings;
 mod uploads;

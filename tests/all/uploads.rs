@@ -43,11 +43,7 @@ fn invalid_components_are_refused_with_reasons() {
     assert!(msg.contains("invalid component"), "{msg}");
 
     // Over 50 MiB: refused from the declared length, before the body is read.
-    let (status, body) = raw_upload_head(
-        &perch.admin_url,
-        "/v1/tenants/a/functions/bad",
-        50 * 1024 * 1024 + 1,
-    );
+    let (status, body) = admin.put_declared("/v1/tenants/a/functions/bad", 50 * 1024 * 1024 + 1);
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("\"body_too_large\""), "{body}");
     // The CLI refuses such a file itself, with a one-line reason.
@@ -107,40 +103,4 @@ fn ring_digest(bytes: &[u8]) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-/// Sends only the head of an upload declaring `len` bytes; returns the answer.
-fn raw_upload_head(admin_url: &str, path: &str, len: u64) -> (u16, String) {
-    use std::io::{Read, Write};
-    let addr = admin_url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        s,
-        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/wasm\r\nContent-Length: {len}\r\n\r\n",
-        perch_tests::ADMIN_TOKEN
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if String::from_utf8_lossy(&buf).contains("}}") {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
 }

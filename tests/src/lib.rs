@@ -386,6 +386,40 @@ impl Api {
         )
     }
 
+    /// Sends only the head of a PUT declaring `len` body bytes and returns
+    /// the answer's status and raw text: the server must refuse an
+    /// oversized body from its declared length, before reading it.
+    pub fn put_declared(&self, path: &str, len: u64) -> (u16, String) {
+        use std::io::Write;
+        let addr = self.base.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: {len}\r\n\r\n",
+            self.token.as_deref().unwrap_or("")
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&buf).contains("}}") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
     pub fn upload(&self, tenant: &str, function: &str, bytes: &[u8]) -> Answer {
         self.call(
             Method::PUT,

@@ -1,0 +1,242 @@
+//! Function settings: vars, secrets, KV bindings, limits; and the KV
+//! extension interface from a guest.
+use perch_tests::{Perch, guests};
+use serde_json::json;
+
+#[test]
+fn settings_create_versions_and_secrets_stay_secret() {
+    let mut perch = Perch::start();
+    let token = perch.deploy("a", "env", guests::FAULTY, "env.a.test");
+    let api = perch.api(&token);
+    let path = "/v1/tenants/a/functions/env/settings";
+    let v = api
+        .put_json(
+            path,
+            Some(json!({"vars": {"MODE": "blue"}, "secrets": {"API_KEY": "s3cr3t-value"}})),
+        )
+        .expect_status(201);
+    assert_eq!(v, json!({"function": "env", "version": 2}));
+    assert_eq!(perch.get("env.a.test", "/env?MODE").text().unwrap(), "blue");
+    assert_eq!(
+        perch.get("env.a.test", "/env?API_KEY").text().unwrap(),
+        "s3cr3t-value"
+    );
+
+    // Omitted secrets keep their values; vars are replaced wholesale.
+    api.put_json(path, Some(json!({"vars": {"OTHER": "x"}})))
+        .expect_status(201);
+    assert_eq!(perch.get("env.a.test", "/env?MODE").status(), 404);
+    assert_eq!(
+        perch.get("env.a.test", "/env?API_KEY").text().unwrap(),
+        "s3cr3t-value"
+    );
+
+    // No API returns a secret; the detail lists names only.
+    let detail = api.get("/v1/tenants/a/functions/env").ok();
+    assert_eq!(detail["active_version"], 3);
+    assert_eq!(detail["settings"]["secrets"], json!(["API_KEY"]));
+    assert_eq!(detail["settings"]["vars"], json!({"OTHER": "x"}));
+    assert!(!detail.to_string().contains("s3cr3t"));
+    // Versions share the artifact.
+    let versions = detail["versions"].as_array().unwrap();
+    assert!(
+        versions
+            .iter()
+            .all(|v| v["digest"] == versions[0]["digest"])
+    );
+    // Encrypted at rest: not in the database file.
+    let db = std::fs::read(perch.dir.join("data/perch.redb")).unwrap();
+    assert!(
+        !db.windows(12).any(|w| w == b"s3cr3t-value"),
+        "secret stored in clear"
+    );
+
+    // New code keeps the settings.
+    api.upload("a", "env", &std::fs::read(guests::FAULTY).unwrap())
+        .expect_status(201);
+    assert_eq!(perch.get("env.a.test", "/env?OTHER").text().unwrap(), "x");
+
+    // A null secret deletes it; after a restart the sealed secrets still open.
+    api.put_json(
+        path,
+        Some(json!({"secrets": {"TOKEN": "t0k", "API_KEY": null}})),
+    )
+    .expect_status(201);
+    perch.sigterm();
+    perch.restart();
+    assert_eq!(perch.get("env.a.test", "/env?TOKEN").text().unwrap(), "t0k");
+    assert_eq!(perch.get("env.a.test", "/env?API_KEY").status(), 404);
+    assert!(
+        !perch.logs().contains("t0k") && !perch.logs().contains("s3cr3t"),
+        "secret in the log"
+    );
+
+    // Bad settings: 400 with a reason, nothing created.
+    let api = perch.api(&token);
+    for (body, needle) in [
+        (json!({"vars": {"1BAD": "x"}}), "valid variable name"),
+        (
+            json!({"vars": {"X": "1"}, "secrets": {"X": "2"}}),
+            "both a var and a secret",
+        ),
+        (
+            json!({"limits": {"cpu_ms": 999_999_999}}),
+            "operator maximum",
+        ),
+        (json!({"limits": {"memory_mb": 0}}), "positive"),
+        (json!({"kv": {"cache": "Bad_NS"}}), "KV namespace"),
+        (
+            json!({"outbound": {"allow": ["not a host"]}}),
+            "outbound.allow",
+        ),
+    ] {
+        let msg = api
+            .put_json(path, Some(body))
+            .expect_error(400, "invalid_settings");
+        assert!(msg.contains(needle), "{msg}");
+    }
+    api.put_json(path, Some(json!({"bogus": 1})))
+        .expect_error(400, "invalid_json");
+    api.put_json("/v1/tenants/a/functions/nope/settings", Some(json!({})))
+        .expect_error(404, "not_found");
+    assert_eq!(
+        api.get("/v1/tenants/a/functions/env").ok()["active_version"],
+        5
+    );
+}
+
+#[test]
+fn limits_from_settings_apply() {
+    let perch = Perch::start_with("[limits]\ncpu_ms = 5000\nwall_ms = 20000\n");
+    let token = perch.deploy("a", "f", guests::FAULTY, "f.a.test");
+    perch
+        .api(&token)
+        .put_json(
+            "/v1/tenants/a/functions/f/settings",
+            Some(json!({"limits": {"wall_ms": 300}})),
+        )
+        .expect_status(201);
+    let t = std::time::Instant::now();
+    let resp = perch.get("f.a.test", "/hang");
+    assert_eq!(resp.status(), 504);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn kv_extension_from_a_guest() {
+    let perch = Perch::start();
+    perch.deploy("a", "kv", guests::KVEXT, "kv.a.test");
+    let put = |path: &str, body: &str| {
+        perch
+            .request(reqwest::Method::PUT, "kv.a.test", path)
+            .body(body.to_string())
+            .send()
+            .unwrap()
+    };
+    let get = |path: &str| {
+        let r = perch.get("kv.a.test", path);
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(
+        put("/set/user/1?meta={\"role\":\"admin\"}", "alice").status(),
+        204
+    );
+    assert_eq!(put("/set/user/2", "bob").status(), 204);
+    assert_eq!(put("/set/other", "x").status(), 204);
+    let (status, entry) = get("/entry/user/1");
+    assert_eq!(status, 200);
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    assert_eq!(
+        entry,
+        json!({"value": "alice", "metadata": {"role": "admin"}, "expires_at": null})
+    );
+
+    // Scan by prefix with a cursor.
+    let (_, page) = get("/scan?prefix=user/&limit=1");
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(page["keys"], json!(["user/1"]));
+    let cursor = page["cursor"].as_str().unwrap();
+    let (_, page) = get(&format!("/scan?prefix=user/&limit=1&cursor={cursor}"));
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(page, json!({"keys": ["user/2"], "cursor": null}));
+
+    // TTL with millisecond precision.
+    assert_eq!(put("/set/temp?ttl_ms=300", "soon gone").status(), 204);
+    let (_, entry) = get("/entry/temp");
+    let exp = serde_json::from_str::<serde_json::Value>(&entry).unwrap()["expires_at"]
+        .as_u64()
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(exp > now_ms && exp <= now_ms + 300, "{exp} vs {now_ms}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(get("/entry/temp").0, 404);
+
+    // Compare-and-swap.
+    assert_eq!(
+        perch
+            .request(reqwest::Method::POST, "kv.a.test", "/cas/lock?new=me")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "true"
+    );
+    assert_eq!(
+        perch
+            .request(reqwest::Method::POST, "kv.a.test", "/cas/lock?new=you")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "false"
+    );
+    assert_eq!(
+        perch
+            .request(
+                reqwest::Method::POST,
+                "kv.a.test",
+                "/cas/lock?expected=me&new=you"
+            )
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+        "true"
+    );
+    assert_eq!(get("/get/lock"), (200, "you".into()));
+
+    // The draft's list-keys and batch interfaces.
+    assert_eq!(get("/keys"), (200, "lock\nother\nuser/1\nuser/2".into()));
+    assert_eq!(
+        get("/batch"),
+        (200, "b1=one,b2=two,- b1-exists=false".into())
+    );
+
+    // Guest-visible limits, never traps: the per-request operation budget and value sizes.
+    let (status, body) = get("/ops?n=1500");
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("operation limit"), "{body}");
+    assert_eq!(get("/ops?n=10"), (200, "did 10".into()));
+    let (status, body) = get("/get/".to_string().add_long_key().as_str());
+    assert_eq!(status, 500);
+    assert!(body.contains("key is 600 bytes"), "{body}");
+    assert_eq!(get("/store-check?store=unbound").0, 404);
+}
+
+trait LongKey {
+    fn add_long_key(self) -> String;
+}
+
+impl LongKey for String {
+    fn add_long_key(mut self) -> String {
+        self.push_str(&"k".repeat(600));
+        self
+    }
+}
