@@ -468,6 +468,10 @@ impl Registry {
                 }
             }
         }
+        inv.outbound = Arc::new(perch_runtime::OutboundPolicy {
+            allow: st.outbound.allow.clone(),
+            max_requests: limits.outbound_requests,
+        });
         inv.config = Arc::new(env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
         inv.env = env;
         if let Some(kv) = self.kv.get() {

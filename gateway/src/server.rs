@@ -115,6 +115,12 @@ pub async fn serve(
     rc.max_instance_memory = (config.max.memory_mb as usize) << 20;
     rc.max_instances = config.max_instances;
     rc.cache_capacity = config.component_cache;
+    let exempt = config
+        .egress_allow
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    rc.egress = perch_runtime::EgressConfig::new(exempt);
     let runtime = Arc::new(Runtime::new(rc)?);
 
     let secrets = Arc::new(

@@ -14,7 +14,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use perch_kv::guest::{KvCtx, KvCtxView, KvView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
+use crate::egress::{EgressConfig, OutboundPolicy};
 use crate::limits::InstanceLimiter;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
 /// Store data of one request's instance.
 pub struct Host {
@@ -56,10 +58,42 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Perch's wasi-http policy hooks.
-pub(crate) struct PerchHooks;
+/// Perch's wasi-http policy hooks: outbound requests go through the egress
+/// checks, at most `max_requests` per invocation.
+pub(crate) struct PerchHooks {
+    pub(crate) egress: Arc<EgressConfig>,
+    pub(crate) policy: Arc<OutboundPolicy>,
+    pub(crate) label: Arc<str>,
+    pub(crate) sent: u32,
+}
 
-impl WasiHttpHooks for PerchHooks {}
+impl WasiHttpHooks for PerchHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    ),
+                    HttpError,
+                >,
+            > + Send,
+    > {
+        self.sent = self.sent.saturating_add(1);
+        if self.sent > self.policy.max_requests {
+            tracing::info!(function = %self.label, limit = self.policy.max_requests, "outbound request refused: per-invocation limit");
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        let (egress, policy, label) =
+            (self.egress.clone(), self.policy.clone(), self.label.clone());
+        Box::new(crate::egress::send(egress, policy, label, request, options))
+    }
+}
 
 /// Bounded capture of a guest's stdout or stderr. Output past the capacity
 /// is dropped (and noted), never an error the guest could trip over.

@@ -21,6 +21,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 use perch_kv::guest::{KvAccess, KvCtx};
 use wasmtime_wasi_config::WasiConfigVariables;
 
+use crate::egress::OutboundPolicy;
 use crate::host::{GuestLog, Host, PerchHooks};
 use crate::limits::InstanceLimiter;
 use crate::{Digest, InvokeError, Limits, Runtime};
@@ -41,6 +42,8 @@ pub struct Invocation {
     pub config: Arc<WasiConfigVariables>,
     /// The KV namespaces the function may open; `None` disables KV.
     pub kv: Option<Arc<KvAccess>>,
+    /// Outbound HTTP allow-list and request budget.
+    pub outbound: Arc<OutboundPolicy>,
     /// Names the function in logs, e.g. `tenant/function@3`.
     pub label: Arc<str>,
 }
@@ -65,6 +68,10 @@ impl Invocation {
             env: Vec::new(),
             config: Arc::default(),
             kv: None,
+            outbound: Arc::new(OutboundPolicy {
+                allow: Vec::new(),
+                max_requests: 50,
+            }),
             label: label.into(),
         }
     }
@@ -171,7 +178,12 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             table,
             limiter: InstanceLimiter::new(inv.limits.memory_bytes, state.memory_hit.clone()),
-            hooks: PerchHooks,
+            hooks: PerchHooks {
+                egress: self.egress.clone(),
+                policy: inv.outbound.clone(),
+                label: inv.label.clone(),
+                sent: 0,
+            },
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 mod artifacts;
+mod egress;
 mod error;
 mod host;
 mod invoke;
@@ -36,6 +37,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use artifacts::Digest;
+pub use egress::{EgressConfig, OutboundPolicy, refused_ip};
 pub use error::{InvokeError, RuntimeError, ValidationError};
 pub use host::Host;
 pub use invoke::{Invocation, ResponseBody};
@@ -58,6 +60,8 @@ pub struct RuntimeConfig {
     pub max_wasm_stack: usize,
     /// Pre-instantiated components kept in memory.
     pub cache_capacity: u64,
+    /// Outbound HTTP rules.
+    pub egress: EgressConfig,
 }
 
 impl RuntimeConfig {
@@ -71,6 +75,7 @@ impl RuntimeConfig {
             max_instances: 1000,
             max_wasm_stack: 512 * 1024,
             cache_capacity: 1000,
+            egress: EgressConfig::new(Vec::new()),
         }
     }
 }
@@ -95,6 +100,7 @@ pub struct Runtime {
     artifacts: artifacts::ArtifactStore,
     cache: moka::sync::Cache<Digest, ProxyPre<Host>>,
     stats: Arc<RuntimeStats>,
+    egress: Arc<EgressConfig>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -141,6 +147,7 @@ impl Runtime {
             artifacts,
             cache: moka::sync::Cache::new(config.cache_capacity),
             stats: Arc::new(RuntimeStats::default()),
+            egress: Arc::new(config.egress),
             ticker_stop,
         })
     }

@@ -1,7 +1,9 @@
 //! End-to-end tests against the real `perch` binary on 127.0.0.1:0.
 mod admin;
+mod bench;
 mod cli;
 mod dataplane;
+mod egress;
 mod examples;
 mod kv;
 mod lifecycle;

@@ -1,4 +1,6 @@
-//! Test guest: reflects the request back (`/big?mib=N` streams N MiB instead).
+//! Test guest: reflects the request back (`/big?mib=N` streams N MiB instead;
+//! `/fetch?url=URL` fetches URL and answers its status and body, or 502 with
+//! the error the host gave).
 //!
 //! The response carries `x-echo-method`, `x-echo-uri` (path and query) and
 //! `x-echo-headers` (the request headers as `name: value` lines, percent-free
@@ -25,6 +27,21 @@ async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
             (i < chunks).then(|| (Ok::<_, Infallible>(Bytes::from(vec![(i % 251) as u8; CHUNK])), i + 1))
         });
         return Ok(Response::new(Body::from_try_stream(body)));
+    }
+    if req.uri().path() == "/fetch" {
+        let url = req.uri().query().and_then(|q| q.strip_prefix("url=")).unwrap_or("").to_string();
+        let outbound = match Request::get(url.as_str()).body(Body::empty()) {
+            Ok(r) => r,
+            Err(e) => return Ok(Response::builder().status(400).body(format!("bad url: {e}").into())?),
+        };
+        return match wstd::http::Client::new().send(outbound).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let text = resp.into_body().str_contents().await.map(|s| s.to_string()).unwrap_or_default();
+                Ok(Response::builder().header("x-upstream-status", status.to_string()).body(text.into())?)
+            }
+            Err(e) => Ok(Response::builder().status(502).body(format!("fetch failed: {e:?}").into())?),
+        };
     }
     let (parts, body) = req.into_parts();
     let headers: Vec<String> = parts

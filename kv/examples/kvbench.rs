@@ -1,0 +1,138 @@
+//! KV throughput on this machine's disk:
+//!
+//! ```sh
+//! cargo run --release -p perch-kv --example kvbench
+//! ```
+//!
+//! Prints, each as the median of 5 alternating runs:
+//! - raw redb: 64 puts per durable commit, one writer (the best case a
+//!   single redb file allows: the reference for group commit);
+//! - `RedbKv` durable puts from 64 concurrent writers (group commit);
+//! - `RedbKv` durable puts from one writer (one commit per put);
+//! - `RedbKv` hot gets (read cache) and cold gets (redb).
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use perch_kv::{KvBackend, KvLimits, NamespaceId, PutOptions, RedbKv};
+use redb::{Database, TableDefinition};
+
+const RAW: TableDefinition<&[u8], &[u8]> = TableDefinition::new("raw");
+const RUN: Duration = Duration::from_secs(2);
+
+fn raw_batched(dir: &std::path::Path) -> f64 {
+    let db = Database::create(dir.join("raw.redb")).unwrap();
+    let value = vec![7u8; 100];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < RUN {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(RAW).unwrap();
+            for _ in 0..64 {
+                t.insert(format!("key-{n}").as_bytes(), value.as_slice())
+                    .unwrap();
+                n += 1;
+            }
+        }
+        txn.commit().unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn kv_puts(dir: &std::path::Path, writers: usize) -> (f64, f64) {
+    let db = Arc::new(Database::create(dir.join(format!("kv{writers}.redb"))).unwrap());
+    let kv = Arc::new(RedbKv::open(db, KvLimits::default()).unwrap());
+    let ns = NamespaceId::new("bench", "default");
+    let start = Instant::now();
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (kv, ns) = (kv.clone(), ns.clone());
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    while start.elapsed() < RUN {
+                        kv.put(
+                            &ns,
+                            &format!("w{w}-{n}"),
+                            vec![7u8; 100],
+                            PutOptions::default(),
+                        )
+                        .unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let stats = kv.stats();
+    let jobs = stats.write_jobs.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let commits = stats
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1) as f64;
+    (rate, jobs / commits)
+}
+
+fn kv_gets(dir: &std::path::Path, hot: bool) -> f64 {
+    let db = Arc::new(Database::create(dir.join(format!("get{hot}.redb"))).unwrap());
+    let cache = if hot { 64 << 20 } else { 0 };
+    let kv = RedbKv::open_with(db, KvLimits::default(), Duration::from_secs(60), cache).unwrap();
+    let ns = NamespaceId::new("bench", "default");
+    for i in 0..1000 {
+        kv.put(&ns, &format!("k{i}"), vec![7u8; 100], PutOptions::default())
+            .unwrap();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < RUN {
+        assert!(kv.get(&ns, &format!("k{}", n % 1000)).unwrap().is_some());
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let dir = tempfile::tempdir_in(std::env::var("PERCH_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+        .unwrap();
+    let (mut raw, mut group, mut single, mut hot, mut cold) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut group_size = vec![];
+    for round in 0..5 {
+        let d = dir.path().join(format!("r{round}"));
+        std::fs::create_dir_all(&d).unwrap();
+        raw.push(raw_batched(&d));
+        let (rate, size) = kv_puts(&d, 64);
+        group.push(rate);
+        group_size.push(size);
+        single.push(kv_puts(&d, 1).0);
+        hot.push(kv_gets(&d, true));
+        cold.push(kv_gets(&d, false));
+    }
+    let (raw, group) = (median(raw), median(group));
+    println!("raw redb, 64 puts per durable commit : {raw:>10.0} puts/s");
+    println!(
+        "RedbKv durable puts, 64 writers      : {group:>10.0} puts/s  ({:.2}x raw batched; {:.1} puts per commit)",
+        group / raw,
+        median(group_size)
+    );
+    println!(
+        "RedbKv durable puts, 1 writer        : {:>10.0} puts/s",
+        median(single)
+    );
+    println!(
+        "RedbKv gets, hot (cache)             : {:>10.0} gets/s",
+        median(hot)
+    );
+    println!(
+        "RedbKv gets, cold (redb)             : {:>10.0} gets/s",
+        median(cold)
+    );
+}
