@@ -79,6 +79,16 @@ fn main() {
         println!("cargo:rerun-if-changed={}", ws.display());
     }
     println!("cargo:rerun-if-changed=all/examples.rs");
+    // Guests depend on the SDK and on the WIT it binds.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("sdk").join("src").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("sdk").join("wit").display()
+    );
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
     let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("guests.rs");
     std::fs::write(dest, out).unwrap();
 }

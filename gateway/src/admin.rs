@@ -31,7 +31,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::auth::{bearer, new_token, random_hex, token_hash};
-use crate::http::{ResBody, error, full, json, no_content};
+use crate::http::{ResBody, error, full, json, method_not_allowed, no_content, off_thread, tri};
 use crate::names::valid_name;
 use std::collections::BTreeMap;
 
@@ -128,17 +128,6 @@ fn not_found_endpoint() -> Resp {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut resp = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed here",
-    );
-    resp.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    resp
-}
-
 fn invalid_name(what: &str, name: &str) -> Resp {
     error(
         StatusCode::BAD_REQUEST,
@@ -168,17 +157,7 @@ fn registry_error(e: RegistryError) -> Resp {
 async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, RegistryError> + Send + 'static,
 ) -> Result<R, Resp> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(registry_error),
-        Err(e) => {
-            tracing::error!(error = %e, "registry task failed");
-            Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "internal error",
-            ))
-        }
-    }
+    off_thread(f, registry_error).await
 }
 
 /// Why a body could not be read.
@@ -245,15 +224,6 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
             &format!("invalid JSON body: {e}"),
         )
     })
-}
-
-macro_rules! tri {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(resp) => return resp,
-        }
-    };
 }
 
 async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&str]) -> Resp {

@@ -41,3 +41,49 @@ pub fn no_content() -> Response<ResBody> {
     *resp.status_mut() = StatusCode::NO_CONTENT;
     resp
 }
+
+/// 405 with the `Allow` header.
+pub fn method_not_allowed(allow: &'static str) -> Response<ResBody> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here",
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// 500 `internal_error` (details belong in the log, not the body).
+pub fn internal_error() -> Response<ResBody> {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "internal error",
+    )
+}
+
+/// Runs blocking work (redb) off the async threads; `map` renders its error.
+pub async fn off_thread<R: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<R, E> + Send + 'static,
+    map: fn(E) -> Response<ResBody>,
+) -> Result<R, Response<ResBody>> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(map),
+        Err(e) => {
+            tracing::error!(error = %e, "blocking task failed");
+            Err(internal_error())
+        }
+    }
+}
+
+/// Unwraps `Ok`, or returns the `Err` response from the enclosing handler.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(resp) => return resp,
+        }
+    };
+}
+pub(crate) use tri;

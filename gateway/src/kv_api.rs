@@ -14,7 +14,7 @@ use perch_kv::{KvBackend, KvError, NamespaceId, PutOptions};
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::http::{ResBody, error, full, json, no_content};
+use crate::http::{ResBody, error, full, json, method_not_allowed, no_content, off_thread, tri};
 use crate::names::valid_name;
 
 /// Header carrying a value's JSON metadata.
@@ -54,26 +54,7 @@ pub fn kv_error(e: KvError) -> Resp {
 async fn run<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, KvError> + Send + 'static,
 ) -> Result<R, Resp> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(kv_error),
-        Err(e) => {
-            tracing::error!(error = %e, "KV task failed");
-            Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "internal error",
-            ))
-        }
-    }
-}
-
-macro_rules! tri {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(resp) => return resp,
-        }
-    };
+    off_thread(f, kv_error).await
 }
 
 fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
@@ -172,17 +153,6 @@ pub async fn handle(
             }
         }
     }
-}
-
-fn method_not_allowed(allow: &'static str) -> Resp {
-    let mut resp = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed here",
-    );
-    resp.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
-    resp
 }
 
 fn invalid_name(ns: &str) -> Resp {

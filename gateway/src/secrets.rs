@@ -4,7 +4,6 @@
 //!
 //! The key comes from `PERCH_SECRET_KEY` (64 hex characters) or, without it,
 //! from `<data-dir>/secret.key`, generated (mode 0600) on first start.
-use std::io::Write;
 use std::path::Path;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -62,19 +61,7 @@ impl SecretBox {
         SystemRandom::new()
             .fill(&mut key)
             .map_err(|_| "no system randomness".to_string())?;
-        let write = || -> std::io::Result<()> {
-            use std::os::unix::fs::OpenOptionsExt;
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(hex(&key).as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
+        let write = || crate::auth::write_private_file(&path, hex(&key).as_bytes());
         write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(SecretBox::new(&key))
     }

@@ -1,6 +1,5 @@
 //! `perch serve`: open the data directory, load the registry, bind both
 //! listeners, serve until SIGTERM/SIGINT, then drain.
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,20 +81,7 @@ fn admin_token(
         }
     }
     let token = new_token("perch_admin_");
-    let write = || -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
+    let write = || crate::auth::write_private_file(&path, format!("{token}\n").as_bytes());
     write().map_err(|e| ServeError::Data(format!("cannot write {}: {e}", path.display())))?;
     Ok((token, AdminToken::File(path)))
 }

@@ -2,7 +2,7 @@
 //! belongs here, not in tests); run them against a release build:
 //!
 //! ```sh
-//! cargo test --release -p perch-tests --test all bench_ -- --ignored --nocapture
+//! cargo build --release --bin perch && cargo test --release -p perch-tests --test all bench_ -- --ignored --nocapture
 //! ```
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

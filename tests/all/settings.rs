@@ -228,6 +228,29 @@ fn kv_extension_from_a_guest() {
     assert_eq!(status, 500);
     assert!(body.contains("key is 600 bytes"), "{body}");
     assert_eq!(get("/store-check?store=unbound").0, 404);
+    // Metadata must be JSON; the guest gets an error, not a trap.
+    let bad = put("/set/m?meta=not-json", "x");
+    assert_eq!(bad.status(), 500);
+    assert!(bad.text().unwrap().contains("metadata must be valid JSON"));
+
+    // Config through the SDK (wasi:config).
+    assert_eq!(get("/config?name=GREETING").0, 404);
+    let token = perch
+        .admin()
+        .post_json("/v1/tenants/a/tokens", json!({"scopes": ["functions"]}))
+        .ok()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    perch
+        .api(&token)
+        .put_json(
+            "/v1/tenants/a/functions/kv/settings",
+            Some(json!({"vars": {"GREETING": "hi"}, "secrets": {"PASS": "pw"}})),
+        )
+        .expect_status(201);
+    assert_eq!(get("/config?name=GREETING"), (200, "hi".into()));
+    assert_eq!(get("/config?name=PASS"), (200, "pw".into()));
 }
 
 trait LongKey {

@@ -1,20 +1,15 @@
-//! Test guest for Perch's KV extension and the rest of `wasi:keyvalue`.
+//! Test guest for Perch's KV (draft interfaces and extension) through
+//! `perch-sdk`.
 //!
 //! Routes (query values are percent-decoded):
 //! `PUT /set/KEY?ttl_ms=N&meta=JSON` (body = value), `GET /entry/KEY`,
 //! `GET /scan?prefix=P&cursor=C&limit=N`, `POST /cas/KEY?expected=X&new=Y`,
 //! `GET /get/KEY?store=ID`, `GET /keys` (draft list-keys, all pages),
-//! `GET /batch`, `GET /ops?n=N` (N reads, to hit the per-request limit).
+//! `GET /batch`, `GET /ops?n=N` (N reads, to hit the per-request limit),
+//! `GET /config?name=NAME`.
 use wstd::http::{Body, Error, Request, Response, StatusCode};
 
-wit_bindgen::generate!({
-    path: "../../../wit",
-    world: "perch:kv/imports",
-    generate_all,
-});
-
-use perch::kv::ext;
-use wasi::keyvalue::{batch, store};
+use perch_sdk::kv::{Error as KvError, Kv, PutOptions};
 
 fn reply(status: u16, body: String) -> Result<Response<Body>, Error> {
     Ok(Response::builder().status(StatusCode::from_u16(status)?).body(body.into())?)
@@ -40,7 +35,7 @@ fn param(query: &str, name: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn err(e: store::Error) -> Result<Response<Body>, Error> {
+fn err(e: KvError) -> Result<Response<Body>, Error> {
     reply(500, format!("error: {e:?}"))
 }
 
@@ -52,9 +47,16 @@ fn opt_json(s: &Option<String>) -> String {
 async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let bucket = match store::open(&param(&query, "store").unwrap_or_default()) {
+    if path == "/config" {
+        let name = param(&query, "name").unwrap_or_default();
+        return match perch_sdk::config::var(&name) {
+            Some(v) => reply(200, v),
+            None => reply(404, "unset".into()),
+        };
+    }
+    let bucket = match Kv::open(&param(&query, "store").unwrap_or_default()) {
         Ok(b) => b,
-        Err(store::Error::NoSuchStore) => return reply(404, "no-such-store".into()),
+        Err(KvError::NoSuchStore) => return reply(404, "no-such-store".into()),
         Err(e) => return err(e),
     };
     let (route, key) = match path[1..].split_once('/') {
@@ -64,21 +66,21 @@ async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
     match route.as_str() {
         "set" => {
             let value = req.into_body().str_contents().await?.to_string();
-            let ttl = param(&query, "ttl_ms").and_then(|t| t.parse().ok());
-            let meta = param(&query, "meta");
-            match ext::set_with_options(&bucket, &key, value.as_bytes(), ttl, meta.as_deref()) {
+            let ttl = param(&query, "ttl_ms").and_then(|t| t.parse().ok()).map(std::time::Duration::from_millis);
+            let metadata = param(&query, "meta");
+            match bucket.put_with(&key, value.as_bytes(), PutOptions { ttl, metadata }) {
                 Ok(()) => reply(204, String::new()),
                 Err(e) => err(e),
             }
         }
-        "entry" => match ext::get_entry(&bucket, &key) {
+        "entry" => match bucket.entry(&key) {
             Ok(Some(e)) => reply(
                 200,
                 format!(
                     "{{\"value\":{:?},\"metadata\":{},\"expires_at\":{}}}",
                     String::from_utf8_lossy(&e.value),
                     opt_json(&e.metadata),
-                    e.expires_at.map(|t| t.to_string()).unwrap_or_else(|| "null".into())
+                    e.expires_at_ms.map(|t| t.to_string()).unwrap_or_else(|| "null".into())
                 ),
             ),
             Ok(None) => reply(404, "absent".into()),
@@ -87,7 +89,7 @@ async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
         "scan" => {
             let limit = param(&query, "limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
             let (prefix, cursor) = (param(&query, "prefix").unwrap_or_default(), param(&query, "cursor"));
-            match ext::scan(&bucket, &prefix, cursor.as_deref(), limit) {
+            match bucket.list(&prefix, cursor.as_deref(), limit) {
                 Ok(page) => {
                     let names: Vec<String> = page.keys.iter().map(|k| format!("{:?}", k.name)).collect();
                     let cursor = page.cursor.map(|c| format!("{c:?}")).unwrap_or_else(|| "null".into());
@@ -99,7 +101,7 @@ async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
         "cas" => {
             let expected = param(&query, "expected").map(|v| v.as_bytes().to_vec());
             let new = param(&query, "new").map(|v| v.as_bytes().to_vec());
-            match ext::compare_and_swap(&bucket, &key, expected.as_deref(), new.as_deref()) {
+            match bucket.compare_and_swap(&key, expected.as_deref(), new.as_deref()) {
                 Ok(swapped) => reply(200, swapped.to_string()),
                 Err(e) => err(e),
             }
@@ -109,38 +111,27 @@ async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
             Ok(None) => reply(404, "absent".into()),
             Err(e) => err(e),
         },
-        "keys" => {
-            let mut all = Vec::new();
-            let mut cursor = None;
-            loop {
-                match bucket.list_keys(cursor) {
-                    Ok(resp) => {
-                        all.extend(resp.keys);
-                        match resp.cursor {
-                            Some(c) => cursor = Some(c),
-                            None => break,
-                        }
-                    }
-                    Err(e) => return err(e),
-                }
-            }
-            reply(200, all.join("\n"))
-        }
+        "keys" => match bucket.keys() {
+            Ok(all) => reply(200, all.join("\n")),
+            Err(e) => err(e),
+        },
         "batch" => {
             let pairs = vec![("b1".to_string(), b"one".to_vec()), ("b2".to_string(), b"two".to_vec())];
-            if let Err(e) = batch::set_many(&bucket, &pairs) {
+            if let Err(e) = bucket.put_many(&pairs) {
                 return err(e);
             }
-            let got = match batch::get_many(&bucket, &["b1".into(), "b2".into(), "b3".into()]) {
+            let names = ["b1".to_string(), "b2".to_string(), "b3".to_string()];
+            let got = match bucket.get_many(&names) {
                 Ok(g) => g,
                 Err(e) => return err(e),
             };
-            if let Err(e) = batch::delete_many(&bucket, &["b1".into()]) {
+            if let Err(e) = bucket.delete_many(&["b1".into()]) {
                 return err(e);
             }
-            let shown: Vec<String> = got
-                .into_iter()
-                .map(|g| g.map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(&v))).unwrap_or_else(|| "-".into()))
+            let shown: Vec<String> = names
+                .iter()
+                .zip(got)
+                .map(|(k, g)| g.map(|v| format!("{k}={}", String::from_utf8_lossy(&v))).unwrap_or_else(|| "-".into()))
                 .collect();
             let exists = bucket.exists("b1").map(|b| b.to_string()).unwrap_or_default();
             reply(200, format!("{} b1-exists={exists}", shown.join(",")))
