@@ -208,3 +208,30 @@ fn oversized_body_is_refused() {
         200
     );
 }
+
+#[test]
+fn memory_and_stack_limits_kill_only_the_instance() {
+    let perch = Perch::start_with("[limits]\ncpu_ms = 10000\nmemory_mb = 64\n");
+    perch.deploy("a", "faulty", guests::FAULTY, "faulty.a.test");
+    perch.deploy("b", "hello", guests::HELLO, "hello.b.test");
+    // Within the limit.
+    assert_eq!(perch.get("faulty.a.test", "/alloc?16").text().unwrap(), "allocated 16 MiB");
+    // Growing towards 2 GiB stops at the instance limit.
+    assert_eq!(error_code(perch.get("faulty.a.test", "/alloc?2048")), (500, "memory_limit".into()));
+    assert!(perch.logs().contains("memory limit"), "limit hit should be logged");
+    // Unbounded recursion exhausts the wasm stack: a trap, not a crash.
+    assert_eq!(error_code(perch.get("faulty.a.test", "/recurse")), (500, "function_error".into()));
+    assert_eq!(perch.get("hello.b.test", "/").status(), 200);
+    assert_eq!(perch.get("faulty.a.test", "/").status(), 200);
+}
+
+#[test]
+fn oversized_urls_and_headers_get_perchs_json_errors() {
+    let perch = Perch::start();
+    perch.deploy("a", "hello", guests::HELLO, "hello.a.test");
+    let long = format!("/?q={}", "x".repeat(17 * 1024));
+    assert_eq!(error_code(perch.get("hello.a.test", &long)), (414, "uri_too_long".into()));
+    let resp = perch.request(Method::GET, "hello.a.test", "/").header("x-big", "y".repeat(40 * 1024)).send().unwrap();
+    assert_eq!(error_code(resp), (431, "headers_too_large".into()));
+    assert_eq!(perch.get("hello.a.test", "/").status(), 200);
+}

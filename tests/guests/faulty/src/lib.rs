@@ -3,6 +3,8 @@
 //! `/trap` panics before responding, `/noresp` returns without a response,
 //! `/hang` waits forever on a timer, `/spin` loops forever on the CPU,
 //! `/env?NAME` answers the environment variable `NAME` (404 when unset),
+//! `/alloc?MB` grows memory by MB mebibytes (touching every page) and
+//! answers how much it got, `/recurse` recurses without bound,
 //! anything else answers `200 ok`.
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
@@ -33,9 +35,28 @@ impl Guest for Faulty {
                 let status = if value.is_some() { 200 } else { 404 };
                 respond(out, status, value.unwrap_or_default().as_bytes());
             }
+            "/alloc" => {
+                let mb: usize = query.parse().unwrap_or(1);
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..mb {
+                    held.push(vec![1u8; 1 << 20]);
+                }
+                let total: usize = held.iter().map(|v| v.len()).sum();
+                respond(out, 200, format!("allocated {} MiB", total >> 20).as_bytes());
+            }
+            "/recurse" => {
+                let depth = recurse(std::hint::black_box(1));
+                respond(out, 200, format!("depth {depth}").as_bytes());
+            }
             _ => respond(out, 200, b"ok"),
         }
     }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 16]);
+    recurse(frame[3] + 1) + frame[5]
 }
 
 fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
