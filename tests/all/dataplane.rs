@@ -215,12 +215,24 @@ fn memory_and_stack_limits_kill_only_the_instance() {
     perch.deploy("a", "faulty", guests::FAULTY, "faulty.a.test");
     perch.deploy("b", "hello", guests::HELLO, "hello.b.test");
     // Within the limit.
-    assert_eq!(perch.get("faulty.a.test", "/alloc?16").text().unwrap(), "allocated 16 MiB");
+    assert_eq!(
+        perch.get("faulty.a.test", "/alloc?16").text().unwrap(),
+        "allocated 16 MiB"
+    );
     // Growing towards 2 GiB stops at the instance limit.
-    assert_eq!(error_code(perch.get("faulty.a.test", "/alloc?2048")), (500, "memory_limit".into()));
-    assert!(perch.logs().contains("memory limit"), "limit hit should be logged");
+    assert_eq!(
+        error_code(perch.get("faulty.a.test", "/alloc?2048")),
+        (500, "memory_limit".into())
+    );
+    assert!(
+        perch.logs().contains("memory limit"),
+        "limit hit should be logged"
+    );
     // Unbounded recursion exhausts the wasm stack: a trap, not a crash.
-    assert_eq!(error_code(perch.get("faulty.a.test", "/recurse")), (500, "function_error".into()));
+    assert_eq!(
+        error_code(perch.get("faulty.a.test", "/recurse")),
+        (500, "function_error".into())
+    );
     assert_eq!(perch.get("hello.b.test", "/").status(), 200);
     assert_eq!(perch.get("faulty.a.test", "/").status(), 200);
 }
@@ -230,8 +242,39 @@ fn oversized_urls_and_headers_get_perchs_json_errors() {
     let perch = Perch::start();
     perch.deploy("a", "hello", guests::HELLO, "hello.a.test");
     let long = format!("/?q={}", "x".repeat(17 * 1024));
-    assert_eq!(error_code(perch.get("hello.a.test", &long)), (414, "uri_too_long".into()));
-    let resp = perch.request(Method::GET, "hello.a.test", "/").header("x-big", "y".repeat(40 * 1024)).send().unwrap();
+    assert_eq!(
+        error_code(perch.get("hello.a.test", &long)),
+        (414, "uri_too_long".into())
+    );
+    let resp = perch
+        .request(Method::GET, "hello.a.test", "/")
+        .header("x-big", "y".repeat(40 * 1024))
+        .send()
+        .unwrap();
     assert_eq!(error_code(resp), (431, "headers_too_large".into()));
     assert_eq!(perch.get("hello.a.test", "/").status(), 200);
+}
+
+#[test]
+fn tenant_concurrency_cap_answers_429_for_that_tenant_only() {
+    let perch = Perch::start_with(
+        "[limits]\ncpu_ms = 5000\nwall_ms = 1500\n[node]\ntenant_concurrency = 2\n",
+    );
+    perch.deploy("a", "faulty", guests::FAULTY, "faulty.a.test");
+    perch.deploy("b", "hello", guests::HELLO, "hello.b.test");
+    std::thread::scope(|s| {
+        let hangs: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| perch.get("faulty.a.test", "/hang").status()))
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let busy = perch.get("faulty.a.test", "/");
+        assert_eq!(busy.headers()["retry-after"], "1");
+        assert_eq!(error_code(busy), (429, "tenant_busy".into()));
+        assert_eq!(perch.get("hello.b.test", "/").status(), 200);
+        for h in hangs {
+            assert_eq!(h.join().unwrap(), 504);
+        }
+    });
+    // Slots are released when the requests end.
+    assert_eq!(perch.get("faulty.a.test", "/").status(), 200);
 }
