@@ -172,7 +172,15 @@ fn sigterm_lets_in_flight_requests_finish() {
             .and_then(|r| r.bytes())
     });
     tx.send(b"first ".to_vec()).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the request is inside an instance.
+    let start = Instant::now();
+    while perch.metric("perch_instances_in_use", "") < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "request never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let pid = perch.pid();
     unsafe { libc::kill(pid, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(300));
