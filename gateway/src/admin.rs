@@ -31,11 +31,14 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::auth::{bearer, new_token, random_hex, token_hash};
-use crate::http::{ResBody, error, full, json, method_not_allowed, no_content, off_thread, tri};
+use crate::http::{
+    ResBody, error, full, internal_error, json, method_not_allowed, no_content, off_thread, tri,
+};
 use crate::names::valid_name;
 use std::collections::BTreeMap;
 
-use crate::registry::{LimitOverrides, Outbound, RegistryError, SCOPES, TokenRecord, now};
+use crate::config::LimitOverrides;
+use crate::registry::{Outbound, RegistryError, SCOPES, TokenRecord, now};
 
 /// Body limit for JSON requests.
 const JSON_LIMIT: usize = 1 << 20;
@@ -128,7 +131,8 @@ fn not_found_endpoint() -> Resp {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-fn invalid_name(what: &str, name: &str) -> Resp {
+/// 400 `invalid_name` for a tenant, function or namespace name.
+pub(crate) fn invalid_name(what: &str, name: &str) -> Resp {
     error(
         StatusCode::BAD_REQUEST,
         "invalid_name",
@@ -144,11 +148,7 @@ fn registry_error(e: RegistryError) -> Resp {
         RegistryError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_request", &m),
         other => {
             tracing::error!(error = %other, "registry failure");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "internal error",
-            )
+            internal_error()
         }
     }
 }
@@ -489,20 +489,12 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
         Ok(Ok(d)) => d.to_string(),
         Ok(Err(perch_runtime::ValidationError::Storage(e))) => {
             tracing::error!(error = %e, "storing artifact failed");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "internal error",
-            );
+            return internal_error();
         }
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_component", &e.to_string()),
         Err(e) => {
             tracing::error!(error = %e, "compile task failed");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "internal error",
-            );
+            return internal_error();
         }
     };
     let (t, n, d) = (tenant.clone(), name.clone(), digest.clone());

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The config file's shape. Every field is optional; see `perch.example.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -19,10 +19,10 @@ pub struct FileConfig {
     pub admin_listen: Option<String>,
     /// Default per-function limits.
     #[serde(default)]
-    pub limits: LimitsFile,
+    pub limits: LimitOverrides,
     /// Operator maxima for per-function overrides.
     #[serde(default)]
-    pub max: LimitsFile,
+    pub max: LimitOverrides,
     /// Node-wide settings.
     #[serde(default)]
     pub node: NodeFile,
@@ -31,10 +31,11 @@ pub struct FileConfig {
     pub egress: EgressFile,
 }
 
-/// Limits as written in the file.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// Limits that may each be left unset: the config file's `[limits]` and
+/// `[max]` tables, and a function's `limits` settings (unset: the default).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsFile {
+pub struct LimitOverrides {
     /// Instance memory, MiB.
     pub memory_mb: Option<u64>,
     /// CPU time per request, ms.
@@ -90,6 +91,16 @@ pub struct LimitSet {
 }
 
 impl LimitSet {
+    /// These limits with the ones `o` sets replaced.
+    pub fn with(self, o: &LimitOverrides) -> LimitSet {
+        LimitSet {
+            memory_mb: o.memory_mb.unwrap_or(self.memory_mb),
+            cpu_ms: o.cpu_ms.unwrap_or(self.cpu_ms),
+            wall_ms: o.wall_ms.unwrap_or(self.wall_ms),
+            outbound_requests: o.outbound_requests.unwrap_or(self.outbound_requests),
+        }
+    }
+
     /// The runtime's view of these limits.
     pub fn to_runtime(self) -> perch_runtime::Limits {
         perch_runtime::Limits {
@@ -161,15 +172,6 @@ const DEFAULT_MAX: LimitSet = LimitSet {
     outbound_requests: 1000,
 };
 
-fn merge(file: &LimitsFile, base: LimitSet) -> LimitSet {
-    LimitSet {
-        memory_mb: file.memory_mb.unwrap_or(base.memory_mb),
-        cpu_ms: file.cpu_ms.unwrap_or(base.cpu_ms),
-        wall_ms: file.wall_ms.unwrap_or(base.wall_ms),
-        outbound_requests: file.outbound_requests.unwrap_or(base.outbound_requests),
-    }
-}
-
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|e| format!("{what}: `{s}` is not an IP:port address ({e})"))
@@ -200,8 +202,8 @@ impl Config {
             .admin_listen
             .or(file.admin_listen)
             .unwrap_or_else(|| "127.0.0.1:8081".into());
-        let max = merge(&file.max, DEFAULT_MAX);
-        let limits = merge(&file.limits, DEFAULT_LIMITS);
+        let max = DEFAULT_MAX.with(&file.max);
+        let limits = DEFAULT_LIMITS.with(&file.limits);
         let config = Config {
             data_dir: over
                 .data_dir

@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use perch_runtime::{HttpError, InvokeError};
 
 use crate::app::App;
-use crate::http::{BoxError, ResBody, error};
+use crate::http::{BoxError, ResBody, error, internal_error};
 use crate::names::normalize_host;
 use crate::routing::GatePermit;
 
@@ -173,11 +173,7 @@ fn invoke_error(e: &InvokeError) -> Response<ResBody> {
             "function_error",
             "the function failed",
         ),
-        _ => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error",
-        ),
+        _ => internal_error(),
     }
 }
 

@@ -13,8 +13,11 @@ use hyper::body::Incoming;
 use perch_kv::{KvBackend, KvError, NamespaceId, PutOptions};
 use serde_json::{Value, json};
 
+use crate::admin::invalid_name;
 use crate::app::App;
-use crate::http::{ResBody, error, full, json, method_not_allowed, no_content, off_thread, tri};
+use crate::http::{
+    ResBody, error, full, internal_error, json, method_not_allowed, no_content, off_thread, tri,
+};
 use crate::names::valid_name;
 
 /// Header carrying a value's JSON metadata.
@@ -42,11 +45,7 @@ pub fn kv_error(e: KvError) -> Resp {
         KvError::NotACounter(m) => error(StatusCode::CONFLICT, "not_a_counter", &m),
         other => {
             tracing::error!(error = %other, "KV failure");
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "internal error",
-            )
+            internal_error()
         }
     }
 }
@@ -109,7 +108,7 @@ pub async fn handle(
         },
         [ns] => {
             if !valid_name(ns) {
-                return invalid_name(ns);
+                return invalid_name("namespace", ns);
             }
             match method {
                 Method::PUT => {
@@ -127,7 +126,7 @@ pub async fn handle(
         }
         [ns, sub, key @ ..] => {
             if !valid_name(ns) {
-                return invalid_name(ns);
+                return invalid_name("namespace", ns);
             }
             let id = NamespaceId::new(&tenant, ns);
             let exists = {
@@ -153,14 +152,6 @@ pub async fn handle(
             }
         }
     }
-}
-
-fn invalid_name(ns: &str) -> Resp {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_name",
-        &format!("namespace name `{ns}` must match [a-z0-9][a-z0-9-]{{0,62}}"),
-    )
 }
 
 async fn list_keys(kv: Arc<perch_kv::RedbKv>, id: NamespaceId, req: &Request<Incoming>) -> Resp {

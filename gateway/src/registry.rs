@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::config::LimitSet;
+use crate::config::{LimitOverrides, LimitSet};
 use crate::names::HostPattern;
 use crate::routing::{RouteTable, Target, TenantGate};
 use crate::secrets::SecretBox;
@@ -95,20 +95,6 @@ pub struct Settings {
     /// Outbound policy.
     #[serde(default)]
     pub outbound: Outbound,
-}
-
-/// Per-function limit overrides (absent: the node default).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitOverrides {
-    /// Instance memory, MiB.
-    pub memory_mb: Option<u64>,
-    /// CPU time per request, ms.
-    pub cpu_ms: Option<u64>,
-    /// Wall time per request, ms.
-    pub wall_ms: Option<u64>,
-    /// Outbound requests per invocation.
-    pub outbound_requests: Option<u32>,
 }
 
 /// Hosts a function may call (narrowing the node's egress rules).
@@ -444,15 +430,7 @@ impl Registry {
         label: &str,
     ) -> perch_runtime::Invocation {
         let st = &version.settings;
-        let o = &st.limits;
-        let limits = LimitSet {
-            memory_mb: o.memory_mb.unwrap_or(self.defaults.memory_mb),
-            cpu_ms: o.cpu_ms.unwrap_or(self.defaults.cpu_ms),
-            wall_ms: o.wall_ms.unwrap_or(self.defaults.wall_ms),
-            outbound_requests: o
-                .outbound_requests
-                .unwrap_or(self.defaults.outbound_requests),
-        };
+        let limits = self.defaults.with(&st.limits);
         let mut inv = perch_runtime::Invocation::new(digest, limits.to_runtime(), label);
         let mut env: Vec<(String, String)> = st
             .vars
