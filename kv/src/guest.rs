@@ -187,10 +187,12 @@ impl store::Host for KvHost<'_> {
                 .ok_or(GuestError::NoSuchStore)?,
         };
         let ns = NamespaceId::new(&access.tenant, &name);
-        let check = ns.clone();
-        let backend = access.backend.clone();
-        // Namespaces are created on first use.
-        blocking(move || backend.create_namespace(&check)).await?;
+        // Namespaces are created on first use; once known, no disk access.
+        if !access.backend.namespace_known(&ns) {
+            let check = ns.clone();
+            let backend = access.backend.clone();
+            blocking(move || backend.create_namespace(&check)).await?;
+        }
         let (_, table) = self.parts()?;
         Ok(table.push(Bucket { ns })?)
     }

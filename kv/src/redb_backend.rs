@@ -6,10 +6,10 @@
 //! invalidates the cache for the keys it touched and answers the callers.
 //! A cache fill racing a write is dropped (a write sequence number tells), so
 //! a read after a write on this node never sees the old value.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -81,6 +81,8 @@ struct Shared {
     /// Bumped after every commit, before the cache is invalidated.
     seq: AtomicU64,
     stats: KvStats,
+    /// Namespaces seen to exist (they only go away with their tenant).
+    namespaces: Mutex<HashSet<NamespaceId>>,
 }
 
 /// The redb-backed store.
@@ -129,6 +131,7 @@ impl RedbKv {
             cache,
             seq: AtomicU64::new(0),
             stats: KvStats::default(),
+            namespaces: Mutex::new(HashSet::new()),
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -182,6 +185,19 @@ impl RedbKv {
         let hit = self.shared.cache.get(&full_key(ns, key))?;
         self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
         Some(live(hit.as_ref().clone(), now_ms()))
+    }
+
+    /// True when `ns` is known to exist, without touching the disk
+    /// (namespaces are only removed with their tenant).
+    pub fn namespace_known(&self, ns: &NamespaceId) -> bool {
+        self.known_namespaces().contains(ns)
+    }
+
+    fn known_namespaces(&self) -> std::sync::MutexGuard<'_, HashSet<NamespaceId>> {
+        self.shared
+            .namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Removes expired keys now; returns how many.
@@ -247,12 +263,11 @@ fn live(entry: Option<Entry>, now: u64) -> Option<Entry> {
 impl KvBackend for RedbKv {
     fn get(&self, ns: &NamespaceId, key: &str) -> Result<Option<Entry>, KvError> {
         self.check_key(key)?;
+        if let Some(hit) = self.get_cached(ns, key) {
+            return Ok(hit);
+        }
         let k = full_key(ns, key);
         let s = &self.shared;
-        if let Some(hit) = s.cache.get(&k) {
-            s.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(live(hit.as_ref().clone(), now_ms()));
-        }
         s.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         let before = s.seq.load(Ordering::Acquire);
         let txn = s.db.begin_read().map_err(storage)?;
@@ -351,8 +366,10 @@ impl KvBackend for RedbKv {
         if self.namespace_exists(ns)? {
             return Ok(false);
         }
-        let ns = ns.clone();
-        self.submit(|reply| Job::CreateNamespace { ns, reply })
+        let id = ns.clone();
+        let created = self.submit(|reply| Job::CreateNamespace { ns: id, reply })?;
+        self.known_namespaces().insert(ns.clone());
+        Ok(created)
     }
 
     fn list_namespaces(&self, tenant: &str) -> Result<Vec<String>, KvError> {
@@ -371,17 +388,26 @@ impl KvBackend for RedbKv {
     }
 
     fn namespace_exists(&self, ns: &NamespaceId) -> Result<bool, KvError> {
+        if self.namespace_known(ns) {
+            return Ok(true);
+        }
         let txn = self.shared.db.begin_read().map_err(storage)?;
         let table = txn.open_table(KV_NAMESPACES).map_err(storage)?;
-        Ok(table
+        let exists = table
             .get(format!("{}/{}", ns.tenant, ns.name).as_str())
             .map_err(storage)?
-            .is_some())
+            .is_some();
+        if exists {
+            self.known_namespaces().insert(ns.clone());
+        }
+        Ok(exists)
     }
 
     fn delete_tenant(&self, tenant: &str) -> Result<(), KvError> {
-        let tenant = tenant.to_string();
-        self.submit(|reply| Job::DeleteTenant { tenant, reply })
+        let t = tenant.to_string();
+        let result = self.submit(|reply| Job::DeleteTenant { tenant: t, reply });
+        self.known_namespaces().retain(|ns| ns.tenant != tenant);
+        result
     }
 }
 
