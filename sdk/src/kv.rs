@@ -103,7 +103,9 @@ pub struct Kv {
 impl Kv {
     /// Opens `name` (`"default"` or a binding from the function's settings).
     pub fn open(name: &str) -> Result<Kv, Error> {
-        Ok(Kv { bucket: store::open(name)? })
+        Ok(Kv {
+            bucket: store::open(name)?,
+        })
     }
 
     /// The value at `key`, if any.
@@ -126,9 +128,20 @@ impl Kv {
     }
 
     /// Stores `value` with a time to live and/or metadata.
-    pub fn put_with(&self, key: &str, value: impl AsRef<[u8]>, options: PutOptions) -> Result<(), Error> {
+    pub fn put_with(
+        &self,
+        key: &str,
+        value: impl AsRef<[u8]>,
+        options: PutOptions,
+    ) -> Result<(), Error> {
         let ttl = options.ttl.map(|t| t.as_millis().max(1) as u64);
-        Ok(ext::set_with_options(&self.bucket, key, value.as_ref(), ttl, options.metadata.as_deref())?)
+        Ok(ext::set_with_options(
+            &self.bucket,
+            key,
+            value.as_ref(),
+            ttl,
+            options.metadata.as_deref(),
+        )?)
     }
 
     /// Removes `key` (absent is fine).
@@ -148,7 +161,11 @@ impl Kv {
             keys: page
                 .keys
                 .into_iter()
-                .map(|k| Key { name: k.name, expires_at_ms: k.expires_at, metadata: k.metadata })
+                .map(|k| Key {
+                    name: k.name,
+                    expires_at_ms: k.expires_at,
+                    metadata: k.metadata,
+                })
                 .collect(),
             cursor: page.cursor,
         })
@@ -171,7 +188,10 @@ impl Kv {
 
     /// Values of several keys, in order (`None` where absent).
     pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        Ok(batch::get_many(&self.bucket, keys)?.into_iter().map(|e| e.map(|(_, v)| v)).collect())
+        Ok(batch::get_many(&self.bucket, keys)?
+            .into_iter()
+            .map(|e| e.map(|(_, v)| v))
+            .collect())
     }
 
     /// Stores several values in one durable write.
@@ -191,7 +211,12 @@ impl Kv {
 
     /// Writes `new` (or deletes, for `None`) only if the current value is
     /// `expected` (`None`: only if absent). Returns whether it happened.
-    pub fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<&[u8]>) -> Result<bool, Error> {
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, Error> {
         Ok(ext::compare_and_swap(&self.bucket, key, expected, new)?)
     }
 }
