@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod names;
 pub mod registry;
 pub mod routing;
+pub mod scaffold;
 pub mod secrets;
 pub mod server;

@@ -1,8 +1,8 @@
-//! The smallest useful Perch function: greets whoever calls it.
-use wstd::http::{Body, Error, Request, Response};
+use perch_sdk::prelude::*;
 
-#[wstd::http_server]
-async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
-    let name = req.uri().query().and_then(|q| q.strip_prefix("name=")).unwrap_or("world");
-    Ok(Response::new(format!("Hello, {name}!\n").into()))
+perch_sdk::export!(hello);
+
+async fn hello(req: Request) -> Response {
+    let name = req.query("name").unwrap_or_else(|| "world".into());
+    Response::from_text(format!("Hello, {name}!\n"))
 }

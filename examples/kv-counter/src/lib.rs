@@ -16,7 +16,10 @@ use wasi::config::store as config;
 use wasi::keyvalue::{atomics, store};
 
 fn text(status: StatusCode, body: String) -> Result<Response<Body>, Error> {
-    Ok(Response::builder().status(status).header("content-type", "text/plain").body(body.into())?)
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(body.into())?)
 }
 
 #[wstd::http_server]
@@ -29,20 +32,42 @@ async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
     let bucket = match store::open(store_name) {
         Ok(b) => b,
         Err(store::Error::NoSuchStore) => {
-            return text(StatusCode::NOT_FOUND, format!("no-such-store: {store_name}\n"));
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no-such-store: {store_name}\n"),
+            );
         }
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("open failed: {e:?}\n")),
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("open failed: {e:?}\n"),
+            );
+        }
     };
     if req.method() == Method::DELETE {
         return match bucket.delete("hits") {
             Ok(()) => text(StatusCode::OK, "reset\n".into()),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("delete failed: {e:?}\n")),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("delete failed: {e:?}\n"),
+            ),
         };
     }
     let hits = match atomics::increment(&bucket, "hits", 1) {
         Ok(n) => n,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("increment failed: {e:?}\n")),
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("increment failed: {e:?}\n"),
+            );
+        }
     };
-    let greeting = config::get("GREETING").ok().flatten().unwrap_or_else(|| "Hello".to_string());
-    text(StatusCode::OK, format!("{greeting}! You are visitor {hits}.\n"))
+    let greeting = config::get("GREETING")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "Hello".to_string());
+    text(
+        StatusCode::OK,
+        format!("{greeting}! You are visitor {hits}.\n"),
+    )
 }
