@@ -236,6 +236,17 @@ fn example_json_api() {
         .text()
         .unwrap();
     assert_eq!(seq, "25");
+
+    // `perch_sdk::info!` lines reach the server log, labelled.
+    let logs = perch.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("[info] created to-do 25"))
+        .unwrap_or_else(|| panic!("no guest log line in:\n{logs}"));
+    assert!(
+        line.contains("perch_guest") && line.contains("todos"),
+        "{line}"
+    );
 }
 
 #[test]
