@@ -17,7 +17,10 @@
 //!
 //! `Authorization: Bearer <token>`; the admin token works everywhere, a
 //! tenant token only under its own tenant and with the scope the path names.
-//! Errors are `{"error":{"code","message"}}`.
+//! Errors are `{"error":{"code","message"}}`. An upload that is not a
+//! valid component is 400 `invalid_component`; one whose compilation runs
+//! out of its budget (`[compile]`: CPU time, address space, wall clock — it
+//! runs in a child process) is 422 `compile_failed`.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -490,6 +493,14 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
         Ok(Err(perch_runtime::ValidationError::Storage(e))) => {
             tracing::error!(error = %e, "storing artifact failed");
             return internal_error();
+        }
+        Ok(Err(e @ perch_runtime::ValidationError::CompileFailed(_))) => {
+            tracing::warn!(%tenant, function = %name, error = %e, "upload refused: compilation budget");
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "compile_failed",
+                &e.to_string(),
+            );
         }
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_component", &e.to_string()),
         Err(e) => {

@@ -87,6 +87,28 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Internal: compile one component for the server, under the rlimits
+    /// the server set (see `perch_runtime::CompilerCommand`).
+    #[command(name = COMPILE_SUBCOMMAND, hide = true)]
+    Compile(CompileArgs),
+}
+
+/// The hidden subcommand the server runs to compile an upload.
+pub const COMPILE_SUBCOMMAND: &str = "__compile";
+
+#[derive(Args, Debug)]
+struct CompileArgs {
+    /// Wasm stack limit the server's engine uses.
+    #[arg(long)]
+    max_wasm_stack: usize,
+    /// The server engine's compatibility tag; compilation is refused when
+    /// this binary's engine differs.
+    #[arg(long)]
+    engine_tag: String,
+    /// The component.
+    input: PathBuf,
+    /// Where to write the precompiled form (atomically).
+    output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +281,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => run_serve(args),
+        Command::Compile(args) => run_compile(args),
         other => match run_client(other) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -276,6 +299,20 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn run_compile(args: CompileArgs) -> ExitCode {
+    let settings = perch_runtime::EngineSettings {
+        max_wasm_stack: args.max_wasm_stack,
+    };
+    match perch_runtime::compile_child(&settings, &args.engine_tag, &args.input, &args.output) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The server reads this (bounded) as the error's message.
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
@@ -349,7 +386,7 @@ fn body(v: Value) -> Option<(Bytes, &'static str)> {
 
 fn run_client(cmd: Command) -> Result<(), ClientError> {
     match cmd {
-        Command::Serve(_) => unreachable!("handled by main"),
+        Command::Serve(_) | Command::Compile(_) => unreachable!("handled by main"),
         Command::Deploy {
             file,
             tenant,

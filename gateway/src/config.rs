@@ -29,6 +29,33 @@ pub struct FileConfig {
     /// Outbound-traffic exemptions.
     #[serde(default)]
     pub egress: EgressFile,
+    /// Budgets of the compiler child process.
+    #[serde(default)]
+    pub compile: CompileFile,
+}
+
+/// Budgets of the child process that compiles each upload, as written in
+/// the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompileFile {
+    /// CPU seconds (all compiler threads together), enforced by `RLIMIT_CPU`.
+    pub cpu_seconds: Option<u64>,
+    /// Address space of the compiler process, MiB (`RLIMIT_AS`).
+    pub memory_mb: Option<u64>,
+    /// Wall-clock seconds before the server kills the compiler.
+    pub wall_seconds: Option<u64>,
+}
+
+/// Resolved budgets of the compiler child process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileBudget {
+    /// CPU time, seconds.
+    pub cpu_seconds: u64,
+    /// Address space, MiB.
+    pub memory_mb: u64,
+    /// Wall-clock time, seconds.
+    pub wall_seconds: u64,
 }
 
 /// Limits that may each be left unset: the config file's `[limits]` and
@@ -75,6 +102,8 @@ pub struct EgressFile {
     /// `host:port` addresses functions may reach despite the default refusals.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// PEM file of extra CA certificates trusted for outbound HTTPS.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Resolved per-function limits.
@@ -145,6 +174,10 @@ pub struct Config {
     pub drain: Duration,
     /// Egress exemptions.
     pub egress_allow: Vec<String>,
+    /// Extra CA certificates for outbound HTTPS (besides the webpki roots).
+    pub egress_ca_file: Option<PathBuf>,
+    /// Budgets of the compiler child process.
+    pub compile: CompileBudget,
 }
 
 /// Values given on the command line or in the environment (already merged
@@ -223,6 +256,12 @@ impl Config {
             max_instances: file.node.max_instances.unwrap_or(1000),
             drain: Duration::from_secs(file.node.drain_seconds.unwrap_or(30)),
             egress_allow: file.egress.allow,
+            egress_ca_file: file.egress.ca_file,
+            compile: CompileBudget {
+                cpu_seconds: file.compile.cpu_seconds.unwrap_or(60),
+                memory_mb: file.compile.memory_mb.unwrap_or(4096),
+                wall_seconds: file.compile.wall_seconds.unwrap_or(120),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -259,6 +298,17 @@ impl Config {
         }
         for a in &self.egress_allow {
             parse_addr("egress.allow", a)?;
+        }
+        let c = &self.compile;
+        if c.cpu_seconds == 0 || c.memory_mb == 0 || c.wall_seconds == 0 {
+            return Err(
+                "compile.cpu_seconds, compile.memory_mb and compile.wall_seconds must be positive"
+                    .into(),
+            );
+        }
+        if let Some(path) = &self.egress_ca_file {
+            std::fs::metadata(path)
+                .map_err(|e| format!("egress.ca_file {}: {e}", path.display()))?;
         }
         Ok(())
     }
@@ -324,5 +374,8 @@ mod example_file {
         assert_eq!(from_file.max_header_bytes, defaults.max_header_bytes);
         assert_eq!(from_file.max_uri_bytes, defaults.max_uri_bytes);
         assert_eq!(from_file.drain, defaults.drain);
+        assert_eq!(from_file.egress_allow, defaults.egress_allow);
+        assert_eq!(from_file.egress_ca_file, defaults.egress_ca_file);
+        assert_eq!(from_file.compile, defaults.compile);
     }
 }

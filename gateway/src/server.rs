@@ -86,6 +86,28 @@ fn admin_token(
     Ok((token, AdminToken::File(path)))
 }
 
+/// Uploads are compiled by this executable's hidden `__compile` subcommand
+/// under the configured budgets.
+fn compiler_command(config: &Config) -> Result<perch_runtime::CompilerCommand, ServeError> {
+    // /proc/self/exe still names this binary after a package upgrade has
+    // replaced the file on disk; elsewhere, the path we were started from.
+    let proc_exe = std::path::Path::new("/proc/self/exe");
+    let program = if proc_exe.exists() {
+        proc_exe.to_path_buf()
+    } else {
+        std::env::current_exe()
+            .map_err(|e| ServeError::Data(format!("cannot locate the perch executable: {e}")))?
+    };
+    let budget = config.compile;
+    Ok(perch_runtime::CompilerCommand {
+        program,
+        args: vec![crate::cli::COMPILE_SUBCOMMAND.into()],
+        cpu_time: Duration::from_secs(budget.cpu_seconds),
+        address_space: budget.memory_mb.saturating_mul(1 << 20),
+        wall_time: Duration::from_secs(budget.wall_seconds),
+    })
+}
+
 /// Runs the server until a shutdown signal; calls `started` once listening.
 pub async fn serve(
     config: Config,
@@ -107,6 +129,8 @@ pub async fn serve(
         .filter_map(|a| a.parse().ok())
         .collect();
     rc.egress = perch_runtime::EgressConfig::new(exempt);
+    rc.egress.ca_file = config.egress_ca_file.clone();
+    rc.compiler = Some(compiler_command(&config)?);
     let runtime = Arc::new(Runtime::new(rc)?);
 
     let secrets = Arc::new(

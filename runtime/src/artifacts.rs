@@ -13,7 +13,8 @@ use std::str::FromStr;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::RuntimeError;
+use crate::compile::{CompileError, Compiler};
+use crate::{RuntimeError, ValidationError};
 
 /// SHA-256 of a component's bytes; shown as lowercase hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,16 +64,36 @@ pub(crate) struct ArtifactStore {
     dir: PathBuf,
     /// Hex of the engine's compatibility hash, part of every precompiled file name.
     engine_tag: String,
+    compiler: Compiler,
+}
+
+/// Hex of a hash of the engine's compatibility hash: two engines with the
+/// same tag read each other's precompiled files.
+pub(crate) fn engine_tag(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 impl ArtifactStore {
-    pub(crate) fn open(dir: &Path, engine: &Engine) -> Result<ArtifactStore, RuntimeError> {
+    pub(crate) fn open(
+        dir: &Path,
+        engine: &Engine,
+        compiler: Compiler,
+    ) -> Result<ArtifactStore, RuntimeError> {
         fs::create_dir_all(dir).map_err(|e| RuntimeError::artifact("create artifacts dir", e))?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
+        // Temporary files left by a crash (ours or a killed compiler's).
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().contains(".tmp") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(ArtifactStore {
             dir: dir.to_path_buf(),
-            engine_tag: format!("{:016x}", hasher.finish()),
+            engine_tag: engine_tag(engine),
+            compiler,
         })
     }
 
@@ -88,26 +109,49 @@ impl ArtifactStore {
         self.component_path(digest).exists()
     }
 
-    /// Stores the component bytes and its precompiled form (both durable).
-    pub(crate) fn write(
+    /// Compiles uploaded bytes and stores them with their precompiled form
+    /// (both durable) once `check` accepts the compiled component. Nothing
+    /// is left behind when compilation or the check fails.
+    pub(crate) fn compile_and_store<T>(
         &self,
+        engine: &Engine,
         digest: &Digest,
         bytes: &[u8],
-        component: &Component,
-    ) -> Result<(), RuntimeError> {
-        let path = self.component_path(digest);
-        if !path.exists() {
-            write_atomic(&path, bytes)?;
+        check: impl FnOnce(&Component) -> Result<T, ValidationError>,
+    ) -> Result<T, ValidationError> {
+        let storage = ValidationError::Storage;
+        let final_path = self.component_path(digest);
+        // The compiler reads the component from a file; it becomes the
+        // stored component by a rename once everything passed.
+        let input = temporary_path(&final_path, std::process::id());
+        write_file(&input, bytes)
+            .map_err(|e| storage(RuntimeError::artifact("write upload", e)))?;
+        let output = self.precompiled_path(digest);
+        let result = (|| {
+            self.compiler
+                .precompile(engine, &input, &output)
+                .map_err(|e| match e {
+                    CompileError::Invalid(m) => ValidationError::Invalid(m),
+                    CompileError::Failed(m) => ValidationError::CompileFailed(m),
+                    CompileError::Internal(m) => storage(RuntimeError::Artifact(m)),
+                })?;
+            let component = deserialize(engine, &output).map_err(storage)?;
+            let checked = check(&component).inspect_err(|_| {
+                let _ = fs::remove_file(&output);
+            })?;
+            fs::rename(&input, &final_path)
+                .map_err(|e| storage(RuntimeError::artifact("store component", e)))?;
+            sync_dir(&self.dir).map_err(storage)?;
+            Ok(checked)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&input);
         }
-        let compiled = component
-            .serialize()
-            .map_err(|e| RuntimeError::artifact("serialize", e))?;
-        write_atomic(&self.precompiled_path(digest), &compiled)?;
-        sync_dir(&self.dir)
+        result
     }
 
     /// Loads the compiled component; returns whether it had to be compiled
-    /// (no precompiled file for this engine).
+    /// (no precompiled file for this engine, e.g. after an upgrade).
     pub(crate) fn load(
         &self,
         engine: &Engine,
@@ -115,41 +159,64 @@ impl ArtifactStore {
     ) -> Result<(Component, bool), RuntimeError> {
         let pre = self.precompiled_path(digest);
         if pre.exists() {
-            // SAFETY: files named `*.<engine_tag>.cwasm` are only ever written
-            // by `write` above from `Component::serialize` of this engine,
-            // through a temporary file and an atomic rename; users can never
-            // upload precompiled code.
-            match unsafe { Component::deserialize_file(engine, &pre) } {
+            match deserialize(engine, &pre) {
                 Ok(c) => return Ok((c, false)),
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "precompiled artifact unusable; recompiling")
                 }
             }
         }
-        let bytes = fs::read(self.component_path(digest))
-            .map_err(|e| RuntimeError::artifact(&format!("read component {digest}"), e))?;
-        let component = Component::new(engine, &bytes)
-            .map_err(|e| RuntimeError::artifact(&format!("compile {digest}"), e))?;
-        let compiled = component
-            .serialize()
-            .map_err(|e| RuntimeError::artifact("serialize", e))?;
-        write_atomic(&pre, &compiled)?;
-        Ok((component, true))
+        let input = self.component_path(digest);
+        if !input.exists() {
+            return Err(RuntimeError::Artifact(format!(
+                "component {digest} is missing"
+            )));
+        }
+        self.compiler
+            .precompile(engine, &input, &pre)
+            .map_err(|e| match e {
+                CompileError::Invalid(m) | CompileError::Failed(m) | CompileError::Internal(m) => {
+                    RuntimeError::Artifact(format!("recompile {digest}: {m}"))
+                }
+            })?;
+        Ok((deserialize(engine, &pre)?, true))
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    let tmp = path.with_extension(format!(
-        "tmp{}.{}",
-        std::process::id(),
+fn deserialize(engine: &Engine, path: &Path) -> Result<Component, RuntimeError> {
+    // SAFETY: files named `*.<engine_tag>.cwasm` are only ever written by
+    // this engine's compiler (in process, or the compiler child, which
+    // checks that its engine has the same tag) from the engine's own
+    // output, through a temporary file and an atomic rename; users can
+    // never upload precompiled code.
+    unsafe { Component::deserialize_file(engine, path) }
+        .map_err(|e| RuntimeError::artifact(&format!("load {}", path.display()), e))
+}
+
+/// `<path minus extension>.tmp<pid>.<n>`: unique per process and write.
+fn temporary_path(path: &Path, pid: u32) -> PathBuf {
+    path.with_extension(format!(
+        "tmp{pid}.{}",
         TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    ))
+}
+
+/// Removes what [`write_atomic`] in process `pid` may have left of `path`
+/// (a compiler child writes only one file, as its first temporary).
+pub(crate) fn remove_temporaries_of(path: &Path, pid: u32) {
+    let _ = fs::remove_file(path.with_extension(format!("tmp{pid}.0")));
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Writes `bytes` to a temporary file, fsyncs it and renames it to `path`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    let tmp = temporary_path(path, std::process::id());
+    let result = write_file(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

@@ -1,9 +1,11 @@
 //! Outbound HTTP policy for guests (`wasi:http/outgoing-handler`).
 //!
-//! The host name is resolved once; every resolved address is checked; for
-//! plain HTTP the request is then dialled to the checked address itself (the
-//! URI's authority is replaced by the IP, the `Host` header keeps the name),
-//! so a second lookup cannot rebind the name to a refused address. Refused by
+//! The host name is resolved once; every resolved address is checked; the
+//! connection is then opened to the checked address itself, for plain HTTP
+//! and HTTPS alike (one dialer; TLS is an extra step over the same socket,
+//! verifying the certificate against the name the guest asked for, which is
+//! also the SNI; the `Host` header keeps the name), so a second lookup
+//! cannot rebind the name to a refused address. Refused by
 //! default: loopback, private, shared (CGNAT), link-local (incl.
 //! 169.254.169.254), unique-local, multicast, broadcast, unspecified and
 //! documentation ranges, the IPv4-mapped/compatible forms of all of these,
@@ -11,10 +13,17 @@
 //! A function's allow-list narrows; it never opens a refused range. Every
 //! refusal is an error the guest sees, not a trap.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
 /// Node-wide egress settings.
@@ -27,6 +36,11 @@ pub struct EgressConfig {
     /// Upper bounds for the timeouts a guest may ask for (connect, first
     /// byte, between bytes).
     pub max_timeouts: [Duration; 3],
+    /// PEM file of CA certificates trusted for outbound HTTPS in addition to
+    /// the webpki roots (e.g. an internal CA).
+    pub ca_file: Option<PathBuf>,
+    /// The TLS client built from the roots by `Runtime::new`.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl EgressConfig {
@@ -41,6 +55,8 @@ impl EgressConfig {
                 Duration::from_secs(60),
                 Duration::from_secs(60),
             ],
+            ca_file: None,
+            tls: None,
         }
     }
 }
@@ -161,7 +177,7 @@ pub(crate) async fn send(
     config: Arc<EgressConfig>,
     policy: Arc<OutboundPolicy>,
     label: Arc<str>,
-    mut request: http::Request<WasiBody>,
+    request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> SendResult {
     let uri = request.uri().clone();
@@ -203,30 +219,232 @@ pub(crate) async fn send(
             return Err(HttpError::DestinationIpProhibited);
         }
     }
-    let target = addrs[0];
-    if !https {
-        // Dial the checked address: no second lookup.
-        let authority = match target {
-            SocketAddr::V4(a) => a.to_string(),
-            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-        };
-        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        *request.uri_mut() = http::Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-    }
-    let [connect, first, between] = config.max_timeouts;
-    let cap = |asked: Option<Duration>, max: Duration| Some(asked.map_or(max, |a| a.min(max)));
-    let options = RequestOptions {
-        connect_timeout: cap(options.and_then(|o| o.connect_timeout), connect),
-        first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout), first),
-        between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout), between),
+    let tls = if https {
+        // The certificate is checked against the name the guest asked for;
+        // the connection goes to the address checked above.
+        let client = config.tls.clone().ok_or(HttpError::ConfigurationError)?;
+        let server_name =
+            ServerName::try_from(name).map_err(|_| HttpError::HttpRequestUriInvalid)?;
+        Some((client, server_name))
+    } else {
+        None
     };
-    let (resp, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-    Ok((resp.map(BodyExt::boxed_unsync), Box::new(io)))
+    let timeouts = Timeouts::capped(options, config.max_timeouts);
+    let stream = dial(addrs[0], tls, timeouts.connect).await?;
+    exchange(stream, request, timeouts).await
+}
+
+/// The timeouts of one outbound request, each capped by the node's maximum.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    first_byte: Duration,
+    between_bytes: Duration,
+}
+
+impl Timeouts {
+    fn capped(asked: Option<RequestOptions>, [connect, first, between]: [Duration; 3]) -> Self {
+        let cap = |asked: Option<Duration>, max: Duration| asked.map_or(max, |a| a.min(max));
+        Timeouts {
+            connect: cap(asked.and_then(|o| o.connect_timeout), connect),
+            first_byte: cap(asked.and_then(|o| o.first_byte_timeout), first),
+            // A zero interval would never let a frame through; keep it positive.
+            between_bytes: cap(asked.and_then(|o| o.between_bytes_timeout), between)
+                .max(Duration::from_millis(1)),
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Opens a connection to `addr` — the checked address, never a name — and,
+/// for HTTPS, runs the TLS handshake over it, all within `connect_timeout`.
+async fn dial(
+    addr: SocketAddr,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    connect_timeout: Duration,
+) -> Result<Box<dyn Io>, HttpError> {
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                HttpError::ConnectionRefused
+            } else {
+                HttpError::Connect(e)
+            }
+        })?;
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            None => Ok(Box::new(tcp) as Box<dyn Io>),
+            Some((client, server_name)) => {
+                let stream = tokio_rustls::TlsConnector::from(client)
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(tls_error)?;
+                Ok(Box::new(stream) as Box<dyn Io>)
+            }
+        }
+    };
+    tokio::time::timeout(connect_timeout, connect)
+        .await
+        .map_err(|_| HttpError::ConnectionTimeout)?
+}
+
+/// Maps a failed handshake to the wasi-http error the guest sees.
+fn tls_error(e: std::io::Error) -> HttpError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => HttpError::TlsCertificateError,
+        Some(rustls::Error::AlertReceived(alert)) => HttpError::TlsAlertReceived {
+            alert_id: Some(u8::from(*alert)),
+            alert_message: Some(format!("{alert:?}")),
+        },
+        Some(_) => HttpError::TlsProtocolError,
+        None => HttpError::Tls(e),
+    }
+}
+
+/// Sends `request` over an open connection with HTTP/1.1 and returns the
+/// response head, its body (under the between-bytes timeout) and the future
+/// that drives the connection until the body is read.
+async fn exchange(
+    stream: Box<dyn Io>,
+    mut request: http::Request<WasiBody>,
+    timeouts: Timeouts,
+) -> SendResult {
+    let (mut sender, conn) = tokio::time::timeout(
+        timeouts.connect,
+        hyper::client::conn::http1::Builder::new().handshake(TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)??;
+    // Origin form on the wire; the `Host` header (set by wasi-http from the
+    // guest's authority) keeps the name.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *request.uri_mut() = http::Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+
+    let send = tokio::time::timeout(timeouts.first_byte, sender.send_request(request));
+    tokio::pin!(send);
+    let mut conn = Some(Box::pin(conn));
+    // The connection must be driven while waiting for the response head.
+    let head = loop {
+        let Some(driver) = conn.as_mut() else {
+            break send.await;
+        };
+        tokio::select! {
+            head = &mut send => break head,
+            done = driver => {
+                conn = None;
+                done?;
+            }
+        }
+    };
+    let response = head.map_err(|_| HttpError::ConnectionReadTimeout)??;
+    let io = async move {
+        match conn {
+            Some(driver) => driver.await.map_err(hyper_error),
+            None => Ok(()),
+        }
+    };
+    let response = response.map(|incoming| {
+        TimedBody {
+            incoming,
+            between_bytes: timeouts.between_bytes,
+            deadline: Box::pin(tokio::time::sleep(timeouts.between_bytes)),
+        }
+        .boxed_unsync()
+    });
+    Ok((response, Box::new(io)))
+}
+
+fn hyper_error(e: hyper::Error) -> HttpError {
+    if e.is_timeout() {
+        HttpError::HttpResponseTimeout
+    } else {
+        HttpError::Hyper(e)
+    }
+}
+
+/// A response body that fails when no frame arrives within `between_bytes`.
+struct TimedBody {
+    incoming: hyper::body::Incoming,
+    between_bytes: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.between_bytes;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(hyper_error(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+/// The TLS client for outbound HTTPS: rustls with the ring provider, the
+/// webpki roots plus the operator's extra CA certificates (PEM), ALPN
+/// `http/1.1` only.
+pub(crate) fn tls_client(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let what = || format!("egress.ca_file {}", path.display());
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", what()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificates found", what()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: unusable certificate: {e}", what()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(client))
 }
 
 #[cfg(test)]

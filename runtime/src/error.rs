@@ -7,6 +7,9 @@ pub enum RuntimeError {
     /// The engine or linker could not be configured.
     #[error("engine setup failed: {0}")]
     Engine(String),
+    /// A setting is unusable (e.g. the egress CA file).
+    #[error("invalid runtime configuration: {0}")]
+    Config(String),
     /// An artifact could not be read, written or rebuilt.
     #[error("artifact error: {0}")]
     Artifact(String),
@@ -48,6 +51,10 @@ pub enum ValidationError {
         /// Extra explanation (starts with a separator when present).
         detail: String,
     },
+    /// Compilation ran out of its CPU-time, memory or wall-clock budget (or
+    /// the compiler died): the component is refused, the node unaffected.
+    #[error("{0}")]
+    CompileFailed(String),
     /// Storing the artifact failed (a server-side problem, not the upload's).
     #[error("storing the artifact failed")]
     Storage(#[source] RuntimeError),

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 mod artifacts;
+mod compile;
 mod egress;
 mod error;
 mod host;
@@ -33,10 +34,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use artifacts::Digest;
+pub use compile::{
+    CompileChildError, CompilerCommand, EngineSettings, compile_child, engine_config,
+};
 pub use egress::{EgressConfig, OutboundPolicy, refused_ip};
 pub use error::{InvokeError, RuntimeError, ValidationError};
 pub use host::Host;
@@ -62,6 +66,9 @@ pub struct RuntimeConfig {
     pub cache_capacity: u64,
     /// Outbound HTTP rules.
     pub egress: EgressConfig,
+    /// Compile in a child process under rlimits (the server's setting);
+    /// `None` compiles in this process.
+    pub compiler: Option<CompilerCommand>,
 }
 
 impl RuntimeConfig {
@@ -76,6 +83,14 @@ impl RuntimeConfig {
             max_wasm_stack: 512 * 1024,
             cache_capacity: 1000,
             egress: EgressConfig::new(Vec::new()),
+            compiler: None,
+        }
+    }
+
+    /// The settings that shape compiled code (shared with a compiler child).
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            max_wasm_stack: self.max_wasm_stack,
         }
     }
 }
@@ -120,11 +135,9 @@ impl Runtime {
             .max_core_instances_per_component(32)
             .max_unused_warm_slots(64);
 
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let settings = config.engine_settings();
+        let mut wasm = engine_config(&settings);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(RuntimeError::engine)?;
 
         let mut linker = Linker::new(&engine);
@@ -137,7 +150,15 @@ impl Runtime {
         })
         .map_err(RuntimeError::engine)?;
 
-        let artifacts = artifacts::ArtifactStore::open(&config.artifacts_dir, &engine)?;
+        let mut egress = config.egress;
+        egress.tls =
+            Some(egress::tls_client(egress.ca_file.as_deref()).map_err(RuntimeError::Config)?);
+
+        let compiler = compile::Compiler {
+            settings,
+            command: config.compiler,
+        };
+        let artifacts = artifacts::ArtifactStore::open(&config.artifacts_dir, &engine, compiler)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), config.epoch_tick, ticker_stop.clone());
 
@@ -147,7 +168,7 @@ impl Runtime {
             artifacts,
             cache: moka::sync::Cache::new(config.cache_capacity),
             stats: Arc::new(RuntimeStats::default()),
-            egress: Arc::new(config.egress),
+            egress: Arc::new(egress),
             ticker_stop,
         })
     }
@@ -162,10 +183,12 @@ impl Runtime {
         &self.engine
     }
 
-    /// Validates an uploaded component, compiles it, and stores both the
-    /// component and its precompiled form under its SHA-256 digest.
+    /// Validates an uploaded component, compiles it (through the configured
+    /// compiler child, if any), and stores both the component and its
+    /// precompiled form under its SHA-256 digest.
     ///
-    /// Blocking (cranelift): call it from a blocking thread.
+    /// Blocking (cranelift, or waiting for the child): call it from a
+    /// blocking thread.
     pub fn store_component(&self, bytes: &[u8]) -> Result<Digest, ValidationError> {
         let digest = Digest::of(bytes);
         // Identical bytes were validated and compiled when first stored.
@@ -182,12 +205,13 @@ impl Runtime {
             self.cache.insert(digest, pre);
             return Ok(digest);
         }
-        let component = validate::compile_and_check(&self.engine, &self.linker, bytes)?;
+        validate::precheck(bytes)?;
+        let pre = self
+            .artifacts
+            .compile_and_store(&self.engine, &digest, bytes, |component| {
+                validate::check_interface(&self.engine, &self.linker, component)
+            })?;
         self.stats.compilations.fetch_add(1, Ordering::Relaxed);
-        self.artifacts
-            .write(&digest, bytes, &component)
-            .map_err(ValidationError::Storage)?;
-        let pre = validate::pre_instantiate(&self.linker, &component)?;
         self.cache.insert(digest, pre);
         Ok(digest)
     }

@@ -50,12 +50,8 @@ fn unversioned(name: &str) -> &str {
     name.split('@').next().unwrap_or(name)
 }
 
-/// Parses and compiles `bytes`, then checks the component's interface.
-pub(crate) fn compile_and_check(
-    engine: &Engine,
-    linker: &Linker<Host>,
-    bytes: &[u8],
-) -> Result<Component, ValidationError> {
+/// Cheap checks before compiling: a component, not a module or precompiled code.
+pub(crate) fn precheck(bytes: &[u8]) -> Result<(), ValidationError> {
     if !bytes.starts_with(b"\0asm") {
         return Err(ValidationError::NotWasm);
     }
@@ -72,8 +68,16 @@ pub(crate) fn compile_and_check(
             "precompiled code is never accepted; upload the component itself".into(),
         ));
     }
-    let component =
-        Component::new(engine, bytes).map_err(|e| ValidationError::Invalid(format!("{e:#}")))?;
+    Ok(())
+}
+
+/// Checks a compiled component's interface: it exports the HTTP handler and
+/// imports only what Perch links.
+pub(crate) fn check_interface(
+    engine: &Engine,
+    linker: &Linker<Host>,
+    component: &Component,
+) -> Result<ProxyPre<Host>, ValidationError> {
     let ty = component.component_type();
 
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
@@ -102,8 +106,7 @@ pub(crate) fn compile_and_check(
         }
     }
     // Catches version mismatches (e.g. a newer WASI than the host links).
-    pre_instantiate(linker, &component)?;
-    Ok(component)
+    pre_instantiate(linker, component)
 }
 
 pub(crate) fn pre_instantiate(

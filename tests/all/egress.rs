@@ -1,8 +1,12 @@
 //! Outbound requests from guests: refused destinations, the operator's
-//! exemptions, and a function's allow-list. Only loopback and this host's
-//! own addresses are ever dialled.
+//! exemptions, a function's allow-list, and HTTPS through the same checked
+//! dial (certificates from a CA made by the test, trusted via
+//! `egress.ca_file`). Only loopback and this host's own addresses are ever
+//! dialled.
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use perch_tests::{Perch, guests};
 use serde_json::json;
@@ -102,4 +106,149 @@ fn perch_runtime_local_v4() -> Option<std::net::Ipv4Addr> {
         .split_whitespace()
         .filter_map(|s| s.parse::<std::net::Ipv4Addr>().ok())
         .find(|ip| !ip.is_loopback())
+}
+
+/// A certificate authority made for one test, and a server certificate
+/// for `localhost` / 127.0.0.1 signed by it.
+struct TestPki {
+    ca_pem: String,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn test_pki(ca_name: &str) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    TestPki {
+        ca_pem: ca.pem(),
+        cert: leaf.der().clone(),
+        key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    }
+}
+
+/// An HTTPS origin on 127.0.0.1 (and [::1] when it can bind there, on the
+/// same port) answering `secure origin for <SNI>`. Returns the port and a
+/// count of requests it answered.
+fn https_origin(pki: &TestPki) -> (u16, Arc<AtomicUsize>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = Arc::new(config);
+    let served = Arc::new(AtomicUsize::new(0));
+    let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = v4.local_addr().unwrap().port();
+    let mut listeners = vec![v4];
+    listeners.extend(TcpListener::bind(("::1", port)).ok());
+    for listener in listeners {
+        let (config, served) = (config.clone(), served.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let (config, served) = (config.clone(), served.clone());
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf) {
+                            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                            _ => return, // handshake refused by the client, or EOF
+                        }
+                    }
+                    let sni = tls.conn.server_name().unwrap_or("none").to_string();
+                    let body = format!("secure origin for {sni}");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes());
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                    served.fetch_add(1, Ordering::SeqCst);
+                    // Read what the client still sends (the end of a chunked
+                    // empty body, its close_notify) until it closes: closing
+                    // with unread input would reset the connection and could
+                    // discard the response before the client reads it.
+                    let _ = tls.sock.shutdown(std::net::Shutdown::Write);
+                    let _ = tls
+                        .sock
+                        .set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                    while matches!(tls.sock.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+    }
+    (port, served)
+}
+
+#[test]
+fn https_egress_dials_the_checked_address_and_verifies_the_name() {
+    let pki = test_pki("Perch test CA");
+    let (port, served) = https_origin(&pki);
+    // Same name, certificate from a CA nobody trusts.
+    let stranger = test_pki("Unknown CA");
+    let (untrusted_port, untrusted_served) = https_origin(&stranger);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let allow = |p: u16| format!("\"127.0.0.1:{p}\", \"[::1]:{p}\"");
+    let perch = Perch::start_with(&format!(
+        "[egress]\nallow = [{}, {}]\nca_file = {:?}\n",
+        allow(port),
+        allow(untrusted_port),
+        ca_file.display().to_string()
+    ));
+    perch.deploy("a", "echo", guests::ECHO, "echo.a.test");
+
+    // By name (SNI and certificate name `localhost`) and by IP literal.
+    assert_eq!(
+        fetch(&perch, &format!("https://localhost:{port}/x")),
+        (200, "secure origin for localhost".into())
+    );
+    assert_eq!(
+        fetch(&perch, &format!("https://127.0.0.1:{port}/")),
+        (200, "secure origin for none".into())
+    );
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+
+    // Exempt, but its certificate chains to no trusted root: no request is sent.
+    let (status, body) = fetch(&perch, &format!("https://localhost:{untrusted_port}/"));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(untrusted_served.load(Ordering::SeqCst), 0);
+
+    // Without the operator's exemption the same origin is refused before
+    // any connection is made.
+    let strict = Perch::start_with(&format!(
+        "[egress]\nca_file = {:?}\n",
+        ca_file.display().to_string()
+    ));
+    strict.deploy("a", "echo", guests::ECHO, "echo.a.test");
+    let (status, body) = fetch(&strict, &format!("https://localhost:{port}/"));
+    assert_eq!(status, 502, "{body}");
+    let start = std::time::Instant::now();
+    while !strict
+        .logs()
+        .contains("outbound request refused: destination address")
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "not refused by policy: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 2);
 }
