@@ -24,6 +24,8 @@ pub struct Cli {
 enum Command {
     /// Run the data plane and the admin API.
     Serve(ServeArgs),
+    /// Create a function project that builds with `cargo build --release`.
+    New(NewArgs),
     /// Upload a component as a new version of a function (and optionally bind a host).
     Deploy {
         /// The component (`.wasm`).
@@ -109,6 +111,19 @@ struct CompileArgs {
     input: PathBuf,
     /// Where to write the precompiled form (atomically).
     output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct NewArgs {
+    /// Project and function name (a-z, 0-9, '-').
+    name: String,
+    /// Folder to create [default: ./NAME].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The perch-sdk crate to depend on [default: the sdk/ of the Perch
+    /// source tree this binary was built from].
+    #[arg(long, env = "PERCH_SDK_PATH")]
+    sdk_path: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -282,6 +297,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => run_serve(args),
         Command::Compile(args) => run_compile(args),
+        Command::New(args) => run_new(args),
         other => match run_client(other) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -289,6 +305,20 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn run_new(args: NewArgs) -> ExitCode {
+    match crate::scaffold::create(&args.name, args.dir.as_deref(), args.sdk_path.as_deref()) {
+        Ok(dir) => {
+            println!("created {}", dir.display());
+            println!("next: cd {} && cargo build --release", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -386,7 +416,9 @@ fn body(v: Value) -> Option<(Bytes, &'static str)> {
 
 fn run_client(cmd: Command) -> Result<(), ClientError> {
     match cmd {
-        Command::Serve(_) | Command::Compile(_) => unreachable!("handled by main"),
+        Command::Serve(_) | Command::New(_) | Command::Compile(_) => {
+            unreachable!("handled by main")
+        }
         Command::Deploy {
             file,
             tenant,
