@@ -2,7 +2,7 @@
 //! histogram, and the runtime's compilation and cache counters.
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -12,10 +12,16 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Request counters: tenant → function → status → count. Nested maps so a
+/// request looks its counter up by `&str` under the read lock and bumps an
+/// atomic; only the first request of a new (tenant, function, status)
+/// allocates and takes the write lock.
+type RequestCounts = HashMap<Box<str>, HashMap<Box<str>, HashMap<u16, AtomicU64>>>;
+
 /// Data-plane counters.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    requests: RwLock<RequestCounts>,
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_us: AtomicU64,
@@ -25,20 +31,33 @@ pub struct Metrics {
 impl Metrics {
     /// Records a routed request.
     pub fn record(&self, tenant: &str, function: &str, status: u16, latency: Duration) {
-        {
-            let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            match map.get_mut(&(tenant.to_string(), function.to_string(), status)) {
-                Some(n) => *n += 1,
-                None => {
-                    map.insert((tenant.to_string(), function.to_string(), status), 1);
-                }
-            }
+        let counted = {
+            let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            map.get(tenant)
+                .and_then(|f| f.get(function))
+                .and_then(|s| s.get(&status))
+                .map(|n| n.fetch_add(1, Ordering::Relaxed))
+                .is_some()
+        };
+        if !counted {
+            let mut map = self.requests.write().unwrap_or_else(|e| e.into_inner());
+            map.entry(tenant.into())
+                .or_default()
+                .entry(function.into())
+                .or_default()
+                .entry(status)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
         }
+        // Buckets are stored non-cumulatively (one increment per request)
+        // and summed when rendered.
         let secs = latency.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
+        let bucket = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        if let Some(b) = self.buckets.get(bucket) {
+            b.fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us
@@ -58,10 +77,18 @@ impl Metrics {
         );
         out.push_str("# TYPE perch_requests_total counter\n");
         {
-            let map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            let mut rows: Vec<_> = map.iter().collect();
-            rows.sort();
-            for ((t, f, s), n) in rows {
+            let map = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            let mut rows: Vec<(&str, &str, u16, u64)> = map
+                .iter()
+                .flat_map(|(t, fs)| {
+                    fs.iter().flat_map(move |(f, ss)| {
+                        ss.iter()
+                            .map(move |(s, n)| (&**t, &**f, *s, n.load(Ordering::Relaxed)))
+                    })
+                })
+                .collect();
+            rows.sort_unstable();
+            for (t, f, s, n) in rows {
                 let _ = writeln!(
                     out,
                     "perch_requests_total{{tenant=\"{t}\",function=\"{f}\",status=\"{s}\"}} {n}"
@@ -78,11 +105,12 @@ impl Metrics {
             "# HELP perch_request_duration_seconds Data-plane latency to the response head.\n",
         );
         out.push_str("# TYPE perch_request_duration_seconds histogram\n");
+        let mut cumulative = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "perch_request_duration_seconds_bucket{{le=\"{b}\"}} {}",
-                self.buckets[i].load(Ordering::Relaxed)
+                "perch_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
             );
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -130,5 +158,36 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_requests_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.record("acme", "hello", 200, Duration::from_micros(300));
+        m.record("acme", "hello", 200, Duration::from_millis(3));
+        m.record("acme", "hello", 500, Duration::from_secs(10));
+        m.record("beta", "api", 200, Duration::from_millis(1));
+        let out = m.render(&RuntimeStats::default());
+        assert!(out.contains(
+            "perch_requests_total{tenant=\"acme\",function=\"hello\",status=\"200\"} 2\n"
+        ));
+        assert!(out.contains(
+            "perch_requests_total{tenant=\"acme\",function=\"hello\",status=\"500\"} 1\n"
+        ));
+        assert!(
+            out.contains(
+                "perch_requests_total{tenant=\"beta\",function=\"api\",status=\"200\"} 1\n"
+            )
+        );
+        assert!(out.contains("perch_request_duration_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(out.contains("perch_request_duration_seconds_bucket{le=\"0.001\"} 2\n"));
+        assert!(out.contains("perch_request_duration_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(out.contains("perch_request_duration_seconds_bucket{le=\"5\"} 3\n"));
+        assert!(out.contains("perch_request_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
     }
 }
