@@ -93,6 +93,9 @@ pub struct NodeFile {
     pub max_instances: Option<u32>,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub drain_seconds: Option<u64>,
+    /// Seconds a client has to send a complete request head (also the idle
+    /// limit of a kept-alive connection between requests).
+    pub header_read_timeout_seconds: Option<u64>,
 }
 
 /// Egress exemptions as written in the file.
@@ -172,6 +175,8 @@ pub struct Config {
     pub max_instances: u32,
     /// Drain period on SIGTERM.
     pub drain: Duration,
+    /// Time to receive a request head, and idle limit between requests.
+    pub header_read_timeout: Duration,
     /// Egress exemptions.
     pub egress_allow: Vec<String>,
     /// Extra CA certificates for outbound HTTPS (besides the webpki roots).
@@ -255,6 +260,9 @@ impl Config {
             component_cache: file.node.component_cache.unwrap_or(1000),
             max_instances: file.node.max_instances.unwrap_or(1000),
             drain: Duration::from_secs(file.node.drain_seconds.unwrap_or(30)),
+            header_read_timeout: Duration::from_secs(
+                file.node.header_read_timeout_seconds.unwrap_or(10),
+            ),
             egress_allow: file.egress.allow,
             egress_ca_file: file.egress.ca_file,
             compile: CompileBudget {
@@ -295,6 +303,9 @@ impl Config {
         }
         if self.tenant_concurrency == 0 || self.max_connections == 0 || self.max_instances == 0 {
             return Err("node.tenant_concurrency, node.max_connections and node.max_instances must be positive".into());
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err("node.header_read_timeout_seconds must be positive".into());
         }
         for a in &self.egress_allow {
             parse_addr("egress.allow", a)?;
@@ -374,6 +385,9 @@ mod example_file {
         assert_eq!(from_file.max_header_bytes, defaults.max_header_bytes);
         assert_eq!(from_file.max_uri_bytes, defaults.max_uri_bytes);
         assert_eq!(from_file.drain, defaults.drain);
+        assert_eq!(from_file.max_connections, defaults.max_connections);
+        assert_eq!(from_file.max_instances, defaults.max_instances);
+        assert_eq!(from_file.header_read_timeout, defaults.header_read_timeout);
         assert_eq!(from_file.egress_allow, defaults.egress_allow);
         assert_eq!(from_file.egress_ca_file, defaults.egress_ca_file);
         assert_eq!(from_file.compile, defaults.compile);

@@ -108,6 +108,44 @@ fn compiler_command(config: &Config) -> Result<perch_runtime::CompilerCommand, S
     })
 }
 
+/// Open admin API connections; more wait in the listen backlog. Operators
+/// and CI are few; this only keeps an outside flood from using up the
+/// process's file descriptors.
+const ADMIN_CONNECTIONS: usize = 512;
+
+/// Raises the soft limit on open files towards `wanted` (within the hard
+/// limit): every connection is a descriptor, and distributions start
+/// services with a soft limit of 1024, below the default connection cap.
+fn raise_fd_limit(wanted: libc::rlim_t) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur >= wanted {
+        return;
+    }
+    let target = wanted.min(lim.rlim_max);
+    let raised = libc::rlimit {
+        rlim_cur: target,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above.
+    if target > lim.rlim_cur && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        lim.rlim_cur = target;
+    }
+    if lim.rlim_cur < wanted {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            wanted,
+            "the open-files limit is below the connection cap; raise LimitNOFILE / ulimit -n"
+        );
+    }
+}
+
 /// Runs the server until a shutdown signal; calls `started` once listening.
 pub async fn serve(
     config: Config,
@@ -186,6 +224,9 @@ pub async fn serve(
     };
     started(&info);
 
+    raise_fd_limit(
+        libc::rlim_t::from(config.max_connections) + ADMIN_CONNECTIONS as libc::rlim_t + 1024,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let data_graceful = GracefulShutdown::new();
     let admin_graceful = GracefulShutdown::new();
@@ -212,7 +253,7 @@ pub async fn serve(
                 let app = app.clone();
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
+                    .header_read_timeout(app.config.header_read_timeout)
                     .max_buf_size((app.config.max_header_bytes + app.config.max_uri_bytes) * 4)
                     .serve_connection(
                         TokioIo::new(stream),
@@ -238,8 +279,13 @@ pub async fn serve(
         let app = app.clone();
         let mut stop = stop_rx.clone();
         let graceful = &admin_graceful;
+        let connections = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
         async move {
             loop {
+                let permit = tokio::select! {
+                    p = connections.clone().acquire_owned() => p.expect("semaphore open"),
+                    _ = stop.changed() => break,
+                };
                 let (stream, peer) = tokio::select! {
                     r = admin_listener.accept() => match r {
                         Ok(s) => s,
@@ -265,6 +311,7 @@ pub async fn serve(
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(permit);
                 });
             }
         }
