@@ -591,6 +591,11 @@ fn check_settings(body: &SettingsBody, max: &crate::config::LimitSet) -> Result<
             l.outbound_requests.map(u64::from),
             u64::from(max.outbound_requests),
         ),
+        (
+            "instance_reuse",
+            l.instance_reuse.map(u64::from),
+            u64::from(max.instance_reuse),
+        ),
     ];
     for (name, value, limit) in checks {
         match value {

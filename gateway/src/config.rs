@@ -71,6 +71,10 @@ pub struct LimitOverrides {
     pub wall_ms: Option<u64>,
     /// Outbound requests per invocation.
     pub outbound_requests: Option<u32>,
+    /// Sequential requests one instance may serve: 1 is a fresh instance
+    /// per request (the default); more opts a trusted, stateless function
+    /// into instance reuse.
+    pub instance_reuse: Option<u32>,
 }
 
 /// Node-wide settings as written in the file.
@@ -120,6 +124,8 @@ pub struct LimitSet {
     pub wall_ms: u64,
     /// Outbound requests per invocation.
     pub outbound_requests: u32,
+    /// Sequential requests per instance (1: no reuse).
+    pub instance_reuse: u32,
 }
 
 impl LimitSet {
@@ -130,6 +136,7 @@ impl LimitSet {
             cpu_ms: o.cpu_ms.unwrap_or(self.cpu_ms),
             wall_ms: o.wall_ms.unwrap_or(self.wall_ms),
             outbound_requests: o.outbound_requests.unwrap_or(self.outbound_requests),
+            instance_reuse: o.instance_reuse.unwrap_or(self.instance_reuse),
         }
     }
 
@@ -202,12 +209,14 @@ const DEFAULT_LIMITS: LimitSet = LimitSet {
     cpu_ms: 50,
     wall_ms: 30_000,
     outbound_requests: 50,
+    instance_reuse: 1,
 };
 const DEFAULT_MAX: LimitSet = LimitSet {
     memory_mb: 1024,
     cpu_ms: 30_000,
     wall_ms: 300_000,
     outbound_requests: 1000,
+    instance_reuse: 1000,
 };
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, String> {
@@ -286,6 +295,11 @@ impl Config {
                 "outbound_requests",
                 l.outbound_requests as u64,
                 m.outbound_requests as u64,
+            ),
+            (
+                "instance_reuse",
+                l.instance_reuse as u64,
+                m.instance_reuse as u64,
             ),
         ];
         for (name, default, max) in checks {

@@ -432,6 +432,7 @@ impl Registry {
         let st = &version.settings;
         let limits = self.defaults.with(&st.limits);
         let mut inv = perch_runtime::Invocation::new(digest, limits.to_runtime(), label);
+        inv.max_reuse = limits.instance_reuse;
         let mut env: Vec<(String, String)> = st
             .vars
             .iter()

@@ -15,10 +15,12 @@ use perch_kv::guest::{KvCtx, KvCtxView, KvView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::{EgressConfig, OutboundPolicy};
+use crate::invoke::RequestState;
 use crate::limits::InstanceLimiter;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
-/// Store data of one request's instance.
+/// Store data of one instance (one request's, or a few sequential requests'
+/// when the function opted into instance reuse).
 pub struct Host {
     pub(crate) wasi: WasiCtx,
     pub(crate) config: Arc<WasiConfigVariables>,
@@ -27,6 +29,10 @@ pub struct Host {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: InstanceLimiter,
     pub(crate) hooks: PerchHooks,
+    /// CPU accounting of the request being served; replaced per request.
+    pub(crate) meter: Arc<RequestState>,
+    /// The guest's captured stdout and stderr, flushed after each request.
+    pub(crate) log: GuestLog,
 }
 
 impl WasiView for Host {

@@ -1,10 +1,11 @@
-//! Running one request: a fresh store and instance per request, CPU time
+//! Running one request: a fresh store and instance per request (or an idle
+//! one for functions that opted into reuse), CPU time
 //! measured while the guest is being polled, a wall-clock deadline over the
 //! whole exchange, and failures classified for the gateway.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
@@ -46,6 +48,12 @@ pub struct Invocation {
     pub outbound: Arc<OutboundPolicy>,
     /// Names the function in logs, e.g. `tenant/function@3`.
     pub label: Arc<str>,
+    /// Requests one instance may serve in sequence. 1 (the default) is a
+    /// fresh instance per request; more is an opt-in for trusted, stateless
+    /// functions: state left in the instance is seen by later requests.
+    /// CPU, wall-time, outbound and KV budgets still apply per request.
+    pub max_reuse: u32,
+    pool: Arc<InstancePool>,
 }
 
 impl std::fmt::Debug for Invocation {
@@ -55,6 +63,7 @@ impl std::fmt::Debug for Invocation {
             .field("digest", &self.digest)
             .field("limits", &self.limits)
             .field("label", &self.label)
+            .field("max_reuse", &self.max_reuse)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +82,8 @@ impl Invocation {
                 max_requests: 50,
             }),
             label: label.into(),
+            max_reuse: 1,
+            pool: Arc::default(),
         }
     }
 }
@@ -80,24 +91,38 @@ impl Invocation {
 /// The streamed response body of a function.
 pub type ResponseBody = GuardedBody;
 
-/// Time the guest has spent being polled (running), shared with the epoch
-/// callback that enforces the CPU limit.
-#[derive(Default)]
-struct RequestState {
-    base: Option<Instant>,
+/// Idle instances one function keeps for reuse (each holds a pool slot).
+const MAX_IDLE_PER_FUNCTION: usize = 8;
+/// An idle instance not reused within this time is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Time the guest has spent being polled (running) for the current
+/// request, read by the epoch callback that enforces the CPU limit.
+pub(crate) struct RequestState {
+    base: Instant,
+    cpu_limit: Duration,
     spent_ns: AtomicU64,
     /// Nanoseconds since `base` when the current poll began, 0 when idle.
     poll_start_ns: AtomicU64,
     cpu_hit: AtomicBool,
+    /// Shared with the instance's memory limiter.
     memory_hit: Arc<AtomicBool>,
 }
 
 impl RequestState {
+    fn new(cpu_limit: Duration, memory_hit: Arc<AtomicBool>) -> Self {
+        RequestState {
+            base: Instant::now(),
+            cpu_limit,
+            spent_ns: AtomicU64::new(0),
+            poll_start_ns: AtomicU64::new(0),
+            cpu_hit: AtomicBool::new(false),
+            memory_hit,
+        }
+    }
+
     fn now_ns(&self) -> u64 {
-        self.base
-            .map(|b| b.elapsed().as_nanos() as u64)
-            .unwrap_or(0)
-            .max(1)
+        (self.base.elapsed().as_nanos() as u64).max(1)
     }
 
     fn cpu_used(&self) -> Duration {
@@ -138,31 +163,98 @@ impl Drop for InUse {
     }
 }
 
-impl Runtime {
-    /// Runs `req` through a fresh instance of the invocation's component.
-    ///
-    /// Returns once the guest has set its response head; the body streams
-    /// from the still-running instance. If the guest fails after the head,
-    /// the body ends with an error (so the connection is aborted, not
-    /// finished cleanly).
-    pub async fn handle<B>(
-        self: &Arc<Self>,
-        inv: &Invocation,
-        req: hyper::Request<B>,
-    ) -> Result<hyper::Response<ResponseBody>, InvokeError>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
-        let pre = self
-            .load_async(&inv.digest)
-            .await
-            .map_err(|e| InvokeError::Internal(e.to_string()))?;
+/// An instance waiting for its function's next request.
+struct Idle {
+    store: Store<Host>,
+    proxy: Proxy,
+    served: u32,
+    parked: Instant,
+}
 
-        let state = Arc::new(RequestState {
-            base: Some(Instant::now()),
-            ..Default::default()
-        });
+/// Idle instances of one function version that opted into reuse. Shared by
+/// the clones of its [`Invocation`]; dropped (with its instances) when the
+/// routing snapshot that holds the invocation goes away.
+#[derive(Default)]
+pub(crate) struct InstancePool {
+    idle: Mutex<Vec<Idle>>,
+    sweeper: AtomicBool,
+}
+
+impl InstancePool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently parked instance, unless it has idled too long.
+    fn take(&self) -> Option<Idle> {
+        let mut idle = self.lock();
+        let last = idle.pop()?;
+        if last.parked.elapsed() < IDLE_TIMEOUT {
+            return Some(last);
+        }
+        // Parked in order: everything older is stale too.
+        let stale = std::mem::take(&mut *idle);
+        drop(idle);
+        drop((last, stale));
+        None
+    }
+
+    /// Parks an instance for reuse, unless enough are parked already.
+    fn put(self: &Arc<Self>, store: Store<Host>, proxy: Proxy, served: u32) {
+        let entry = Idle {
+            store,
+            proxy,
+            served,
+            parked: Instant::now(),
+        };
+        let mut idle = self.lock();
+        if idle.len() >= MAX_IDLE_PER_FUNCTION {
+            drop(idle);
+            drop(entry);
+            return;
+        }
+        idle.push(entry);
+        drop(idle);
+        if !self.sweeper.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Drops instances that idled past the timeout; ends when none are parked.
+async fn sweep(pool: std::sync::Weak<InstancePool>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut idle = pool.lock();
+        let fresh = idle
+            .iter()
+            .position(|i| i.parked.elapsed() < IDLE_TIMEOUT)
+            .unwrap_or(idle.len());
+        let stale: Vec<Idle> = idle.drain(..fresh).collect();
+        let empty = idle.is_empty();
+        if empty {
+            pool.sweeper.store(false, Ordering::Release);
+        }
+        drop(idle);
+        drop(stale);
+        if empty {
+            return;
+        }
+    }
+}
+
+/// How the request gets its instance.
+enum Instance {
+    Fresh(ProxyPre<Host>),
+    Reused(Proxy, u32),
+}
+
+impl Runtime {
+    /// A new store for `inv`: WASI, wasi-http, KV and config contexts, the
+    /// memory limiter, the CPU-limit epoch callback.
+    fn new_store(&self, inv: &Invocation) -> Store<Host> {
+        let memory_hit = Arc::new(AtomicBool::new(false));
         let log = GuestLog::new(GUEST_LOG_CAPACITY);
         let wasi = WasiCtx::builder()
             .envs(&inv.env)
@@ -177,27 +269,88 @@ impl Runtime {
             kv: inv.kv.clone().map(KvCtx::new),
             http: WasiHttpCtx::new(),
             table,
-            limiter: InstanceLimiter::new(inv.limits.memory_bytes, state.memory_hit.clone()),
+            limiter: InstanceLimiter::new(inv.limits.memory_bytes, memory_hit.clone()),
             hooks: PerchHooks {
                 egress: self.egress.clone(),
                 policy: inv.outbound.clone(),
                 label: inv.label.clone(),
                 sent: 0,
             },
+            meter: Arc::new(RequestState::new(inv.limits.cpu, memory_hit)),
+            log,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        store.set_epoch_deadline(1);
-        let meter = state.clone();
-        let cpu_limit = inv.limits.cpu;
-        store.epoch_deadline_callback(move |_| {
-            if meter.cpu_used() >= cpu_limit {
+        store.epoch_deadline_callback(|ctx| {
+            let meter = &ctx.data().meter;
+            if meter.cpu_used() >= meter.cpu_limit {
                 meter.cpu_hit.store(true, Ordering::Relaxed);
                 return Err(wasmtime::format_err!("CPU-time limit exceeded"));
             }
             // Yield so other requests run; the guest resumes next tick.
             Ok(UpdateDeadline::Yield(1))
         });
+        store
+    }
+
+    /// Builds a request's store and instantiates the invocation's component
+    /// in it, then drops both: the fixed cost every fresh-instance request
+    /// pays before the guest's handler runs. For benchmarks and warm-up.
+    pub async fn instantiate_only(self: &Arc<Self>, inv: &Invocation) -> Result<(), InvokeError> {
+        let pre = self
+            .load_async(&inv.digest)
+            .await
+            .map_err(|e| InvokeError::Internal(e.to_string()))?;
+        let mut store = self.new_store(inv);
+        store.set_epoch_deadline(1);
+        pre.instantiate_async(&mut store)
+            .await
+            .map_err(|e| InvokeError::Internal(format!("{e:?}")))?;
+        Ok(())
+    }
+
+    /// Runs `req` through an instance of the invocation's component: a fresh
+    /// one, or, when the function opted into reuse, an idle one that has
+    /// served fewer than `max_reuse` requests.
+    ///
+    /// Returns once the guest has set its response head; the body streams
+    /// from the still-running instance. If the guest fails after the head,
+    /// the body ends with an error (so the connection is aborted, not
+    /// finished cleanly). A failed instance is never reused.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        inv: &Invocation,
+        req: hyper::Request<B>,
+    ) -> Result<hyper::Response<ResponseBody>, InvokeError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let reuse = inv.max_reuse > 1;
+        let idle = if reuse { inv.pool.take() } else { None };
+        let (mut store, instance) = match idle {
+            Some(idle) => {
+                let mut store = idle.store;
+                let host = store.data_mut();
+                // Per-request budgets start again; the memory limit spans
+                // the instance's life (its memory never shrinks).
+                host.meter = Arc::new(RequestState::new(inv.limits.cpu, host.limiter.hit.clone()));
+                host.limiter.hit.store(false, Ordering::Relaxed);
+                host.hooks.sent = 0;
+                host.kv = inv.kv.clone().map(KvCtx::new);
+                (store, Instance::Reused(idle.proxy, idle.served))
+            }
+            None => {
+                let pre = self
+                    .load_async(&inv.digest)
+                    .await
+                    .map_err(|e| InvokeError::Internal(e.to_string()))?;
+                (self.new_store(inv), Instance::Fresh(pre))
+            }
+        };
+        store.set_epoch_deadline(1);
+        let state = store.data().meter.clone();
+        let log = store.data().log.clone();
 
         let (resp_tx, resp_rx) = oneshot::channel();
         let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
@@ -217,28 +370,42 @@ impl Runtime {
         let (done_tx, done_rx) = oneshot::channel::<bool>();
         let label = inv.label.clone();
         let wall = inv.limits.wall;
+        let (pool, max_reuse) = (inv.pool.clone(), inv.max_reuse);
         let task_state = state.clone();
         let task = tokio::spawn(async move {
             let run = CpuTimed {
                 state: task_state.clone(),
                 fut: Box::pin(async move {
-                    let proxy = pre.instantiate_async(&mut store).await?;
+                    let (proxy, served) = match instance {
+                        Instance::Fresh(pre) => (pre.instantiate_async(&mut store).await?, 0),
+                        Instance::Reused(proxy, served) => (proxy, served),
+                    };
                     proxy
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, req, out)
-                        .await
+                        .await?;
+                    wasmtime::Result::Ok((store, proxy, served + 1))
                 }),
             };
             let result = match tokio::time::timeout(wall, run).await {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(instance)) => Ok(instance),
                 Ok(Err(e)) => Err(classify(&task_state, e)),
                 Err(_) => Err(InvokeError::WallTimeout),
             };
             drop(in_use);
             flush_guest_log(&label, &log);
-            if let Err(e) = &result {
-                tracing::warn!(function = %label, error = %e, cpu_ms = task_state.cpu_used().as_millis() as u64, "function failed");
-            }
+            let result = match result {
+                Ok((store, proxy, served)) => {
+                    if reuse && served < max_reuse {
+                        pool.put(store, proxy, served);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(function = %label, error = %e, cpu_ms = task_state.cpu_used().as_millis() as u64, "function failed");
+                    Err(e)
+                }
+            };
             let _ = done_tx.send(result.is_err());
             result
         });

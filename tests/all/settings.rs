@@ -263,3 +263,43 @@ impl LongKey for String {
         self
     }
 }
+
+#[test]
+fn instance_reuse_is_opt_in_capped_and_keeps_limits() {
+    let perch = Perch::start_with("[limits]\ncpu_ms = 300\n[max]\ninstance_reuse = 50\n");
+    let token = perch.deploy("a", "f", guests::FAULTY, "f.a.test");
+    let api = perch.api(&token);
+    let path = "/v1/tenants/a/functions/f/settings";
+    let count = || {
+        let resp = perch.get("f.a.test", "/count");
+        assert_eq!(resp.status(), 200);
+        resp.text().unwrap()
+    };
+    let counts = |n: usize| (0..n).map(|_| count()).collect::<Vec<_>>();
+
+    // The default: every request gets a fresh instance.
+    assert_eq!(counts(3), ["1", "1", "1"]);
+
+    // Validated and capped by the operator maximum.
+    for bad in [0, 51] {
+        api.put_json(path, Some(json!({"limits": {"instance_reuse": bad}})))
+            .expect_error(400, "invalid_settings");
+    }
+
+    // Opted in: sequential requests share an instance, at most 3 each.
+    api.put_json(path, Some(json!({"limits": {"instance_reuse": 3}})))
+        .expect_status(201);
+    assert_eq!(counts(7), ["1", "2", "3", "1", "2", "3", "1"]);
+
+    // Limits still apply per request, and a failed instance is never reused.
+    assert_eq!(count(), "2");
+    assert_eq!(perch.get("f.a.test", "/spin").status(), 504);
+    assert_eq!(count(), "1");
+    assert_eq!(perch.get("f.a.test", "/trap").status(), 500);
+    assert_eq!(counts(2), ["1", "2"]);
+
+    // Turning it off (new settings, new version) is fresh instances again.
+    api.put_json(path, Some(json!({"limits": {}})))
+        .expect_status(201);
+    assert_eq!(counts(3), ["1", "1", "1"]);
+}

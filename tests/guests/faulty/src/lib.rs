@@ -5,16 +5,22 @@
 //! `/env?NAME` answers the environment variable `NAME` (404 when unset),
 //! `/alloc?MB` grows memory by MB mebibytes (touching every page) and
 //! answers how much it got, `/recurse` recurses without bound,
+//! `/count` answers how many requests this instance has served (1 unless
+//! the function opted into instance reuse),
 //! anything else answers `200 ok`.
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
 struct Faulty;
 
+/// Requests this instance has handled (instance state that reuse keeps).
+static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Guest for Faulty {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         let (route, query) = path.split_once('?').unwrap_or((&path, ""));
+        let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         match route {
             "/trap" => panic!("deliberate trap"),
             "/noresp" => {}
@@ -48,6 +54,7 @@ impl Guest for Faulty {
                 let depth = recurse(std::hint::black_box(1));
                 respond(out, 200, format!("depth {depth}").as_bytes());
             }
+            "/count" => respond(out, 200, served.to_string().as_bytes()),
             _ => respond(out, 200, b"ok"),
         }
     }
