@@ -5,6 +5,8 @@ mod cli;
 mod dataplane;
 mod egress;
 mod examples;
+mod fuzz;
+mod hostile;
 mod kv;
 mod lifecycle;
 mod settings;

@@ -53,6 +53,7 @@ pub struct Perch {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     config: String,
+    env: Vec<(String, String)>,
     pub data_url: String,
     pub admin_url: String,
     pub stderr: Arc<Mutex<String>>,
@@ -68,6 +69,12 @@ impl Perch {
 
     /// Starts with extra TOML appended to the test config.
     pub fn start_with(extra_config: &str) -> Perch {
+        Perch::start_with_env(extra_config, &[])
+    }
+
+    /// Starts with extra TOML and extra environment variables (e.g.
+    /// `PERCH_LOG`).
+    pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Perch {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let mut p = Perch {
@@ -75,6 +82,10 @@ impl Perch {
             dir,
             _tmp: Some(tmp),
             config: extra_config.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             data_url: String::new(),
             admin_url: String::new(),
             stderr: Arc::default(),
@@ -106,6 +117,7 @@ impl Perch {
             .arg(&config_path)
             .env("PERCH_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("PERCH_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -122,6 +134,7 @@ impl Perch {
         });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let sink = self.stderr.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut line = String::new();
@@ -129,6 +142,7 @@ impl Perch {
                 if line.starts_with("perch listening") {
                     let _ = tx.send(line.clone());
                 }
+                sink.lock().unwrap().push_str(&line);
                 line.clear();
             }
         });
@@ -183,6 +197,7 @@ impl Perch {
         self.spawn();
     }
 
+    /// Everything the server printed so far (stderr and stdout).
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

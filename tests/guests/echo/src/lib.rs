@@ -1,4 +1,5 @@
 //! Test guest: reflects the request back (`/big?mib=N` streams N MiB instead;
+//! `/count` reads the whole body before answering its length;
 //! `/fetch?url=URL` fetches URL and answers its status and body, or 502 with
 //! the error the host gave).
 //!
@@ -27,6 +28,12 @@ async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
             (i < chunks).then(|| (Ok::<_, Infallible>(Bytes::from(vec![(i % 251) as u8; CHUNK])), i + 1))
         });
         return Ok(Response::new(Body::from_try_stream(body)));
+    }
+    if req.uri().path() == "/count" {
+        // Nothing goes out before the body is read to its end.
+        let mut body = req.into_body();
+        let n = body.contents().await?.len();
+        return Ok(Response::new(format!("{n}").into()));
     }
     if req.uri().path() == "/fetch" {
         let url = req.uri().query().and_then(|q| q.strip_prefix("url=")).unwrap_or("").to_string();
