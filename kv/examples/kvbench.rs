@@ -7,13 +7,15 @@
 //! Prints, each as the median of 5 alternating runs:
 //! - raw redb: 64 puts per durable commit, one writer (the best case a
 //!   single redb file allows: the reference for group commit);
-//! - `RedbKv` durable puts from 64 concurrent writers (group commit);
+//! - `RedbKv` durable puts from 64 concurrent writers (group commit): OS
+//!   threads blocking on `write`, and tokio tasks awaiting `write_async`
+//!   (how guests' KV writes reach it in the server);
 //! - `RedbKv` durable puts from one writer (one commit per put);
 //! - `RedbKv` hot gets (read cache) and cold gets (redb).
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use perch_kv::{KvBackend, KvLimits, NamespaceId, PutOptions, RedbKv};
+use perch_kv::{KvBackend, KvLimits, NamespaceId, PutOptions, RedbKv, WriteOp};
 use redb::{Database, TableDefinition};
 
 const RAW: TableDefinition<&[u8], &[u8]> = TableDefinition::new("raw");
@@ -76,6 +78,51 @@ fn kv_puts(dir: &std::path::Path, writers: usize) -> (f64, f64) {
     (rate, jobs / commits)
 }
 
+fn kv_puts_async(dir: &std::path::Path, writers: usize) -> (f64, f64) {
+    let db = Arc::new(Database::create(dir.join(format!("kva{writers}.redb"))).unwrap());
+    let kv = Arc::new(RedbKv::open(db, KvLimits::default()).unwrap());
+    let ns = NamespaceId::new("bench", "default");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let total: u64 = rt.block_on(async {
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let (kv, ns) = (kv.clone(), ns.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while start.elapsed() < RUN {
+                        let op = WriteOp::Put {
+                            key: format!("w{w}-{n}"),
+                            value: vec![7u8; 100],
+                            options: PutOptions::default(),
+                        };
+                        kv.write_async(&ns, vec![op]).await.unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        total
+    });
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    let stats = kv.stats();
+    let jobs = stats.write_jobs.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let commits = stats
+        .commits
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1) as f64;
+    (rate, jobs / commits)
+}
+
 fn kv_gets(dir: &std::path::Path, hot: bool) -> f64 {
     let db = Arc::new(Database::create(dir.join(format!("get{hot}.redb"))).unwrap());
     let cache = if hot { 64 << 20 } else { 0 };
@@ -104,7 +151,7 @@ fn main() {
         .unwrap();
     let (mut raw, mut group, mut single, mut hot, mut cold) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let mut group_size = vec![];
+    let (mut group_size, mut tasks, mut tasks_size) = (vec![], vec![], vec![]);
     for round in 0..5 {
         let d = dir.path().join(format!("r{round}"));
         std::fs::create_dir_all(&d).unwrap();
@@ -112,6 +159,9 @@ fn main() {
         let (rate, size) = kv_puts(&d, 64);
         group.push(rate);
         group_size.push(size);
+        let (rate, size) = kv_puts_async(&d, 64);
+        tasks.push(rate);
+        tasks_size.push(size);
         single.push(kv_puts(&d, 1).0);
         hot.push(kv_gets(&d, true));
         cold.push(kv_gets(&d, false));
@@ -122,6 +172,12 @@ fn main() {
         "RedbKv durable puts, 64 writers      : {group:>10.0} puts/s  ({:.2}x raw batched; {:.1} puts per commit)",
         group / raw,
         median(group_size)
+    );
+    let tasks = median(tasks);
+    println!(
+        "RedbKv durable puts, 64 async tasks  : {tasks:>10.0} puts/s  ({:.2}x raw batched; {:.1} puts per commit)",
+        tasks / raw,
+        median(tasks_size)
     );
     println!(
         "RedbKv durable puts, 1 writer        : {:>10.0} puts/s",

@@ -171,7 +171,12 @@ impl KvHost<'_> {
     ) -> GResult<Vec<WriteResult>> {
         let access = self.charge(ops.len().max(1))?;
         let ns = self.bucket_ns(bucket)?;
-        blocking(move || access.backend.write(&ns, ops)).await
+        // Awaits the writer's group commit without holding a blocking thread.
+        access
+            .backend
+            .write_async(&ns, ops)
+            .await
+            .map_err(GuestError::from)
     }
 }
 

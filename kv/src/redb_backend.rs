@@ -209,6 +209,17 @@ impl RedbKv {
     }
 
     fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, KvError> {
+        self.enqueue(job)?
+            .blocking_recv()
+            .map_err(|_| KvError::Storage("KV writer stopped".into()))?
+    }
+
+    /// Queues a job for the writer thread; the receiver gets its answer
+    /// after the commit that includes it.
+    fn enqueue<T>(
+        &self,
+        job: impl FnOnce(Reply<T>) -> Job,
+    ) -> Result<oneshot::Receiver<Result<T, KvError>>, KvError> {
         let (tx, rx) = oneshot::channel();
         let writer = self
             .writer
@@ -217,8 +228,41 @@ impl RedbKv {
         writer
             .send(job(tx))
             .map_err(|_| KvError::Storage("KV writer stopped".into()))?;
-        rx.blocking_recv()
+        Ok(rx)
+    }
+
+    /// Like [`KvBackend::write`], but awaits the group commit instead of
+    /// blocking a thread. Under concurrent writers most of a shared commit's
+    /// cost is waking the writers; waking tasks is far cheaper than waking
+    /// one parked OS thread per writer.
+    pub async fn write_async(
+        &self,
+        ns: &NamespaceId,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteResult>, KvError> {
+        self.check_ops(&ops)?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ns = ns.clone();
+        self.enqueue(|reply| Job::Write { ns, ops, reply })?
+            .await
             .map_err(|_| KvError::Storage("KV writer stopped".into()))?
+    }
+
+    fn check_ops(&self, ops: &[WriteOp]) -> Result<(), KvError> {
+        for op in ops {
+            self.check_key(op.key())?;
+            match op {
+                WriteOp::Put { value, options, .. } => self.check_put(value, options)?,
+                WriteOp::CompareAndSwap {
+                    new: Some((value, options)),
+                    ..
+                } => self.check_put(value, options)?,
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     fn check_key(&self, key: &str) -> Result<(), KvError> {
@@ -283,17 +327,7 @@ impl KvBackend for RedbKv {
     }
 
     fn write(&self, ns: &NamespaceId, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, KvError> {
-        for op in &ops {
-            self.check_key(op.key())?;
-            match op {
-                WriteOp::Put { value, options, .. } => self.check_put(value, options)?,
-                WriteOp::CompareAndSwap {
-                    new: Some((value, options)),
-                    ..
-                } => self.check_put(value, options)?,
-                _ => {}
-            }
-        }
+        self.check_ops(&ops)?;
         if ops.is_empty() {
             return Ok(Vec::new());
         }
@@ -431,7 +465,7 @@ enum Outcome {
     Purged(Result<usize, KvError>),
 }
 
-fn run_group(shared: &Shared, jobs: Vec<Job>) {
+fn run_group(shared: &Shared, mut jobs: Vec<Job>) {
     let mut touched: Vec<Vec<u8>> = Vec::new();
     let mut flush_all = false;
     let result = (|| -> Result<Vec<Outcome>, KvError> {
@@ -440,7 +474,7 @@ fn run_group(shared: &Shared, jobs: Vec<Job>) {
         {
             let mut kv = txn.open_table(KV).map_err(storage)?;
             let mut expiry = txn.open_table(KV_EXPIRY).map_err(storage)?;
-            for job in &jobs {
+            for job in &mut jobs {
                 outcomes.push(match job {
                     Job::Write { ns, ops, .. } => {
                         Outcome::Write(apply_write(&mut kv, &mut expiry, ns, ops, &mut touched))
@@ -531,15 +565,88 @@ fn new_entry(value: Vec<u8>, options: &PutOptions, now: u64) -> Entry {
     }
 }
 
-/// Computes the job on an overlay first, so a failing op leaves nothing behind.
+/// The expiry of an encoded entry, read from its header.
+fn stored_expiry(encoded: &[u8]) -> Option<u64> {
+    let exp = u64::from_le_bytes(encoded.get(1..9)?.try_into().ok()?);
+    (exp != 0).then_some(exp)
+}
+
+/// Applies one job. Jobs of puts and deletes only (which cannot fail) go
+/// straight to the table; anything else is computed on an overlay first, so
+/// a failing op leaves nothing behind.
 fn apply_write(
+    kv: &mut KvTable<'_>,
+    expiry: &mut ExpiryTable<'_>,
+    ns: &NamespaceId,
+    ops: &mut [WriteOp],
+    touched: &mut Vec<Vec<u8>>,
+) -> Result<Vec<WriteResult>, KvError> {
+    let now = now_ms();
+    if ops
+        .iter()
+        .all(|op| matches!(op, WriteOp::Put { .. } | WriteOp::Delete { .. }))
+    {
+        return put_or_delete(kv, expiry, ns, ops, touched, now);
+    }
+    apply_on_overlay(kv, expiry, ns, ops, touched, now)
+}
+
+/// Puts and deletes, without reading first: redb hands back the entry it
+/// replaced, and that entry's expiry index key goes with it.
+fn put_or_delete(
+    kv: &mut KvTable<'_>,
+    expiry: &mut ExpiryTable<'_>,
+    ns: &NamespaceId,
+    ops: &mut [WriteOp],
+    touched: &mut Vec<Vec<u8>>,
+    now: u64,
+) -> Result<Vec<WriteResult>, KvError> {
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops.iter_mut() {
+        let k = full_key(ns, op.key());
+        let (old, new) = match op {
+            WriteOp::Put { value, options, .. } => {
+                let entry = new_entry(std::mem::take(value), options, now);
+                let old = kv
+                    .insert(k.as_slice(), encode_entry(&entry).as_slice())
+                    .map_err(storage)?
+                    .and_then(|v| stored_expiry(v.value()));
+                (old, entry.expires_at_ms)
+            }
+            _ => {
+                let old = kv
+                    .remove(k.as_slice())
+                    .map_err(storage)?
+                    .and_then(|v| stored_expiry(v.value()));
+                (old, None)
+            }
+        };
+        if old != new {
+            if let Some(t) = old {
+                expiry
+                    .remove(expiry_key(t, &k).as_slice())
+                    .map_err(storage)?;
+            }
+            if let Some(t) = new {
+                expiry
+                    .insert(expiry_key(t, &k).as_slice(), ())
+                    .map_err(storage)?;
+            }
+        }
+        touched.push(k);
+        results.push(WriteResult::Done);
+    }
+    Ok(results)
+}
+
+fn apply_on_overlay(
     kv: &mut KvTable<'_>,
     expiry: &mut ExpiryTable<'_>,
     ns: &NamespaceId,
     ops: &[WriteOp],
     touched: &mut Vec<Vec<u8>>,
+    now: u64,
 ) -> Result<Vec<WriteResult>, KvError> {
-    let now = now_ms();
     // Per key: (stored before this job, value after the ops so far).
     let mut overlay: HashMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = HashMap::new();
     let mut order = Vec::new();
