@@ -1,0 +1,560 @@
+#!/usr/bin/env bash
+# Perch side by side with `wasmtime serve` on this machine (issue 6).
+#
+#   bench/run.sh [scenario ...]
+#
+# Scenarios (default: all, in this order):
+#   hello        hello rps, p50/p99: Perch (fresh instance, default limits) vs
+#                `wasmtime serve -O pooling-allocator` with and without limits
+#   reuse        instance reuse on both sides (REUSE requests per instance)
+#   latency      p50/p99 at 50 % of Perch's max rps (h2load, paced)
+#   first        first request after deploy and after restart vs warm
+#   instantiate  per-request Store + instantiation micro-benchmark (runtime)
+#   many         MANY_FUNCTIONS functions over MANY_COMPONENTS components,
+#                component cache at 80 %: rps vs one function, RSS, start-up
+#   kv           guest KV hot get / durable put, and the backend kvbench
+#   image        examples/image-resize throughput (when that example exists)
+#
+# It installs what is missing (wrk and h2load with apt-get, wasmtime-cli
+# 48.0.8 with cargo install, cached under ~/.cache/perch-bench), builds Perch
+# in release mode and the guests, and runs everything on loopback: servers
+# pinned to SERVER_CPU, the load generator to LOAD_CPU. Variants alternate
+# round by round; every figure is the median over ROUNDS rounds. Results are
+# printed as markdown and appended to target/bench/results.md.
+#
+# Environment: ROUNDS (5), DURATION (10, seconds per run), CONNS (32),
+# SERVER_CPU (0), LOAD_CPU (1), REUSE (128), MANY_FUNCTIONS (10000),
+# MANY_COMPONENTS (500), PERCH_BENCH_CACHE, SKIP_BUILD=1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${PERCH_BENCH_CACHE:-$HOME/.cache/perch-bench}
+TARGET=$ROOT/target/bench
+WASMTIME_VERSION=48.0.8
+WASMTIME=$CACHE/wasmtime-$WASMTIME_VERSION/bin/wasmtime
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+REUSE=${REUSE:-128}
+MANY_FUNCTIONS=${MANY_FUNCTIONS:-10000}
+MANY_COMPONENTS=${MANY_COMPONENTS:-500}
+TOKEN=perch-bench-admin-token
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv image)
+
+WORK=$(mktemp -d /tmp/perch-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PERCH=$TARGET/release/perch
+HELLO=$TARGET/guests/wasm32-wasip2/release/bench_hello.wasm
+KVEXT=$TARGET/guests/wasm32-wasip2/release/kvext.wasm
+IMAGE=$TARGET/guests/wasm32-wasip2/release/image_resize.wasm
+SAMPLES=$WORK/samples.tsv
+REPORT=$WORK/report.md
+: >"$SAMPLES"
+: >"$REPORT"
+
+log() { echo "[bench] $*" >&2; }
+has_scenario() { local s; for s in "${SCENARIOS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+# ---------------------------------------------------------------- tools
+
+install_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v curl >/dev/null || missing+=(curl)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        local sudo=; [ "$(id -u)" -ne 0 ] && sudo=sudo
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ ! -x "$WASMTIME" ]; then
+        log "building wasmtime-cli $WASMTIME_VERSION into $CACHE (once; about 20 minutes)"
+        mkdir -p "$CACHE"
+        CARGO_TARGET_DIR=$CACHE/build cargo install wasmtime-cli --version "$WASMTIME_VERSION" \
+            --locked --root "$CACHE/wasmtime-$WASMTIME_VERSION"
+    fi
+}
+
+build() {
+    [ "${SKIP_BUILD:-}" = 1 ] && return
+    log "building perch (release) and the guests"
+    # One cargo invocation, so every target sees the same dependency features
+    # (building a package alone would rebuild wasmtime with other features).
+    (cd "$ROOT" && cargo build -q --release --target-dir "$TARGET" -p perch-gateway --bin perch \
+        -p perch-runtime --example instantiate -p perch-kv --example kvbench)
+    (cd "$ROOT/bench/guests" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests")
+    (cd "$ROOT/tests/guests" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests" -p kvext)
+    if [ -d "$ROOT/examples/image-resize" ]; then
+        (cd "$ROOT/examples" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests" -p image-resize)
+    fi
+}
+
+# ---------------------------------------------------------------- servers
+
+# start_perch DIR [CONFIG-TOML] — sets PERCH_PID, DATA (host:port), ADMIN (url)
+start_perch() {
+    local dir=$1 config=${2:-}
+    mkdir -p "$dir"
+    printf '%s\n' "$config" >"$dir/perch.toml"
+    PERCH_ADMIN_TOKEN=$TOKEN taskset -c "$SERVER_CPU" "$PERCH" serve --data-dir "$dir/data" \
+        --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --config "$dir/perch.toml" \
+        >"$dir/stdout" 2>>"$dir/stderr" &
+    PERCH_PID=$!
+    PIDS+=("$PERCH_PID")
+    local line=
+    for _ in $(seq 1 6000); do
+        line=$(grep -m1 'perch listening' "$dir/stdout" 2>/dev/null || true)
+        [ -n "$line" ] && break
+        kill -0 "$PERCH_PID" 2>/dev/null || { cat "$dir/stderr" >&2; return 1; }
+        sleep 0.01
+    done
+    [ -n "$line" ] || { log "perch did not start"; return 1; }
+    DATA=$(sed -E 's/.*data=http:\/\/([^ ]+).*/\1/' <<<"$line")
+    ADMIN=http://$(sed -E 's/.*admin=http:\/\/([^ ]+).*/\1/' <<<"$line")
+}
+
+stop_pid() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+api() { # METHOD PATH [curl args]
+    local method=$1 path=$2; shift 2
+    curl -sS -f -X "$method" -H "Authorization: Bearer $TOKEN" "$@" "$ADMIN$path"
+}
+
+deploy() { # TENANT FUNCTION WASM HOST
+    api PUT "/v1/tenants/$1" -o /dev/null
+    api PUT "/v1/tenants/$1/functions/$2" -H 'content-type: application/wasm' \
+        --data-binary @"$3" -o /dev/null
+    api PUT "/v1/tenants/$1/routes/$4" -H 'content-type: application/json' \
+        -d "{\"function\":\"$2\"}" -o /dev/null
+}
+
+settings() { # TENANT FUNCTION JSON
+    api PUT "/v1/tenants/$1/functions/$2/settings" -H 'content-type: application/json' \
+        -d "$3" -o /dev/null
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_wasmtime VAR [serve flags...] — sets VAR to host:port
+start_wasmtime() {
+    local var=$1; shift
+    local port; port=$(free_port)
+    taskset -c "$SERVER_CPU" "$WASMTIME" serve --addr "127.0.0.1:$port" "$@" "$HELLO" \
+        >>"$WORK/wasmtime.log" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 1 3000); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+        sleep 0.01
+    done
+    printf -v "$var" '%s' "127.0.0.1:$port"
+}
+
+# ---------------------------------------------------------------- load
+
+# wrk_run SCENARIO VARIANT ROUND ADDR HOST [wrk args] — one sample line
+wrk_run() {
+    local scenario=$1 variant=$2 round=$3 addr=$4 host=$5; shift 5
+    local out
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
+        -H "Host: $host" "$@" "http://$addr/")
+    python3 - "$scenario" "$variant" "$round" <<EOF >>"$SAMPLES"
+import re, sys
+out = """$out"""
+def ms(v):
+    n, u = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 1e-3, "ms": 1, "s": 1e3}[u]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+errs = re.search(r"Socket errors:.*", out)
+if bad or errs:
+    print(f"[bench] {sys.argv[2]}: {bad.group(0) if bad else ''} {errs.group(0) if errs else ''}", file=sys.stderr)
+print(f"{sys.argv[1]}\t{sys.argv[2]}\t{sys.argv[3]}\t{rps:.1f}\t{p50:.3f}\t{p99:.3f}")
+EOF
+    log "$(tail -1 "$SAMPLES")"
+}
+
+# h2load_run SCENARIO VARIANT ROUND ADDR HOST RATE — paced load, p50/p99 from per-request log
+h2load_run() {
+    local scenario=$1 variant=$2 round=$3 addr=$4 host=$5 rate=$6
+    local clients=16 logf=$WORK/h2load.log
+    local per=$(( (rate + clients - 1) / clients ))
+    rm -f "$logf"
+    taskset -c "$LOAD_CPU" h2load --h1 -c "$clients" --rps="$per" -D "$DURATION" \
+        -H ":authority: $host" --log-file="$logf" "http://$addr/" >"$WORK/h2load.out"
+    python3 - "$scenario" "$variant" "$round" "$logf" "$DURATION" <<'EOF' >>"$SAMPLES"
+import sys
+lat, bad = [], 0
+for line in open(sys.argv[4]):
+    f = line.split()
+    if len(f) < 3:
+        continue
+    if not f[1].startswith("2"):
+        bad += 1
+    lat.append(int(f[2]) / 1000.0)
+lat.sort()
+pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]
+if bad:
+    print(f"[bench] {sys.argv[2]}: {bad} non-2xx", file=sys.stderr)
+print(f"{sys.argv[1]}\t{sys.argv[2]}\t{sys.argv[3]}\t{len(lat) / float(sys.argv[5]):.1f}\t{pct(0.5):.3f}\t{pct(0.99):.3f}")
+EOF
+    log "$(tail -1 "$SAMPLES")"
+}
+
+# summary SCENARIO REFERENCE-VARIANT TITLE — medians and ratios as markdown
+summary() {
+    python3 - "$SAMPLES" "$1" "$2" "$3" <<'EOF' | tee -a "$REPORT"
+import sys, statistics as st
+path, scenario, ref, title = sys.argv[1:5]
+rows = {}
+order = []
+for line in open(path):
+    s, v, r, rps, p50, p99 = line.rstrip("\n").split("\t")
+    if s != scenario:
+        continue
+    if v not in rows:
+        order.append(v)
+        rows[v] = []
+    rows[v].append((float(rps), float(p50), float(p99)))
+print(f"\n### {title}\n")
+print("| variant | rps (median) | rps per round | p50 ms | p99 ms | rps ratio |")
+print("|---|---|---|---|---|---|")
+ref_rps = st.median(r[0] for r in rows[ref]) if ref in rows else None
+for v in order:
+    rs = rows[v]
+    rps = st.median(r[0] for r in rs)
+    ratio = f"{rps / ref_rps:.2f} × {ref}" if ref_rps else ""
+    print(f"| {v} | {rps:,.0f} | {' / '.join(f'{r[0]:,.0f}' for r in rs)} | "
+          f"{st.median(r[1] for r in rs):.3f} | {st.median(r[2] for r in rs):.3f} | {ratio} |")
+EOF
+}
+
+median_rps() { # SCENARIO VARIANT
+    python3 - "$SAMPLES" "$1" "$2" <<'EOF'
+import sys, statistics as st
+v = [float(l.split("\t")[3]) for l in open(sys.argv[1]) if l.split("\t")[:2] == sys.argv[2:4]]
+print(int(st.median(v)) if v else 0)
+EOF
+}
+
+# ---------------------------------------------------------------- scenarios
+
+HELLO_HOST=hello.bench.test
+
+scenario_hello() {
+    log "scenario hello: fresh instances"
+    local wt wtl
+    start_wasmtime wt -O pooling-allocator -S cli
+    start_wasmtime wtl -O pooling-allocator -S cli -W timeout=30s,max-memory-size=134217728
+    local variants=(perch wasmtime wasmtime-limits)
+    local addrs=("$PERCH_DATA" "$wt" "$wtl")
+    for round in $(seq 1 "$ROUNDS"); do
+        for i in 0 1 2; do
+            local j=$(( (i + round) % 3 ))
+            wrk_run hello "${variants[$j]}" "$round" "${addrs[$j]}" "$HELLO_HOST"
+        done
+    done
+    summary hello wasmtime "1. hello, fresh instance per request (rps, wrk -c$CONNS, ${DURATION}s × $ROUNDS rounds)"
+}
+
+scenario_reuse() {
+    log "scenario reuse: $REUSE requests per instance"
+    local wt
+    deploy bench hello-reuse "$HELLO" reuse.bench.test
+    settings bench hello-reuse "{\"limits\":{\"instance_reuse\":$REUSE}}"
+    start_wasmtime wt -O pooling-allocator -S cli --max-instance-reuse-count "$REUSE"
+    for round in $(seq 1 "$ROUNDS"); do
+        if (( round % 2 )); then
+            wrk_run reuse perch-reuse "$round" "$PERCH_DATA" reuse.bench.test
+            wrk_run reuse wasmtime-reuse "$round" "$wt" "$HELLO_HOST"
+        else
+            wrk_run reuse wasmtime-reuse "$round" "$wt" "$HELLO_HOST"
+            wrk_run reuse perch-reuse "$round" "$PERCH_DATA" reuse.bench.test
+        fi
+    done
+    summary reuse wasmtime-reuse "2. hello with instance reuse ($REUSE requests per instance)"
+}
+
+scenario_latency() {
+    local max; max=$(median_rps hello perch)
+    if [ "$max" -eq 0 ]; then
+        log "scenario latency: measuring Perch's max rps first"
+        wrk_run latency-max perch 1 "$PERCH_DATA" "$HELLO_HOST"
+        max=$(median_rps latency-max perch)
+    fi
+    local rate=$(( max / 2 ))
+    log "scenario latency: $rate rps (50 % of $max)"
+    local wt
+    start_wasmtime wt -O pooling-allocator -S cli
+    for round in $(seq 1 "$ROUNDS"); do
+        h2load_run latency perch "$round" "$PERCH_DATA" "$HELLO_HOST" "$rate"
+        h2load_run latency wasmtime "$round" "$wt" "$HELLO_HOST" "$rate"
+    done
+    summary latency wasmtime "3. latency at $rate rps = 50 % of Perch's max (h2load, 16 paced connections)"
+}
+
+# ms_get HOST — time of one GET on a new connection, in ms
+ms_get() {
+    curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -H "Host: $1" "http://$PERCH_DATA/" |
+        awk '$1 != 200 { print "[bench] status " $1 > "/dev/stderr" } { printf "%.3f\n", $2 * 1000 }'
+}
+
+warm_ms() { # HOST — median of 21 GETs
+    for _ in $(seq 1 21); do ms_get "$1"; done | sort -n | sed -n 11p
+}
+
+patch_variant() { # N OUT — the bench guest with a distinct marker
+    python3 - "$HELLO" "$1" "$2" <<'EOF'
+import sys
+data = open(sys.argv[1], "rb").read()
+marker = b"perch-bench-variant:000000"
+assert data.count(marker) == 1, "marker not found once"
+open(sys.argv[3], "wb").write(data.replace(marker, b"perch-bench-variant:%06d" % int(sys.argv[2])))
+EOF
+}
+
+scenario_first() {
+    log "scenario first: first request after deploy / restart"
+    local dir=$WORK/first
+    start_perch "$dir"
+    local pid=$PERCH_PID
+    for round in $(seq 1 "$ROUNDS"); do
+        local wasm=$WORK/first-$round.wasm
+        patch_variant $((900000 + round)) "$wasm"
+        local t0; t0=$(date +%s%N)
+        deploy first "f$round" "$wasm" "f$round.first.test"
+        local deploy_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+        local first; first=$(ms_get "f$round.first.test")
+        local warm; warm=$(warm_ms "f$round.first.test")
+        printf 'first\tafter-deploy\t%s\t%s\t%s\t%s\n' "$round" "$first" "$warm" "$deploy_ms" >>"$SAMPLES"
+        log "after deploy: first $first ms, warm $warm ms (deploy took $deploy_ms ms)"
+    done
+    for round in $(seq 1 "$ROUNDS"); do
+        stop_pid "$pid"
+        local t0; t0=$(date +%s%N)
+        start_perch "$dir"
+        pid=$PERCH_PID
+        local start_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+        local first; first=$(ms_get "f$round.first.test")
+        local warm; warm=$(warm_ms "f$round.first.test")
+        printf 'first\tafter-restart\t%s\t%s\t%s\t%s\n' "$round" "$first" "$warm" "$start_ms" >>"$SAMPLES"
+        log "after restart: first $first ms, warm $warm ms (start-up $start_ms ms)"
+    done
+    stop_pid "$pid"
+    python3 - "$SAMPLES" <<'EOF' | tee -a "$REPORT"
+import sys, statistics as st
+rows = {}
+for l in open(sys.argv[1]):
+    f = l.rstrip("\n").split("\t")
+    if f[0] == "first":
+        rows.setdefault(f[1], []).append(tuple(map(float, f[3:6])))
+print("\n### 4. first request vs warm (one new connection per request, ms)\n")
+print("| case | first (median) | warm (median) | first − warm | per round (first − warm) | deploy / start-up |")
+print("|---|---|---|---|---|---|")
+for case, rs in rows.items():
+    d = [a - b for a, b, _ in rs]
+    print(f"| {case} | {st.median(r[0] for r in rs):.3f} | {st.median(r[1] for r in rs):.3f} | "
+          f"{st.median(d):.3f} | {' / '.join(f'{x:.2f}' for x in d)} | {st.median(r[2] for r in rs):.0f} ms |")
+EOF
+}
+
+scenario_instantiate() {
+    log "scenario instantiate: micro-benchmark"
+    {
+        echo
+        echo "### 5. per-request Store + instantiation (runtime/examples/instantiate.rs, pinned to CPU $SERVER_CPU)"
+        echo
+        echo '```'
+        taskset -c "$SERVER_CPU" "$TARGET/release/examples/instantiate" "$HELLO"
+        echo '```'
+    } | tee -a "$REPORT"
+}
+
+rss_kib() { awk '/VmRSS/ { print $2 }' "/proc/$1/status"; }
+
+scenario_many() {
+    local n=$MANY_FUNCTIONS c=$MANY_COMPONENTS
+    local cache=$(( c * 8 / 10 ))
+    log "scenario many: $n functions over $c components, component cache $cache"
+    mkdir -p "$WORK/variants"
+    for i in $(seq 0 $((c - 1))); do patch_variant "$i" "$WORK/variants/v$i.wasm"; done
+    local dir=$WORK/many
+    local config
+    config=$(printf '[node]\ncomponent_cache = %d\n' "$cache")
+    start_perch "$dir" "$config"
+    sleep 1
+    local rss_empty; rss_empty=$(rss_kib "$PERCH_PID")
+    local t0; t0=$(date +%s)
+    python3 - "$ADMIN" "$TOKEN" "$WORK/variants" "$n" "$c" <<'EOF'
+import http.client, json, sys, urllib.parse
+admin, token, variants, n, c = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+u = urllib.parse.urlparse(admin)
+conn = http.client.HTTPConnection(u.hostname, u.port)
+def call(method, path, body=None, ctype=None):
+    h = {"Authorization": f"Bearer {token}"}
+    if ctype:
+        h["content-type"] = ctype
+    conn.request(method, path, body=body, headers=h)
+    r = conn.getresponse()
+    data = r.read()
+    if r.status >= 300:
+        raise SystemExit(f"{method} {path}: {r.status} {data[:200]}")
+blobs = [open(f"{variants}/v{i}.wasm", "rb").read() for i in range(c)]
+tenants = 100
+for t in range(tenants):
+    call("PUT", f"/v1/tenants/t{t}")
+for i in range(n):
+    t = i % tenants
+    call("PUT", f"/v1/tenants/t{t}/functions/f{i}", blobs[i % c], "application/wasm")
+    call("PUT", f"/v1/tenants/t{t}/routes/f{i}.many.test", json.dumps({"function": f"f{i}"}), "application/json")
+    if i % 1000 == 999:
+        print(f"[bench] deployed {i + 1}", file=sys.stderr)
+EOF
+    local deploy_s=$(( $(date +%s) - t0 ))
+    local rss_deployed; rss_deployed=$(rss_kib "$PERCH_PID")
+    stop_pid "$PERCH_PID"
+    t0=$(date +%s%N)
+    start_perch "$dir" "$config"
+    local startup_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    sleep 1
+    local rss_idle; rss_idle=$(rss_kib "$PERCH_PID")
+    cat >"$WORK/hosts.lua" <<'EOF'
+local n = tonumber(os.getenv("HOSTS") or "1")
+request = function()
+  return wrk.format("GET", "/", { Host = "f" .. math.random(0, n - 1) .. ".many.test" })
+end
+EOF
+    for round in $(seq 1 "$ROUNDS"); do
+        HOSTS=1 wrk_run many one-function "$round" "$DATA" f0.many.test -s "$WORK/hosts.lua"
+        HOSTS=$n wrk_run many "$n-functions" "$round" "$DATA" f0.many.test -s "$WORK/hosts.lua"
+    done
+    local rss_loaded; rss_loaded=$(rss_kib "$PERCH_PID")
+    local metrics
+    metrics=$(curl -s "$ADMIN/metrics" | grep -E '^perch_component_cache_(hits|misses)_total' | tr '\n' ' ')
+    stop_pid "$PERCH_PID"
+    summary many one-function "6. $n functions over $c components (component cache $cache), random host per request"
+    {
+        echo
+        echo "| measure | value |"
+        echo "|---|---|"
+        echo "| RSS, empty Perch | $rss_empty KiB |"
+        echo "| RSS after deploying $n functions (live) | $rss_deployed KiB |"
+        echo "| RSS after restart, $n functions idle | $rss_idle KiB → $(( (rss_idle - rss_empty) * 1024 / n )) bytes per idle function |"
+        echo "| RSS after the load runs | $rss_loaded KiB |"
+        echo "| start-up with $n functions (spawn → listening) | $startup_ms ms |"
+        echo "| deploying $n functions + routes over the admin API | $deploy_s s |"
+        echo "| component cache | $metrics |"
+    } | tee -a "$REPORT"
+}
+
+scenario_kv() {
+    log "scenario kv"
+    deploy bench kv "$KVEXT" kv.bench.test
+    curl -sS -f -X PUT -H "Host: kv.bench.test" --data 'hot value' "http://$PERCH_DATA/set/probe" -o /dev/null
+    cat >"$WORK/put.lua" <<'EOF'
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("PUT", "/set/k" .. math.random(1, 1000000) .. "-" .. i, nil, "value-0123456789")
+end
+EOF
+    cat >"$WORK/get.lua" <<'EOF'
+request = function() return wrk.format("GET", "/get/probe") end
+EOF
+    for round in $(seq 1 "$ROUNDS"); do
+        wrk_run kv hello "$round" "$PERCH_DATA" "$HELLO_HOST"
+        wrk_run kv kv-get-hot "$round" "$PERCH_DATA" kv.bench.test -s "$WORK/get.lua"
+        wrk_run kv kv-put-durable "$round" "$PERCH_DATA" kv.bench.test -s "$WORK/put.lua"
+    done
+    summary kv hello "7. guest KV through the data plane ($CONNS concurrent connections; puts are durable before the answer)"
+    {
+        echo
+        echo "Backend (kv/examples/kvbench.rs, not pinned):"
+        echo
+        echo '```'
+        PERCH_BENCH_DIR=$WORK "$TARGET/release/examples/kvbench"
+        echo '```'
+    } | tee -a "$REPORT"
+}
+
+scenario_image() {
+    if [ ! -f "$IMAGE" ]; then
+        log "scenario image: examples/image-resize not built (the example does not exist yet); skipped"
+        printf '\n### 8. image-resize\n\nSkipped: examples/image-resize does not exist in this tree.\n' | tee -a "$REPORT"
+        return
+    fi
+    # The example's README documents its request; POST a generated PNG.
+    deploy bench image "$IMAGE" image.bench.test
+    python3 - "$WORK/in.png" <<'EOF'
+import struct, sys, zlib
+w = h = 512
+raw = b"".join(b"\x00" + bytes((x * 7 + y * 3) & 255 for x in range(w * 3)) for y in range(h))
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) \
+    + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+open(sys.argv[1], "wb").write(png)
+EOF
+    cat >"$WORK/image.lua" <<EOF
+local f = io.open("$WORK/in.png", "rb"); local body = f:read("*all"); f:close()
+request = function() return wrk.format("POST", "${IMAGE_PATH:-/?width=128}", {Host = "image.bench.test", ["content-type"] = "image/png"}, body) end
+EOF
+    for round in $(seq 1 "$ROUNDS"); do
+        wrk_run image image-resize "$round" "$PERCH_DATA" image.bench.test -s "$WORK/image.lua"
+    done
+    summary image image-resize "8. image-resize, 512×512 PNG (POST ${IMAGE_PATH:-/?width=128})"
+}
+
+# ---------------------------------------------------------------- main
+
+install_tools
+build
+for f in "$PERCH" "$HELLO"; do [ -f "$f" ] || { log "missing $f"; exit 1; }; done
+
+{
+    echo
+    echo "## Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+    echo "- load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- command: \`ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS bench/run.sh ${SCENARIOS[*]}\`"
+    echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- runtime kv gateway 2>/dev/null || echo ' (with local changes)')"
+    echo "- servers pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU; wasmtime-cli $WASMTIME_VERSION"
+} | tee -a "$REPORT"
+
+if has_scenario hello || has_scenario reuse || has_scenario latency || has_scenario kv || has_scenario image; then
+    start_perch "$WORK/perch"
+    PERCH_DATA=$DATA
+    MAIN_PID=$PERCH_PID
+    deploy bench hello "$HELLO" "$HELLO_HOST"
+    [ "$(curl -s -H "Host: $HELLO_HOST" "http://$PERCH_DATA/")" = "Hello, world!" ] || { log "hello does not answer"; exit 1; }
+fi
+for s in "${SCENARIOS[@]}"; do
+    case $s in
+        hello) scenario_hello ;;
+        reuse) scenario_reuse ;;
+        latency) scenario_latency ;;
+        first) scenario_first ;;
+        instantiate) scenario_instantiate ;;
+        many) scenario_many ;;
+        kv) scenario_kv ;;
+        image) scenario_image ;;
+        *) log "unknown scenario $s"; exit 2 ;;
+    esac
+done
+echo "- load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$REPORT"
+mkdir -p "$TARGET"
+cat "$REPORT" >>"$TARGET/results.md"
+log "report appended to $TARGET/results.md"
