@@ -146,6 +146,23 @@ fn raise_fd_limit(wanted: libc::rlim_t) {
     }
 }
 
+/// Pending connections the kernel queues for `accept` (it caps this at
+/// `net.core.somaxconn`). Tokio's `TcpListener::bind` asks for 128, which
+/// overflows in a burst of connections and makes clients wait for SYN
+/// retransmits; connections over the cap also wait here.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs the server until a shutdown signal; calls `started` once listening.
 pub async fn serve(
     config: Config,
@@ -207,9 +224,7 @@ pub async fn serve(
     drop(token);
 
     let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, source })
+        listen(addr).map_err(|source| ServeError::Bind { addr, source })
     };
     let data_listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
