@@ -469,24 +469,27 @@ fn content_length_with_transfer_encoding_is_framed_chunked_and_closed() {
     perch.deploy("e", "echo", guests::ECHO, "echo.e.test");
     perch.deploy("b", "hello", guests::HELLO, "hello.b.test");
     // A smuggling attempt: CL says 3, the chunked body is longer, and a
-    // second request follows on the same connection.
-    let (raw, closed) = raw_exchange(
-        &perch,
-        b"POST /cl-te HTTP/1.1\r\nHost: echo.e.test\r\nContent-Length: 3\r\n\
-          Transfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n\
-          GET /smuggled HTTP/1.1\r\nHost: echo.e.test\r\n\r\n",
-        Duration::from_secs(30),
-    );
-    assert_eq!(status_of(&raw), 200, "{raw}");
-    // Framed by Transfer-Encoding, Content-Length ignored: the guest got
-    // all six bytes (by the length it would have got three, and `def…`
-    // would have been read as the next request).
-    assert!(raw.contains("\r\nabcdef\r\n"), "{raw}");
-    // And the connection is closed after the response: the pipelined
-    // request is never answered.
-    assert!(closed, "connection left open: {raw}");
-    assert_eq!(raw.matches("HTTP/1.1 ").count(), 1, "{raw}");
-    assert!(!raw.contains("/smuggled"), "{raw}");
+    // second request follows on the same connection. Either header order.
+    for framing in [
+        "Content-Length: 3\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked\r\nContent-Length: 3",
+    ] {
+        let request = format!(
+            "POST /cl-te HTTP/1.1\r\nHost: echo.e.test\r\n{framing}\r\n\r\n\
+             6\r\nabcdef\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: echo.e.test\r\n\r\n"
+        );
+        let (raw, closed) = raw_exchange(&perch, request.as_bytes(), Duration::from_secs(30));
+        assert_eq!(status_of(&raw), 200, "{raw}");
+        // Framed by Transfer-Encoding, Content-Length ignored: the guest got
+        // all six bytes (by the length it would have got three, and `def…`
+        // would have been read as the next request).
+        assert!(raw.contains("\r\nabcdef\r\n"), "{raw}");
+        // And the connection is closed after the response: the pipelined
+        // request is never answered.
+        assert!(closed, "connection left open: {raw}");
+        assert_eq!(raw.matches("HTTP/1.1 ").count(), 1, "{raw}");
+        assert!(!raw.contains("/smuggled"), "{raw}");
+    }
 
     // The other ambiguous framings hyper refuses outright with 400.
     for bad in [
