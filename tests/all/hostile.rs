@@ -408,6 +408,18 @@ fn slowloris_connections_are_cut_by_the_header_timeout_while_others_are_served()
     perch.deploy("b", "hello", guests::HELLO, "hello.b.test");
     assert_eq!(perch.get("hello.b.test", "/").status(), 200);
 
+    // A kept-alive connection that goes idle after one request is closed
+    // by the same timeout.
+    let mut idle = TcpStream::connect(data_addr(&perch)).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: hello.b.test\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let n = idle.read(&mut first).unwrap();
+    assert_eq!(status_of(&String::from_utf8_lossy(&first[..n])), 200);
+    let idle_since = Instant::now();
+
     // 300 connections, each sending its request head a few bytes at a time.
     let opened = Instant::now();
     let mut slow: Vec<TcpStream> = (0..300)
@@ -459,6 +471,13 @@ fn slowloris_connections_are_cut_by_the_header_timeout_while_others_are_served()
     assert!(
         *last < Duration::from_secs(15),
         "closed only after {last:?}"
+    );
+    let mut rest = Vec::new();
+    let _ = idle.read_to_end(&mut rest);
+    let idle_for = idle_since.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(2500) && idle_for < Duration::from_secs(15),
+        "idle keep-alive connection closed after {idle_for:?}"
     );
     assert_eq!(perch.get("hello.b.test", "/").status(), 200);
 }
