@@ -275,7 +275,8 @@ fn memory_growth_stops_at_the_instance_limit_and_rss_stays_bounded() {
 
 #[test]
 fn recursion_traps_and_a_64_mib_response_streams_in_bounded_memory() {
-    let perch = Perch::start();
+    // Producing 64 MiB takes the guest a while on a loaded debug build.
+    let perch = Perch::start_with("[limits]\ncpu_ms = 20000\n");
     perch.deploy("a", "faulty", guests::FAULTY, "faulty.a.test");
     perch.deploy("e", "echo", guests::ECHO, "echo.e.test");
     perch.deploy("b", "hello", guests::HELLO, "hello.b.test");
