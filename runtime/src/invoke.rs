@@ -96,23 +96,41 @@ const MAX_IDLE_PER_FUNCTION: usize = 8;
 /// An idle instance not reused within this time is dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Time the guest has spent being polled (running) for the current
-/// request, read by the epoch callback that enforces the CPU limit.
+/// CPU time the guest has used for the current request, read by the epoch
+/// callback that enforces the CPU limit. Counted with the thread's own CPU
+/// clock while the guest's future is polled, so time the thread spends
+/// preempted on a busy host is not charged to the guest.
 pub(crate) struct RequestState {
-    base: Instant,
     cpu_limit: Duration,
     spent_ns: AtomicU64,
-    /// Nanoseconds since `base` when the current poll began, 0 when idle.
+    /// The thread's CPU clock when the current poll began, 0 when idle.
     poll_start_ns: AtomicU64,
     cpu_hit: AtomicBool,
     /// Shared with the instance's memory limiter.
     memory_hit: Arc<AtomicBool>,
 }
 
+/// CPU time consumed by the calling thread, in nanoseconds (never 0).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
+    // every Linux kernel supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 1;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+        .max(1)
+}
+
 impl RequestState {
     fn new(cpu_limit: Duration, memory_hit: Arc<AtomicBool>) -> Self {
         RequestState {
-            base: Instant::now(),
             cpu_limit,
             spent_ns: AtomicU64::new(0),
             poll_start_ns: AtomicU64::new(0),
@@ -121,21 +139,19 @@ impl RequestState {
         }
     }
 
-    fn now_ns(&self) -> u64 {
-        (self.base.elapsed().as_nanos() as u64).max(1)
-    }
-
+    /// CPU time used so far. During a poll, only meaningful on the polling
+    /// thread (the epoch callback runs there).
     fn cpu_used(&self) -> Duration {
         let mut ns = self.spent_ns.load(Ordering::Relaxed);
         let start = self.poll_start_ns.load(Ordering::Relaxed);
         if start != 0 {
-            ns += self.now_ns().saturating_sub(start);
+            ns += thread_cpu_ns().saturating_sub(start);
         }
         Duration::from_nanos(ns)
     }
 }
 
-/// Accumulates the time spent inside `poll` of the wrapped future.
+/// Accumulates the CPU time spent inside `poll` of the wrapped future.
 struct CpuTimed<F> {
     state: Arc<RequestState>,
     fut: Pin<Box<F>>,
@@ -144,10 +160,10 @@ struct CpuTimed<F> {
 impl<F: Future> Future for CpuTimed<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let start = self.state.now_ns();
+        let start = thread_cpu_ns();
         self.state.poll_start_ns.store(start, Ordering::Relaxed);
         let out = self.fut.as_mut().poll(cx);
-        let end = self.state.now_ns();
+        let end = thread_cpu_ns();
         self.state.poll_start_ns.store(0, Ordering::Relaxed);
         self.state
             .spent_ns
@@ -499,5 +515,27 @@ impl Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_meter_charges_cpu_time_not_time_off_cpu() {
+        let state = Arc::new(RequestState::new(Duration::from_secs(1), Arc::default()));
+        let mut timed = CpuTimed {
+            state: state.clone(),
+            fut: Box::pin(async { std::thread::sleep(Duration::from_millis(200)) }),
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut timed).poll(&mut cx).is_ready());
+        // 200 ms inside poll, but asleep: (almost) nothing is charged.
+        assert!(
+            state.cpu_used() < Duration::from_millis(100),
+            "{:?}",
+            state.cpu_used()
+        );
     }
 }
