@@ -308,7 +308,7 @@ scenario_latency() {
 
 # ms_get HOST — time of one GET on a new connection, in ms
 ms_get() {
-    curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -H "Host: $1" "http://$PERCH_DATA/" |
+    curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -H "Host: $1" "http://$DATA/" |
         awk '$1 != 200 { print "[bench] status " $1 > "/dev/stderr" } { printf "%.3f\n", $2 * 1000 }'
 }
 
@@ -354,6 +354,7 @@ scenario_first() {
         log "after restart: first $first ms, warm $warm ms (start-up $start_ms ms)"
     done
     stop_pid "$pid"
+    ADMIN=$MAIN_ADMIN DATA=$PERCH_DATA
     python3 - "$SAMPLES" <<'EOF' | tee -a "$REPORT"
 import sys, statistics as st
 rows = {}
@@ -445,6 +446,7 @@ EOF
     local metrics
     metrics=$(curl -s "$ADMIN/metrics" | grep -E '^perch_component_cache_(hits|misses)_total' | tr '\n' ' ')
     stop_pid "$PERCH_PID"
+    ADMIN=$MAIN_ADMIN DATA=$PERCH_DATA
     summary many one-function "6. $n functions over $c components (component cache $cache), random host per request"
     {
         echo
@@ -534,10 +536,11 @@ for f in "$PERCH" "$HELLO"; do [ -f "$f" ] || { log "missing $f"; exit 1; }; don
     echo "- servers pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU; wasmtime-cli $WASMTIME_VERSION"
 } | tee -a "$REPORT"
 
+MAIN_ADMIN= PERCH_DATA=
 if has_scenario hello || has_scenario reuse || has_scenario latency || has_scenario kv || has_scenario image; then
     start_perch "$WORK/perch"
     PERCH_DATA=$DATA
-    MAIN_PID=$PERCH_PID
+    MAIN_ADMIN=$ADMIN
     deploy bench hello "$HELLO" "$HELLO_HOST"
     [ "$(curl -s -H "Host: $HELLO_HOST" "http://$PERCH_DATA/")" = "Hello, world!" ] || { log "hello does not answer"; exit 1; }
 fi
