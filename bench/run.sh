@@ -511,12 +511,12 @@ open(sys.argv[1], "wb").write(png)
 EOF
     cat >"$WORK/image.lua" <<EOF
 local f = io.open("$WORK/in.png", "rb"); local body = f:read("*all"); f:close()
-request = function() return wrk.format("POST", "${IMAGE_PATH:-/?width=128}", {Host = "image.bench.test", ["content-type"] = "image/png"}, body) end
+request = function() return wrk.format("POST", "${IMAGE_PATH:-/?w=128&h=128}", {Host = "image.bench.test", ["content-type"] = "image/png"}, body) end
 EOF
     for round in $(seq 1 "$ROUNDS"); do
         wrk_run image image-resize "$round" "$PERCH_DATA" image.bench.test -s "$WORK/image.lua"
     done
-    summary image image-resize "8. image-resize, 512×512 PNG (POST ${IMAGE_PATH:-/?width=128})"
+    summary image image-resize "8. image-resize, 512×512 PNG (POST ${IMAGE_PATH:-/?w=128&h=128})"
 }
 
 # ---------------------------------------------------------------- main
