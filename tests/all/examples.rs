@@ -652,11 +652,14 @@ fn example_image_resize() {
 fn scaffolded_project_builds_deploys_and_answers() {
     use std::process::Command;
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(perch_tests::perch_bin())
-        .args(["new", "demo-fn"])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+    let perch_new = || {
+        Command::new(perch_tests::perch_bin())
+            .args(["new", "demo-fn"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let out = perch_new();
     assert!(
         out.status.success(),
         "{}",
@@ -664,11 +667,7 @@ fn scaffolded_project_builds_deploys_and_answers() {
     );
     let project = tmp.path().join("demo-fn");
     // Refuses to overwrite.
-    let again = Command::new(perch_tests::perch_bin())
-        .args(["new", "demo-fn"])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+    let again = perch_new();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 
@@ -676,10 +675,7 @@ fn scaffolded_project_builds_deploys_and_answers() {
     // folder only saves recompiling the SDK's dependencies.
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests");
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build
-        .args(["build", "--release"])
-        .current_dir(&project)
-        .env("CARGO_TARGET_DIR", &target);
+    build.args(["build", "--release"]).current_dir(&project);
     for (k, _) in std::env::vars() {
         if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER"
         {
