@@ -68,6 +68,11 @@ fn kv_puts(dir: &std::path::Path, writers: usize) -> (f64, f64) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
+    rate_and_batching(&kv, total, start)
+}
+
+/// Puts per second since `start`, and write jobs per commit.
+fn rate_and_batching(kv: &RedbKv, total: u64, start: Instant) -> (f64, f64) {
     let rate = total as f64 / start.elapsed().as_secs_f64();
     let stats = kv.stats();
     let jobs = stats.write_jobs.load(std::sync::atomic::Ordering::Relaxed) as f64;
@@ -113,14 +118,7 @@ fn kv_puts_async(dir: &std::path::Path, writers: usize) -> (f64, f64) {
         }
         total
     });
-    let rate = total as f64 / start.elapsed().as_secs_f64();
-    let stats = kv.stats();
-    let jobs = stats.write_jobs.load(std::sync::atomic::Ordering::Relaxed) as f64;
-    let commits = stats
-        .commits
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .max(1) as f64;
-    (rate, jobs / commits)
+    rate_and_batching(&kv, total, start)
 }
 
 fn kv_gets(dir: &std::path::Path, hot: bool) -> f64 {

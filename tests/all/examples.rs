@@ -45,11 +45,11 @@ fn example_kv_counter() {
     let resp = perch.get("count.a.test", "/?store=cache");
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.text().unwrap(), "no-such-store: cache\n");
-    api.put_json(
-        "/v1/tenants/a/functions/counter/settings",
-        Some(serde_json::json!({"vars": {"GREETING": "Welcome"}, "kv": {"cache": "sessions"}})),
-    )
-    .expect_status(201);
+    api.put_settings(
+        "a",
+        "counter",
+        serde_json::json!({"vars": {"GREETING": "Welcome"}, "kv": {"cache": "sessions"}}),
+    );
     assert_eq!(
         perch.get("count.a.test", "/?store=cache").text().unwrap(),
         "Welcome! You are visitor 1.\n"
@@ -293,11 +293,11 @@ fn example_ab_test() {
     // The split follows B_PERCENT.
     let api = perch.api(&token);
     let settings = |percent: &str| {
-        api.put_json(
-            "/v1/tenants/a/functions/ab/settings",
-            Some(serde_json::json!({"vars": {"B_PERCENT": percent}})),
-        )
-        .expect_status(201);
+        api.put_settings(
+            "a",
+            "ab",
+            serde_json::json!({"vars": {"B_PERCENT": percent}}),
+        );
     };
     settings("100");
     for _ in 0..10 {
@@ -328,13 +328,11 @@ fn example_streaming() {
     let host = "stream.a.test";
     // 8 MiB of memory for the whole instance: the bodies below only pass if
     // they stream.
-    perch
-        .api(&token)
-        .put_json(
-            "/v1/tenants/a/functions/stream/settings",
-            Some(serde_json::json!({"limits": {"memory_mb": 8}})),
-        )
-        .expect_status(201);
+    perch.api(&token).put_settings(
+        "a",
+        "stream",
+        serde_json::json!({"limits": {"memory_mb": 8}}),
+    );
 
     let input: Vec<u8> = (0..15usize << 20)
         .map(|i| b"abcdefghij klmnop\n"[i % 18])
@@ -453,16 +451,14 @@ fn example_edge_auth() {
     let (port, hits) = recording_origin();
     let perch = Perch::start_with(&format!("[egress]\nallow = [\"127.0.0.1:{port}\"]\n"));
     let token = perch.deploy("a", "auth", guests::EDGE_AUTH, "auth.a.test");
-    perch
-        .api(&token)
-        .put_json(
-            "/v1/tenants/a/functions/auth/settings",
-            Some(serde_json::json!({
-                "vars": {"ORIGIN": format!("http://127.0.0.1:{port}")},
-                "secrets": {"AUTH_SECRET": "edge-secret"},
-            })),
-        )
-        .expect_status(201);
+    perch.api(&token).put_settings(
+        "a",
+        "auth",
+        serde_json::json!({
+            "vars": {"ORIGIN": format!("http://127.0.0.1:{port}")},
+            "secrets": {"AUTH_SECRET": "edge-secret"},
+        }),
+    );
     let host = "auth.a.test";
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -562,13 +558,11 @@ fn example_image_resize() {
     // The production CPU default (50 ms); the function raises its own.
     let perch = Perch::start_with("[limits]\ncpu_ms = 50\n");
     let token = perch.deploy("a", "resize", guests::IMAGE_RESIZE, "img.a.test");
-    perch
-        .api(&token)
-        .put_json(
-            "/v1/tenants/a/functions/resize/settings",
-            Some(serde_json::json!({"limits": {"cpu_ms": 5000}})),
-        )
-        .expect_status(201);
+    perch.api(&token).put_settings(
+        "a",
+        "resize",
+        serde_json::json!({"limits": {"cpu_ms": 5000}}),
+    );
     let host = "img.a.test";
     let post = |path: &str, body: Vec<u8>| {
         perch

@@ -435,6 +435,15 @@ impl Api {
         (status, text)
     }
 
+    /// Replaces a function's settings; asserts the 201 of the new version.
+    pub fn put_settings(&self, tenant: &str, function: &str, settings: Value) -> Value {
+        self.put_json(
+            &format!("/v1/tenants/{tenant}/functions/{function}/settings"),
+            Some(settings),
+        )
+        .expect_status(201)
+    }
+
     pub fn upload(&self, tenant: &str, function: &str, bytes: &[u8]) -> Answer {
         self.call(
             Method::PUT,
