@@ -1,7 +1,10 @@
 //! The data plane's routing snapshot: host → function target, exact hosts
 //! first, then the longest matching wildcard.
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use imbl::HashMap;
+
+use crate::names::HostPattern;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Where a request goes.
@@ -56,8 +59,9 @@ impl Drop for GatePermit {
     }
 }
 
-/// Immutable routing table; replaced wholesale on every registry change.
-#[derive(Debug, Default)]
+/// Immutable routing snapshot. A registry change publishes a new one made
+/// from a cheap copy of the last (persistent maps share the untouched part).
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     /// Exact hosts.
     pub exact: HashMap<String, Arc<Target>>,
@@ -66,6 +70,24 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// Points the pattern `host` (`a.test` or `*.a.test`) at `target`, or
+    /// removes it; a pattern that does not parse is ignored.
+    pub fn set(&mut self, host: &str, target: Option<Arc<Target>>) {
+        let (map, key) = match HostPattern::parse(host) {
+            Ok(HostPattern::Exact(h)) => (&mut self.exact, h),
+            Ok(HostPattern::Wildcard(s)) => (&mut self.wildcard, s),
+            Err(_) => return,
+        };
+        match target {
+            Some(t) => {
+                map.insert(key, t);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+
     /// Finds the target for a normalised host.
     pub fn lookup(&self, host: &str) -> Option<&Arc<Target>> {
         if let Some(t) = self.exact.get(host) {
