@@ -95,6 +95,9 @@ pub struct NodeFile {
     pub component_cache: Option<u64>,
     /// Instances that may run at once on the node.
     pub max_instances: Option<u32>,
+    /// Idle pool slots that keep a recently run function's memory image
+    /// mapped for its next instance.
+    pub warm_slots: Option<u32>,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub drain_seconds: Option<u64>,
     /// Seconds a client has to send a complete request head (also the idle
@@ -180,6 +183,8 @@ pub struct Config {
     pub component_cache: u64,
     /// Instance pool size.
     pub max_instances: u32,
+    /// Idle pool slots kept warm (affine to the function last run in them).
+    pub warm_slots: u32,
     /// Drain period on SIGTERM.
     pub drain: Duration,
     /// Time to receive a request head, and idle limit between requests.
@@ -268,6 +273,10 @@ impl Config {
             max_upload_bytes: 50 << 20,
             component_cache: file.node.component_cache.unwrap_or(1000),
             max_instances: file.node.max_instances.unwrap_or(1000),
+            warm_slots: file
+                .node
+                .warm_slots
+                .unwrap_or(512.min(file.node.max_instances.unwrap_or(1000))),
             drain: Duration::from_secs(file.node.drain_seconds.unwrap_or(30)),
             header_read_timeout: Duration::from_secs(
                 file.node.header_read_timeout_seconds.unwrap_or(10),
@@ -317,6 +326,12 @@ impl Config {
         }
         if self.tenant_concurrency == 0 || self.max_connections == 0 || self.max_instances == 0 {
             return Err("node.tenant_concurrency, node.max_connections and node.max_instances must be positive".into());
+        }
+        if self.warm_slots > self.max_instances {
+            return Err(format!(
+                "node.warm_slots ({}) may not exceed node.max_instances ({})",
+                self.warm_slots, self.max_instances
+            ));
         }
         if self.header_read_timeout.is_zero() {
             return Err("node.header_read_timeout_seconds must be positive".into());
@@ -401,9 +416,25 @@ mod example_file {
         assert_eq!(from_file.drain, defaults.drain);
         assert_eq!(from_file.max_connections, defaults.max_connections);
         assert_eq!(from_file.max_instances, defaults.max_instances);
+        assert_eq!(from_file.warm_slots, defaults.warm_slots);
         assert_eq!(from_file.header_read_timeout, defaults.header_read_timeout);
         assert_eq!(from_file.egress_allow, defaults.egress_allow);
         assert_eq!(from_file.egress_ca_file, defaults.egress_ca_file);
         assert_eq!(from_file.compile, defaults.compile);
+    }
+
+    #[test]
+    fn warm_slots_fit_in_the_pool() {
+        let parse = |t: &str| Config::resolve(toml::from_str(t).unwrap(), Overrides::default());
+        assert_eq!(parse("").unwrap().warm_slots, 512);
+        // A smaller pool lowers the default with it…
+        assert_eq!(
+            parse("[node]\nmax_instances = 100").unwrap().warm_slots,
+            100
+        );
+        // …but an explicit value above the pool is a mistake.
+        let err = parse("[node]\nmax_instances = 100\nwarm_slots = 200").unwrap_err();
+        assert!(err.contains("node.warm_slots (200)"), "{err}");
+        assert_eq!(parse("[node]\nwarm_slots = 0").unwrap().warm_slots, 0);
     }
 }

@@ -792,6 +792,29 @@ impl Registry {
         })
     }
 
+    /// Digests of the active versions of routed functions, newest version
+    /// first, each once: what to load ahead of requests after a start.
+    pub fn routed_digests(&self) -> Vec<String> {
+        self.read(|s| {
+            let routed: HashSet<String> = s
+                .routes
+                .values()
+                .map(|r| fn_key(&r.tenant, &r.function))
+                .collect();
+            let mut active: Vec<&Version> = routed
+                .iter()
+                .filter_map(|k| s.functions.get(k)?.active())
+                .collect();
+            active.sort_by_key(|v| std::cmp::Reverse(v.created_at));
+            let mut seen = HashSet::new();
+            active
+                .into_iter()
+                .filter(|v| seen.insert(v.digest.as_str()))
+                .map(|v| v.digest.clone())
+                .collect()
+        })
+    }
+
     /// Deletes a function, its versions and its routes (absent is fine).
     pub fn delete_function(&self, tenant: &str, name: &str) -> Result<()> {
         self.change(|s, b| {

@@ -177,6 +177,7 @@ pub async fn serve(
     let mut rc = RuntimeConfig::new(config.data_dir.join("artifacts"));
     rc.max_instance_memory = (config.max.memory_mb as usize) << 20;
     rc.max_instances = config.max_instances;
+    rc.warm_slots = config.warm_slots;
     rc.cache_capacity = config.component_cache;
     let exempt = config
         .egress_allow
@@ -238,6 +239,7 @@ pub async fn serve(
         admin_token: token_source,
     };
     started(&info);
+    tokio::spawn(warm_up(app.clone()));
 
     raise_fd_limit(
         libc::rlim_t::from(config.max_connections) + ADMIN_CONNECTIONS as libc::rlim_t + 1024,
@@ -352,4 +354,44 @@ pub async fn serve(
         tracing::warn!("drain period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// Loads the components of routed functions into the component cache after
+/// a start (newest versions first, up to the cache's capacity), one at a time
+/// on a blocking thread, so that their first requests find them ready. An
+/// artifact compiled by another engine version is recompiled here rather
+/// than on a request. Uploads are not held up: it takes one of the two
+/// compile slots only while loading.
+async fn warm_up(app: Arc<App>) {
+    let started = std::time::Instant::now();
+    let registry = app.registry.clone();
+    let Ok(digests) = tokio::task::spawn_blocking(move || registry.routed_digests()).await else {
+        return;
+    };
+    let capacity = usize::try_from(app.runtime.cache_capacity()).unwrap_or(usize::MAX);
+    let (mut loaded, mut failed) = (0usize, 0usize);
+    for digest in digests.into_iter().take(capacity) {
+        let Ok(digest) = digest.parse::<perch_runtime::Digest>() else {
+            continue;
+        };
+        let Ok(_slot) = app.compile_slots.acquire().await else {
+            return;
+        };
+        let runtime = app.runtime.clone();
+        match tokio::task::spawn_blocking(move || runtime.preload(&digest)).await {
+            Ok(Ok(true)) => loaded += 1,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                failed += 1;
+                tracing::warn!(%digest, error = %e, "warm-up could not load a component")
+            }
+            Err(_) => return,
+        }
+    }
+    tracing::info!(
+        loaded,
+        failed,
+        ms = started.elapsed().as_millis() as u64,
+        "component cache warmed up"
+    );
 }

@@ -6,6 +6,11 @@
 //! ```sh
 //! cargo run --release -p perch-runtime --example instantiate -- path/to/hello.wasm
 //! ```
+
+// The allocator the `perch` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

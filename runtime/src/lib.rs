@@ -63,6 +63,10 @@ pub struct RuntimeConfig {
     pub max_instance_memory: usize,
     /// Instances that may exist at once on the node (pool size).
     pub max_instances: u32,
+    /// Idle pool slots that stay affine to (keep the memory image of) the
+    /// module last instantiated in them; each keeps at most 1 MiB of the
+    /// pages its last instance dirtied resident.
+    pub warm_slots: u32,
     /// Wasm stack limit for every instance.
     pub max_wasm_stack: usize,
     /// Pre-instantiated components kept in memory.
@@ -76,13 +80,15 @@ pub struct RuntimeConfig {
 
 impl RuntimeConfig {
     /// Defaults from the design: 1 GiB maximum instance memory, 512 KiB
-    /// stack, 1000 pooled instances, a 5 ms epoch tick.
+    /// stack, 1000 pooled instances (512 of them kept warm when idle), a
+    /// 5 ms epoch tick.
     pub fn new(artifacts_dir: impl Into<PathBuf>) -> Self {
         RuntimeConfig {
             artifacts_dir: artifacts_dir.into(),
             epoch_tick: Duration::from_millis(5),
             max_instance_memory: 1 << 30,
             max_instances: 1000,
+            warm_slots: 512,
             max_wasm_stack: 512 * 1024,
             cache_capacity: 1000,
             egress: EgressConfig::new(Vec::new()),
@@ -136,7 +142,11 @@ impl Runtime {
             .max_memories_per_component(4)
             .max_tables_per_component(16)
             .max_core_instances_per_component(32)
-            .max_unused_warm_slots(64)
+            // Idle slots stay affine to the module last instantiated in
+            // them: its next instance finds its memory image mapped and its
+            // pages resident. With hundreds of functions in turn, a small
+            // budget made most instantiations map an image (mmap) again.
+            .max_unused_warm_slots(config.warm_slots.min(config.max_instances))
             // Reset a finished instance's memories and tables by rewriting
             // the pages it dirtied (found with PAGEMAP_SCAN where the kernel
             // has it) instead of unmapping them: the next instance in the
@@ -251,6 +261,28 @@ impl Runtime {
                     .map_err(|e| RuntimeError::Artifact(e.to_string()))
             })
             .map_err(|e| (*e).clone())
+    }
+
+    /// Loads a component into the cache ahead of its first request, without
+    /// counting a hit or miss; `Ok(false)` when it was there already.
+    /// Blocking (it may even recompile a stale artifact).
+    pub fn preload(&self, digest: &Digest) -> Result<bool, RuntimeError> {
+        if self.cache.contains_key(digest) {
+            return Ok(false);
+        }
+        let (component, compiled) = self.artifacts.load(&self.engine, digest)?;
+        if compiled {
+            self.stats.compilations.fetch_add(1, Ordering::Relaxed);
+        }
+        let pre = validate::pre_instantiate(&self.linker, &component)
+            .map_err(|e| RuntimeError::Artifact(e.to_string()))?;
+        self.cache.insert(*digest, pre);
+        Ok(true)
+    }
+
+    /// Components the cache holds at most.
+    pub fn cache_capacity(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(u64::MAX)
     }
 
     /// Loads a component without blocking the async threads.

@@ -108,9 +108,63 @@ fn check_after_restart(perch: &Perch, token: &str) {
         perch.get("x.echo.a.test", "/q").headers()["x-echo-uri"],
         "/q"
     );
-    // Served from the stored precompiled artifacts: nothing recompiled.
+    // Served from the stored precompiled artifacts (loaded by the warm-up
+    // or by the requests themselves): nothing recompiled.
     assert_eq!(perch.metric("perch_compilations_total", ""), 0.0);
-    assert!(perch.metric("perch_component_cache_misses_total", "") >= 2.0);
+    assert!(
+        perch.metric("perch_component_cache_misses_total", "")
+            + perch.metric("perch_component_cache_hits_total", "")
+            >= 2.0
+    );
+}
+
+const WARMED: &str = "component cache warmed up";
+
+#[test]
+fn restart_warms_the_component_cache_before_requests() {
+    let mut perch = Perch::start();
+    populate(&perch);
+    perch.wait_for_log(WARMED, 1);
+    perch.sigterm();
+    perch.restart();
+    perch.wait_for_log(WARMED, 2);
+    assert_eq!(perch.metric("perch_compilations_total", ""), 0.0);
+    assert_eq!(
+        perch.get("hello.a.test", "/").text().unwrap(),
+        "Hello, world!\n"
+    );
+    assert_eq!(perch.get("x.echo.a.test", "/").status(), 200);
+    // Both requests found their component loaded already.
+    assert_eq!(perch.metric("perch_component_cache_misses_total", ""), 0.0);
+    assert_eq!(perch.metric("perch_component_cache_hits_total", ""), 2.0);
+}
+
+#[test]
+fn warm_up_rebuilds_missing_precompiled_artifacts_before_requests() {
+    let mut perch = Perch::start();
+    populate(&perch);
+    perch.sigterm();
+    // As after an upgrade that changes the engine: the stored components
+    // are there, their precompiled forms for this engine are not.
+    let artifacts = perch.dir.join("data").join("artifacts");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&artifacts).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            std::fs::remove_file(path).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 2);
+    perch.restart();
+    perch.wait_for_log(WARMED, 2);
+    assert_eq!(perch.metric("perch_compilations_total", ""), 2.0);
+    assert_eq!(
+        perch.get("hello.a.test", "/").text().unwrap(),
+        "Hello, world!\n"
+    );
+    assert_eq!(perch.metric("perch_component_cache_misses_total", ""), 0.0);
+    assert_eq!(perch.metric("perch_compilations_total", ""), 2.0);
 }
 
 #[test]

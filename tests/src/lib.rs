@@ -197,6 +197,20 @@ impl Perch {
         self.spawn();
     }
 
+    /// Waits (up to 30 s) until the logs contain `needle` at least `count`
+    /// times; the logs of earlier runs of this instance count too.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.logs().matches(needle).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {count}× `{needle}` in the logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Everything the server printed so far (stderr and stdout).
     pub fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
