@@ -9,7 +9,8 @@
 #   reuse        instance reuse on both sides (REUSE requests per instance)
 #   latency      p50/p99 at 50 % of Perch's max rps (h2load, paced)
 #   first        first request after deploy and after restart vs warm
-#   instantiate  per-request Store + instantiation micro-benchmark (runtime)
+#   instantiate  per-request Store + instantiation micro-benchmark (runtime),
+#                and the cost of a component-cache miss, phase by phase
 #   many         MANY_FUNCTIONS functions over MANY_COMPONENTS components,
 #                component cache at 80 %: rps vs one function, RSS, start-up
 #   kv           guest KV hot get / durable put, and the backend kvbench
@@ -24,7 +25,8 @@
 #
 # Environment: ROUNDS (5), DURATION (10, seconds per run), CONNS (32),
 # SERVER_CPU (0), LOAD_CPU (1), REUSE (128), MANY_FUNCTIONS (10000),
-# MANY_COMPONENTS (500), PERCH_BENCH_CACHE, SKIP_BUILD=1.
+# MANY_COMPONENTS (500), MANY_DATA (keep the many scenario's deployed data
+# directory there and reuse it on the next run), PERCH_BENCH_CACHE, SKIP_BUILD=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -93,7 +95,7 @@ build() {
     # One cargo invocation, so every target sees the same dependency features
     # (building a package alone would rebuild wasmtime with other features).
     (cd "$ROOT" && cargo build -q --release --target-dir "$TARGET" -p perch-gateway --bin perch \
-        -p perch-runtime --example instantiate -p perch-kv --example kvbench)
+        -p perch-runtime --example instantiate --example miss -p perch-kv --example kvbench)
     (cd "$ROOT/bench/guests" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests")
     (cd "$ROOT/tests/guests" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests" -p kvext)
     if [ -d "$ROOT/examples/image-resize" ]; then
@@ -108,7 +110,9 @@ start_perch() {
     local dir=$1 config=${2:-}
     mkdir -p "$dir"
     printf '%s\n' "$config" >"$dir/perch.toml"
-    PERCH_ADMIN_TOKEN=$TOKEN taskset -c "$SERVER_CPU" "$PERCH" serve --data-dir "$dir/data" \
+    local pin=(taskset -c "$SERVER_CPU")
+    [ "${UNPINNED:-}" = 1 ] && pin=()
+    PERCH_ADMIN_TOKEN=$TOKEN "${pin[@]}" "$PERCH" serve --data-dir "$dir/data" \
         --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --config "$dir/perch.toml" \
         >"$dir/stdout" 2>>"$dir/stderr" &
     PERCH_PID=$!
@@ -381,6 +385,12 @@ scenario_instantiate() {
         echo '```'
         taskset -c "$SERVER_CPU" "$TARGET/release/examples/instantiate" "$HELLO"
         echo '```'
+        echo
+        echo "What a component-cache miss costs (runtime/examples/miss.rs, 16 variants of the bench hello, medians):"
+        echo
+        echo '```'
+        taskset -c "$SERVER_CPU" "$TARGET/release/examples/miss" "$HELLO" 16
+        echo '```'
     } | tee -a "$REPORT"
 }
 
@@ -392,24 +402,37 @@ scenario_many() {
     log "scenario many: $n functions over $c components, component cache $cache"
     mkdir -p "$WORK/variants"
     for i in $(seq 0 $((c - 1))); do patch_variant "$i" "$WORK/variants/v$i.wasm"; done
-    local dir=$WORK/many
+    local dir=${MANY_DATA:-$WORK/many}
     local config
     config=$(printf '[node]\ncomponent_cache = %d\n' "$cache")
-    start_perch "$dir" "$config"
+    local marker=$dir/deployed-$n-$c rss_deployed=- deploy_s
+    start_perch "$WORK/empty" "$config"
     sleep 1
     local rss_empty; rss_empty=$(rss_kib "$PERCH_PID")
-    local t0; t0=$(date +%s)
-    python3 - "$ADMIN" "$TOKEN" "$WORK/variants" "$n" "$c" <<'EOF'
-import http.client, json, sys, urllib.parse
+    stop_pid "$PERCH_PID"
+    PERCH_PID=
+    if [ -f "$marker" ]; then
+        log "reusing the $n functions deployed in $dir"
+        deploy_s="(reused from $dir)"
+    else
+        rm -rf "$dir"
+        # Deploying compiles every component: the server may use both cores
+        # here (it is restarted pinned before anything is measured).
+        UNPINNED=1 start_perch "$dir" "$config"
+        local t0; t0=$(date +%s)
+        python3 - "$ADMIN" "$TOKEN" "$WORK/variants" "$n" "$c" <<'EOF'
+import concurrent.futures, http.client, json, sys, threading, urllib.parse
 admin, token, variants, n, c = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 u = urllib.parse.urlparse(admin)
-conn = http.client.HTTPConnection(u.hostname, u.port)
+local = threading.local()
 def call(method, path, body=None, ctype=None):
+    if not hasattr(local, "conn"):
+        local.conn = http.client.HTTPConnection(u.hostname, u.port)
     h = {"Authorization": f"Bearer {token}"}
     if ctype:
         h["content-type"] = ctype
-    conn.request(method, path, body=body, headers=h)
-    r = conn.getresponse()
+    local.conn.request(method, path, body=body, headers=h)
+    r = local.conn.getresponse()
     data = r.read()
     if r.status >= 300:
         raise SystemExit(f"{method} {path}: {r.status} {data[:200]}")
@@ -417,17 +440,22 @@ blobs = [open(f"{variants}/v{i}.wasm", "rb").read() for i in range(c)]
 tenants = 100
 for t in range(tenants):
     call("PUT", f"/v1/tenants/t{t}")
-for i in range(n):
+def one(i):
     t = i % tenants
     call("PUT", f"/v1/tenants/t{t}/functions/f{i}", blobs[i % c], "application/wasm")
     call("PUT", f"/v1/tenants/t{t}/routes/f{i}.many.test", json.dumps({"function": f"f{i}"}), "application/json")
     if i % 1000 == 999:
         print(f"[bench] deployed {i + 1}", file=sys.stderr)
+# Two uploads at a time: one compilation per core.
+with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    list(pool.map(one, range(n)))
 EOF
-    local deploy_s=$(( $(date +%s) - t0 ))
-    local rss_deployed; rss_deployed=$(rss_kib "$PERCH_PID")
-    stop_pid "$PERCH_PID"
-    t0=$(date +%s%N)
+        deploy_s="$(( $(date +%s) - t0 )) s"
+        rss_deployed=$(rss_kib "$PERCH_PID")
+        touch "$marker"
+    fi
+    [ -n "$PERCH_PID" ] && stop_pid "$PERCH_PID"
+    local t0; t0=$(date +%s%N)
     start_perch "$dir" "$config"
     local startup_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     sleep 1
@@ -457,7 +485,7 @@ EOF
         echo "| RSS after restart, $n functions idle | $rss_idle KiB → $(( (rss_idle - rss_empty) * 1024 / n )) bytes per idle function |"
         echo "| RSS after the load runs | $rss_loaded KiB |"
         echo "| start-up with $n functions (spawn → listening) | $startup_ms ms |"
-        echo "| deploying $n functions + routes over the admin API | $deploy_s s |"
+        echo "| deploying $n functions + routes over the admin API (2 at a time, unpinned) | $deploy_s |"
         echo "| component cache | $metrics |"
     } | tee -a "$REPORT"
 }
