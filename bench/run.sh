@@ -191,29 +191,38 @@ EOF
     log "$(tail -1 "$SAMPLES")"
 }
 
-# h2load_run SCENARIO VARIANT ROUND ADDR HOST RATE — paced load, p50/p99 from per-request log
+# h2load_run SCENARIO VARIANT ROUND ADDR HOST RATE [STAGGER] — paced load
+# (16 connections, RATE/16 requests per second each), p50/p99 from the
+# per-request log. With STAGGER=1 (the default) the connections open 1 ms
+# apart, so their request timers are spread over the period like independent
+# clients'; with 0 they all fire together and every period starts with a
+# burst of 16 simultaneous requests.
 h2load_run() {
-    local scenario=$1 variant=$2 round=$3 addr=$4 host=$5 rate=$6
+    local scenario=$1 variant=$2 round=$3 addr=$4 host=$5 rate=$6 stagger=${7:-1}
     local clients=16 logf=$WORK/h2load.log
     local per=$(( (rate + clients - 1) / clients ))
+    local pace=(-D "$DURATION")
+    [ "$stagger" = 1 ] && pace=(-n $(( per * clients * DURATION )) --rate=1 --rate-period=1ms)
     rm -f "$logf"
-    taskset -c "$LOAD_CPU" h2load --h1 -c "$clients" --rps="$per" -D "$DURATION" \
+    taskset -c "$LOAD_CPU" h2load --h1 -c "$clients" --rps="$per" "${pace[@]}" \
         -H ":authority: $host" --log-file="$logf" "http://$addr/" >"$WORK/h2load.out"
-    python3 - "$scenario" "$variant" "$round" "$logf" "$DURATION" <<'EOF' >>"$SAMPLES"
+    python3 - "$scenario" "$variant" "$round" "$logf" <<'EOF' >>"$SAMPLES"
 import sys
-lat, bad = [], 0
+lat, bad, starts = [], 0, []
 for line in open(sys.argv[4]):
     f = line.split()
     if len(f) < 3:
         continue
     if not f[1].startswith("2"):
         bad += 1
+    starts.append(int(f[0]))
     lat.append(int(f[2]) / 1000.0)
 lat.sort()
 pct = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]
 if bad:
     print(f"[bench] {sys.argv[2]}: {bad} non-2xx", file=sys.stderr)
-print(f"{sys.argv[1]}\t{sys.argv[2]}\t{sys.argv[3]}\t{len(lat) / float(sys.argv[5]):.1f}\t{pct(0.5):.3f}\t{pct(0.99):.3f}")
+rate = len(lat) / max(1e-6, (max(starts) - min(starts)) / 1e6)
+print(f"{sys.argv[1]}\t{sys.argv[2]}\t{sys.argv[3]}\t{rate:.1f}\t{pct(0.5):.3f}\t{pct(0.99):.3f}")
 EOF
     log "$(tail -1 "$SAMPLES")"
 }
@@ -306,8 +315,10 @@ scenario_latency() {
     for round in $(seq 1 "$ROUNDS"); do
         h2load_run latency perch "$round" "$PERCH_DATA" "$HELLO_HOST" "$rate"
         h2load_run latency wasmtime "$round" "$wt" "$HELLO_HOST" "$rate"
+        h2load_run latency perch-bursts "$round" "$PERCH_DATA" "$HELLO_HOST" "$rate" 0
+        h2load_run latency wasmtime-bursts "$round" "$wt" "$HELLO_HOST" "$rate" 0
     done
-    summary latency wasmtime "3. latency at $rate rps = 50 % of Perch's max (h2load, 16 paced connections)"
+    summary latency wasmtime "3. latency at $rate rps = 50 % of Perch's max (h2load, 16 paced connections opened 1 ms apart; -bursts: opened together, so they send in bursts of 16)"
 }
 
 # ms_get HOST — time of one GET on a new connection, in ms
