@@ -252,15 +252,18 @@ impl Runtime {
         }
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         self.cache
-            .try_get_with(*digest, || {
-                let (component, compiled) = self.artifacts.load(&self.engine, digest)?;
-                if compiled {
-                    self.stats.compilations.fetch_add(1, Ordering::Relaxed);
-                }
-                validate::pre_instantiate(&self.linker, &component)
-                    .map_err(|e| RuntimeError::Artifact(e.to_string()))
-            })
+            .try_get_with(*digest, || self.load_stored(digest))
             .map_err(|e| (*e).clone())
+    }
+
+    /// Deserializes (or recompiles) a stored component and links it.
+    fn load_stored(&self, digest: &Digest) -> Result<ProxyPre<Host>, RuntimeError> {
+        let (component, compiled) = self.artifacts.load(&self.engine, digest)?;
+        if compiled {
+            self.stats.compilations.fetch_add(1, Ordering::Relaxed);
+        }
+        validate::pre_instantiate(&self.linker, &component)
+            .map_err(|e| RuntimeError::Artifact(e.to_string()))
     }
 
     /// Loads a component into the cache ahead of its first request, without
@@ -270,12 +273,7 @@ impl Runtime {
         if self.cache.contains_key(digest) {
             return Ok(false);
         }
-        let (component, compiled) = self.artifacts.load(&self.engine, digest)?;
-        if compiled {
-            self.stats.compilations.fetch_add(1, Ordering::Relaxed);
-        }
-        let pre = validate::pre_instantiate(&self.linker, &component)
-            .map_err(|e| RuntimeError::Artifact(e.to_string()))?;
+        let pre = self.load_stored(digest)?;
         self.cache.insert(*digest, pre);
         Ok(true)
     }
