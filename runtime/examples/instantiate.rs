@@ -11,43 +11,20 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "common/plain.rs"]
+mod plain;
+use plain::Plain;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use perch_runtime::{Invocation, Limits, Runtime, RuntimeConfig};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 const ROUNDS: usize = 5;
 const PER_ROUND: usize = 2000;
-
-struct Plain {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Plain {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for Plain {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: Default::default(),
-        }
-    }
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -101,14 +78,7 @@ fn main() -> anyhow::Result<()> {
             let mut plain = Vec::with_capacity(PER_ROUND);
             for _ in 0..PER_ROUND {
                 let t = Instant::now();
-                let mut store = Store::new(
-                    &engine,
-                    Plain {
-                        wasi: WasiCtx::builder().build(),
-                        http: WasiHttpCtx::new(),
-                        table: ResourceTable::new(),
-                    },
-                );
+                let mut store = Store::new(&engine, Plain::new());
                 pre.instantiate_async(&mut store).await?;
                 drop(store);
                 plain.push(t.elapsed());

@@ -15,38 +15,15 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "common/plain.rs"]
+mod plain;
+use plain::Plain;
+
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
-
-struct Plain {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for Plain {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for Plain {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: Default::default(),
-        }
-    }
-}
 
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
@@ -84,14 +61,7 @@ fn run(name: &str, mut config: Config, variants: &[Vec<u8>]) -> anyhow::Result<(
             let pre = ProxyPre::new(linker.instantiate_pre(&c)?)?;
             let t2 = Instant::now();
             rt.block_on(async {
-                let mut store = Store::new(
-                    &engine,
-                    Plain {
-                        wasi: WasiCtx::builder().build(),
-                        http: WasiHttpCtx::new(),
-                        table: ResourceTable::new(),
-                    },
-                );
+                let mut store = Store::new(&engine, Plain::new());
                 store.set_epoch_deadline(u64::MAX / 2);
                 pre.instantiate_async(&mut store).await.map(drop)
             })?;
