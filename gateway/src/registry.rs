@@ -395,8 +395,7 @@ impl Registry {
         let state = state.unwrap_or_else(|| inner.state.clone());
         let touched = Touched::everything(&state);
         *inner = Inner::default();
-        self.routes.store(Arc::new(RouteTable::default()));
-        self.install(&mut inner, state, &touched);
+        self.install(&mut inner, RouteTable::default(), state, &touched);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -445,15 +444,16 @@ impl Registry {
             txn.commit().map_err(storage)?;
         }
         let touched = Touched::of(&batch);
-        self.install(&mut inner, next, &touched);
+        let current = RouteTable::clone(&self.routes.load());
+        self.install(&mut inner, current, next, &touched);
         Ok(out)
     }
 
-    /// Makes `state` current and publishes a snapshot in which the touched
-    /// functions' targets are rebuilt and the touched hosts re-pointed; every
-    /// other entry is shared with the previous snapshot.
-    fn install(&self, inner: &mut Inner, state: State, touched: &Touched) {
-        let mut table = RouteTable::clone(&self.routes.load());
+    /// Makes `state` current and publishes `table` (a copy of the current
+    /// snapshot, or an empty one for a full rebuild) with the touched
+    /// functions' targets rebuilt and the touched hosts re-pointed; every
+    /// other entry stays shared.
+    fn install(&self, inner: &mut Inner, mut table: RouteTable, state: State, touched: &Touched) {
         for host in &touched.hosts {
             if let Some(old) = inner.state.routes.get(host) {
                 let key = fn_key(&old.tenant, &old.function);
