@@ -310,9 +310,14 @@ impl Runtime {
     }
 
     /// Builds a request's store and instantiates the invocation's component
-    /// in it, then drops both: the fixed cost every fresh-instance request
-    /// pays before the guest's handler runs. For benchmarks and warm-up.
-    pub async fn instantiate_only(self: &Arc<Self>, inv: &Invocation) -> Result<(), InvokeError> {
+    /// in it: the fixed cost every fresh-instance request pays before the
+    /// guest's handler runs. Dropping the returned store is the teardown a
+    /// request pays after it (the pooled slots are reset then). For
+    /// benchmarks.
+    pub async fn instantiate_only(
+        self: &Arc<Self>,
+        inv: &Invocation,
+    ) -> Result<Store<Host>, InvokeError> {
         let pre = self
             .load_async(&inv.digest)
             .await
@@ -322,7 +327,7 @@ impl Runtime {
         pre.instantiate_async(&mut store)
             .await
             .map_err(|e| InvokeError::Internal(format!("{e:?}")))?;
-        Ok(())
+        Ok(store)
     }
 
     /// Runs `req` through an instance of the invocation's component: a fresh
