@@ -1,7 +1,8 @@
 //! Outbound HTTP policy for guests (`wasi:http/outgoing-handler`).
 //!
 //! The host name is resolved once; every resolved address is checked; the
-//! connection is then opened to the checked address itself, for plain HTTP
+//! connection is then opened to the checked addresses themselves (in the
+//! resolver's order, the next one when one does not accept), for plain HTTP
 //! and HTTPS alike (one dialer; TLS is an extra step over the same socket,
 //! verifying the certificate against the name the guest asked for, which is
 //! also the SNI; the `Host` header keeps the name), so a second lookup
@@ -230,7 +231,7 @@ pub(crate) async fn send(
         None
     };
     let timeouts = Timeouts::capped(options, config.max_timeouts);
-    let stream = dial(addrs[0], tls, timeouts.connect).await?;
+    let stream = dial(&addrs, tls, timeouts.connect).await?;
     exchange(stream, request, timeouts).await
 }
 
@@ -258,21 +259,17 @@ impl Timeouts {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// Opens a connection to `addr` — the checked address, never a name — and,
-/// for HTTPS, runs the TLS handshake over it, all within `connect_timeout`.
+/// Opens a connection to one of `addrs` — the checked addresses, never a
+/// name — and, for HTTPS, runs the TLS handshake over it, all within
+/// `connect_timeout`.
 async fn dial(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     connect_timeout: Duration,
 ) -> Result<Box<dyn Io>, HttpError> {
+    let deadline = tokio::time::Instant::now() + connect_timeout;
     let connect = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                HttpError::ConnectionRefused
-            } else {
-                HttpError::Connect(e)
-            }
-        })?;
+        let tcp = connect_any(addrs, deadline).await?;
         let _ = tcp.set_nodelay(true);
         match tls {
             None => Ok(Box::new(tcp) as Box<dyn Io>),
@@ -285,9 +282,34 @@ async fn dial(
             }
         }
     };
-    tokio::time::timeout(connect_timeout, connect)
+    tokio::time::timeout_at(deadline, connect)
         .await
         .map_err(|_| HttpError::ConnectionTimeout)?
+}
+
+/// A TCP connection to the first of `addrs` that accepts one, tried in the
+/// resolver's order (a name with an IPv6 and an IPv4 address still works
+/// where only one of them answers). Each attempt gets an equal share of the
+/// time left, so an address that drops packets does not use up the whole
+/// connect timeout. When none accepts, the last attempt's error.
+async fn connect_any(
+    addrs: &[SocketAddr],
+    deadline: tokio::time::Instant,
+) -> Result<TcpStream, HttpError> {
+    let mut last = HttpError::DestinationNotFound;
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        let share = deadline.saturating_duration_since(tokio::time::Instant::now()) / left;
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = HttpError::ConnectionRefused
+            }
+            Ok(Err(e)) => last = HttpError::Connect(e),
+            Err(_) => last = HttpError::ConnectionTimeout,
+        }
+    }
+    Err(last)
 }
 
 /// Maps a failed handshake to the wasi-http error the guest sees.
@@ -450,6 +472,42 @@ pub(crate) fn tls_client(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientCon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback port nothing listens on (bound, then closed).
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn dial_goes_on_to_the_next_address_when_one_refuses() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        let refused = closed_port();
+        let accept = tokio::spawn(async move { listener.accept().await.map(|(_, peer)| peer) });
+        let stream = dial(&[refused, open], None, Duration::from_secs(5))
+            .await
+            .expect("the second address accepts");
+        drop(stream);
+        accept
+            .await
+            .unwrap()
+            .expect("the listener saw the connection");
+
+        // Every address refusing is the guest's `connection-refused`.
+        let err = dial(
+            &[closed_port(), closed_port()],
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .err()
+        .expect("nothing listens");
+        assert!(
+            matches!(err, HttpError::ConnectionRefused),
+            "unexpected error: {err:?}"
+        );
+    }
 
     #[test]
     fn refused_ranges() {
