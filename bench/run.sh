@@ -198,11 +198,9 @@ EOF
 
 # Hypervisor steal (bench/steal.py): the counters of the server's and the
 # load generator's CPUs, and the milliseconds stolen from each since then.
-steal_ticks() {
-    echo "$(python3 "$ROOT/bench/steal.py" ticks "$SERVER_CPU") $(python3 "$ROOT/bench/steal.py" ticks "$LOAD_CPU")"
-}
+steal_ticks() { python3 "$ROOT/bench/steal.py" ticks "$SERVER_CPU" "$LOAD_CPU"; }
 steal_ms() { # TICKS-BEFORE — "server/load" ms
-    local hz; hz=$(getconf CLK_TCK)
+    local hz s0 l0 s1 l1; hz=$(getconf CLK_TCK)
     read -r s0 l0 <<<"$1"
     read -r s1 l1 <<<"$(steal_ticks)"
     echo "$(( (s1 - s0) * 1000 / hz ))/$(( (l1 - l0) * 1000 / hz ))"

@@ -4,7 +4,8 @@
     steal.py sample OUT CPU...   sample /proc/stat every 5 ms until SIGTERM;
                                  append "epoch_ms cpu ticks" whenever a CPU's
                                  steal counter moved
-    steal.py ticks CPU           print the CPU's steal counter (clock ticks)
+    steal.py ticks CPU...        print the CPUs' steal counters (clock
+                                 ticks), space-separated
 
 A virtual CPU whose host runs something else stops for milliseconds at a
 time; nothing inside the guest runs then, and every request in flight, or
@@ -47,6 +48,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "sample":
         sample(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "ticks":
-        print(steal_ticks()[sys.argv[2]])
+        ticks = steal_ticks()
+        print(" ".join(str(ticks[cpu]) for cpu in sys.argv[2:]))
     else:
         sys.exit(__doc__)
