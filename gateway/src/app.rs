@@ -1,15 +1,15 @@
-//! State shared by the data plane and the admin API.
+//! The admin API's state.
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use perch_runtime::Runtime;
 
-use crate::auth::Throttle;
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::telemetry::Metrics;
+use crate::throttle::Throttle;
 
-/// Everything a request handler needs.
+/// Everything an admin request handler needs.
 pub struct App {
     /// Resolved configuration.
     pub config: Config,
@@ -19,8 +19,8 @@ pub struct App {
     pub runtime: Arc<Runtime>,
     /// The key-value store.
     pub kv: Arc<perch_kv::RedbKv>,
-    /// Counters.
-    pub metrics: Metrics,
+    /// Counters (shared with the data plane).
+    pub metrics: Arc<Metrics>,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: String,
     /// Failed-auth throttle.

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+use crate::limits::{DEFAULT_LIMITS, DEFAULT_MAX, LimitOverrides, LimitSet};
 
 /// The config file's shape. Every field is optional; see `perch.example.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -58,25 +60,6 @@ pub struct CompileBudget {
     pub wall_seconds: u64,
 }
 
-/// Limits that may each be left unset: the config file's `[limits]` and
-/// `[max]` tables, and a function's `limits` settings (unset: the default).
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitOverrides {
-    /// Instance memory, MiB.
-    pub memory_mb: Option<u64>,
-    /// CPU time per request, ms.
-    pub cpu_ms: Option<u64>,
-    /// Wall time per request, ms.
-    pub wall_ms: Option<u64>,
-    /// Outbound requests per invocation.
-    pub outbound_requests: Option<u32>,
-    /// Sequential requests one instance may serve: 1 is a fresh instance
-    /// per request (the default); more opts a trusted, stateless function
-    /// into instance reuse.
-    pub instance_reuse: Option<u32>,
-}
-
 /// Node-wide settings as written in the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,44 +97,6 @@ pub struct EgressFile {
     pub allow: Vec<String>,
     /// PEM file of extra CA certificates trusted for outbound HTTPS.
     pub ca_file: Option<PathBuf>,
-}
-
-/// Resolved per-function limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitSet {
-    /// Instance memory, MiB.
-    pub memory_mb: u64,
-    /// CPU time, ms.
-    pub cpu_ms: u64,
-    /// Wall time, ms.
-    pub wall_ms: u64,
-    /// Outbound requests per invocation.
-    pub outbound_requests: u32,
-    /// Sequential requests per instance (1: no reuse).
-    pub instance_reuse: u32,
-}
-
-impl LimitSet {
-    /// These limits with the ones `o` sets replaced.
-    pub fn with(self, o: &LimitOverrides) -> LimitSet {
-        LimitSet {
-            memory_mb: o.memory_mb.unwrap_or(self.memory_mb),
-            cpu_ms: o.cpu_ms.unwrap_or(self.cpu_ms),
-            wall_ms: o.wall_ms.unwrap_or(self.wall_ms),
-            outbound_requests: o.outbound_requests.unwrap_or(self.outbound_requests),
-            instance_reuse: o.instance_reuse.unwrap_or(self.instance_reuse),
-        }
-    }
-
-    /// The runtime's view of these limits.
-    pub fn to_runtime(self) -> perch_runtime::Limits {
-        perch_runtime::Limits {
-            memory_bytes: (self.memory_mb as usize) << 20,
-            cpu: Duration::from_millis(self.cpu_ms),
-            wall: Duration::from_millis(self.wall_ms),
-            ..perch_runtime::Limits::default()
-        }
-    }
 }
 
 /// The resolved configuration.
@@ -209,20 +154,8 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
 }
 
-const DEFAULT_LIMITS: LimitSet = LimitSet {
-    memory_mb: 128,
-    cpu_ms: 50,
-    wall_ms: 30_000,
-    outbound_requests: 50,
-    instance_reuse: 1,
-};
-const DEFAULT_MAX: LimitSet = LimitSet {
-    memory_mb: 1024,
-    cpu_ms: 30_000,
-    wall_ms: 300_000,
-    outbound_requests: 1000,
-    instance_reuse: 1000,
-};
+/// Largest component upload the admin API takes.
+pub const MAX_UPLOAD_BYTES: u64 = 50 << 20;
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, String> {
     s.parse()
@@ -270,7 +203,7 @@ impl Config {
             max_body_bytes: file.node.max_body_bytes.unwrap_or(16 << 20),
             max_header_bytes: file.node.max_header_bytes.unwrap_or(32 << 10),
             max_uri_bytes: file.node.max_uri_bytes.unwrap_or(16 << 10),
-            max_upload_bytes: 50 << 20,
+            max_upload_bytes: MAX_UPLOAD_BYTES,
             component_cache: file.node.component_cache.unwrap_or(1000),
             max_instances: file.node.max_instances.unwrap_or(1000),
             warm_slots: file
@@ -294,33 +227,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let l = &self.limits;
+        self.limits.check_defaults(&self.max)?;
         let m = &self.max;
-        let checks = [
-            ("memory_mb", l.memory_mb, m.memory_mb),
-            ("cpu_ms", l.cpu_ms, m.cpu_ms),
-            ("wall_ms", l.wall_ms, m.wall_ms),
-            (
-                "outbound_requests",
-                l.outbound_requests as u64,
-                m.outbound_requests as u64,
-            ),
-            (
-                "instance_reuse",
-                l.instance_reuse as u64,
-                m.instance_reuse as u64,
-            ),
-        ];
-        for (name, default, max) in checks {
-            if default == 0 || max == 0 {
-                return Err(format!("limits.{name} and max.{name} must be positive"));
-            }
-            if default > max {
-                return Err(format!(
-                    "limits.{name} ({default}) is above max.{name} ({max})"
-                ));
-            }
-        }
         if m.memory_mb > 16 * 1024 {
             return Err("max.memory_mb may not exceed 16384".into());
         }

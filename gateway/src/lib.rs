@@ -2,6 +2,18 @@
 //! the registry of tenants, functions, versions, routes and tokens, and the
 //! `perch` command line.
 //!
+//! Modules, and the one way their dependencies point:
+//!
+//! | module | job | uses |
+//! |---|---|---|
+//! | [`cli`] | clap commands; a client of the admin API | `server` (for `perch serve`), `config` |
+//! | [`server`] | builds the [`app::App`] from the config, one accept loop for every listener, warm-up, drain | everything below |
+//! | [`api`] | the admin API: router + auth, one file per resource | `registry`, `telemetry`, `app` |
+//! | [`dataplane`] | request checks, the [`dataplane::Executor`] seam, error answers | `routing`, `telemetry`, `app` |
+//! | [`routing`] | the route table snapshot and host matching | `names` |
+//! | [`registry`] | the records, their rules, the [`registry::RegistryStore`] trait and its redb implementation | `routing`, `config`, `secrets`, `names` |
+//! | [`telemetry`] | tracing set-up and Prometheus metrics | — |
+//!
 //! ```no_run
 //! use perch_gateway::config::{Config, Overrides};
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,19 +23,17 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod admin;
+pub mod api;
 pub mod app;
-pub mod auth;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod http;
-pub mod kv_api;
-pub mod metrics;
+pub mod limits;
 pub mod names;
 pub mod registry;
 pub mod routing;
-pub mod scaffold;
 pub mod secrets;
 pub mod server;
+pub mod telemetry;
+pub mod throttle;

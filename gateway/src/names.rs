@@ -1,6 +1,10 @@
 //! Validation and matching of names and host patterns.
 
-/// Tenant, function and namespace names: `[a-z0-9][a-z0-9-]{0,62}`.
+/// The rule tenant, function and namespace names follow, as error
+/// messages state it.
+pub const NAME_RULE: &str = "[a-z0-9][a-z0-9-]{0,62}";
+
+/// Tenant, function and namespace names: [`NAME_RULE`].
 pub fn valid_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()

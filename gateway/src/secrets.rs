@@ -1,4 +1,5 @@
-//! Secrets at rest: sealed with ChaCha20-Poly1305 (ring AEAD) under the
+//! Secret material: token generation and hashing, private files, and
+//! secrets at rest: sealed with ChaCha20-Poly1305 (ring AEAD) under the
 //! node's secret key, bound to the tenant, function and secret name so a
 //! sealed value cannot be moved to another function.
 //!
@@ -9,7 +10,50 @@ use std::path::Path;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::auth::hex;
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Lowercase hex SHA-256 of a presented token.
+pub fn token_hash(token: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// `n` random bytes as hex.
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .expect("system randomness");
+    hex(&buf)
+}
+
+/// A new secret token with the given prefix.
+pub fn new_token(prefix: &str) -> String {
+    format!("{prefix}{}", random_hex(32))
+}
+
+/// Writes a file only its owner can read (mode 0600), durably: temporary
+/// file, fsync, rename.
+pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
 
 /// The node's sealing key.
 pub struct SecretBox {
@@ -61,7 +105,7 @@ impl SecretBox {
         SystemRandom::new()
             .fill(&mut key)
             .map_err(|_| "no system randomness".to_string())?;
-        let write = || crate::auth::write_private_file(&path, hex(&key).as_bytes());
+        let write = || write_private_file(&path, hex(&key).as_bytes());
         write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(SecretBox::new(&key))
     }
@@ -105,6 +149,15 @@ impl SecretBox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_hash_is_sha256() {
+        assert_eq!(
+            token_hash("hello"),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(new_token("p_").len(), 66);
+    }
 
     #[test]
     fn seal_open_and_binding() {

@@ -6,19 +6,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use perch_runtime::{Runtime, RuntimeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::app::App;
-use crate::auth::{Throttle, new_token, token_hash};
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::dataplane::{DataPlane, WasmExecutor};
+use crate::registry::{RedbStore, Registry, RegistryStore};
+use crate::secrets::{new_token, token_hash, write_private_file};
+use crate::telemetry::Metrics;
+use crate::throttle::Throttle;
+
+mod listener;
+mod warmup;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,9 @@ pub enum ServeError {
     /// The registry could not be opened.
     #[error("registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
+    /// The registry's store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::registry::StoreError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -81,7 +86,7 @@ fn admin_token(
         }
     }
     let token = new_token("perch_admin_");
-    let write = || crate::auth::write_private_file(&path, format!("{token}\n").as_bytes());
+    let write = || write_private_file(&path, format!("{token}\n").as_bytes());
     write().map_err(|e| ServeError::Data(format!("cannot write {}: {e}", path.display())))?;
     Ok((token, AdminToken::File(path)))
 }
@@ -101,7 +106,7 @@ fn compiler_command(config: &Config) -> Result<perch_runtime::CompilerCommand, S
     let budget = config.compile;
     Ok(perch_runtime::CompilerCommand {
         program,
-        args: vec![crate::cli::COMPILE_SUBCOMMAND.into()],
+        args: vec![COMPILE_SUBCOMMAND.into()],
         cpu_time: Duration::from_secs(budget.cpu_seconds),
         address_space: budget.memory_mb.saturating_mul(1 << 20),
         wall_time: Duration::from_secs(budget.wall_seconds),
@@ -112,6 +117,13 @@ fn compiler_command(config: &Config) -> Result<perch_runtime::CompilerCommand, S
 /// and CI are few; this only keeps an outside flood from using up the
 /// process's file descriptors.
 const ADMIN_CONNECTIONS: usize = 512;
+
+/// Time an admin client has to send a request head.
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The hidden subcommand the server runs (as a child process) to compile
+/// an upload.
+pub const COMPILE_SUBCOMMAND: &str = "__compile";
 
 /// Raises the soft limit on open files towards `wanted` (within the hard
 /// limit): every connection is a descriptor, and distributions start
@@ -195,7 +207,14 @@ pub async fn serve(
     );
     let db_path = config.data_dir.join("perch.redb");
     let defaults = config.limits;
-    let registry = tokio::task::spawn_blocking(move || Registry::open(&db_path, defaults, secrets))
+    let opened = tokio::task::spawn_blocking(move || {
+        let db = redb::Database::create(&db_path)
+            .map_err(|e| ServeError::Data(format!("cannot open {}: {e}", db_path.display())))?;
+        let db = Arc::new(db);
+        let store: Arc<dyn RegistryStore> = Arc::new(RedbStore::open(db.clone())?);
+        Ok::<_, ServeError>((db, Registry::open(store, defaults, secrets)?))
+    });
+    let (db, registry) = opened
         .await
         .map_err(|e| ServeError::Data(format!("registry load failed: {e}")))??;
     for digest in registry.all_digests() {
@@ -207,15 +226,23 @@ pub async fn serve(
         }
     }
 
-    let kv = perch_kv::RedbKv::open(registry.database().clone(), perch_kv::KvLimits::default())
+    let kv = perch_kv::RedbKv::open(db, perch_kv::KvLimits::default())
         .map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
     let kv = Arc::new(kv);
     registry.attach_kv(kv.clone());
+    let registry = Arc::new(registry);
+    let metrics = Arc::new(Metrics::default());
+    let dataplane = Arc::new(DataPlane {
+        config: config.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        executor: Arc::new(WasmExecutor::new(runtime.clone())),
+    });
     let app = Arc::new(App {
         kv,
-        registry: Arc::new(registry),
+        registry,
         runtime,
-        metrics: Metrics::default(),
+        metrics: metrics.clone(),
         admin_token_hash: token_hash(&token),
         throttle: Throttle::new(20, Duration::from_secs(60)),
         compile_slots: Semaphore::new(2),
@@ -239,7 +266,8 @@ pub async fn serve(
         admin_token: token_source,
     };
     started(&info);
-    tokio::spawn(warm_up(app.clone()));
+    tokio::spawn(warmup::warm_up(app.clone()));
+    tokio::spawn(app.registry.clone().follow());
 
     raise_fd_limit(
         libc::rlim_t::from(config.max_connections) + ADMIN_CONNECTIONS as libc::rlim_t + 1024,
@@ -247,91 +275,37 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let data_graceful = GracefulShutdown::new();
     let admin_graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(config.max_connections as usize));
-
     let data_loop = {
-        let app = app.clone();
-        let mut stop = stop_rx.clone();
-        let graceful = &data_graceful;
-        async move {
-            loop {
-                let permit = tokio::select! {
-                    p = connections.clone().acquire_owned() => p.expect("semaphore open"),
-                    _ = stop.changed() => break,
-                };
-                let (stream, _) = tokio::select! {
-                    r = data_listener.accept() => match r {
-                        Ok(s) => s,
-                        Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(10)).await; continue }
-                    },
-                    _ = stop.changed() => break,
-                };
-                let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(app.config.header_read_timeout)
-                    .max_buf_size((app.config.max_header_bytes + app.config.max_uri_bytes) * 4)
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| {
-                            let app = app.clone();
-                            async move {
-                                Ok::<_, std::convert::Infallible>(
-                                    crate::dataplane::handle(app, req).await,
-                                )
-                            }
-                        }),
-                    );
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    drop(permit);
-                });
-            }
-        }
+        let dataplane = dataplane.clone();
+        listener::accept_loop(
+            data_listener,
+            listener::Settings {
+                max_connections: config.max_connections as usize,
+                header_read_timeout: config.header_read_timeout,
+                // Perch answers oversized heads itself (431/414 with its
+                // JSON), so hyper's buffer sits above those limits.
+                max_buf_size: Some((config.max_header_bytes + config.max_uri_bytes) * 4),
+                nodelay: true,
+            },
+            stop_rx.clone(),
+            &data_graceful,
+            move |_peer, req| crate::dataplane::handle(dataplane.clone(), req),
+        )
     };
-
     let admin_loop = {
         let app = app.clone();
-        let mut stop = stop_rx.clone();
-        let graceful = &admin_graceful;
-        let connections = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
-        async move {
-            loop {
-                let permit = tokio::select! {
-                    p = connections.clone().acquire_owned() => p.expect("semaphore open"),
-                    _ = stop.changed() => break,
-                };
-                let (stream, peer) = tokio::select! {
-                    r = admin_listener.accept() => match r {
-                        Ok(s) => s,
-                        Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(10)).await; continue }
-                    },
-                    _ = stop.changed() => break,
-                };
-                let app = app.clone();
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| {
-                            let app = app.clone();
-                            async move {
-                                Ok::<_, std::convert::Infallible>(
-                                    crate::admin::handle(app, peer, req).await,
-                                )
-                            }
-                        }),
-                    );
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    drop(permit);
-                });
-            }
-        }
+        listener::accept_loop(
+            admin_listener,
+            listener::Settings {
+                max_connections: ADMIN_CONNECTIONS,
+                header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
+                max_buf_size: None,
+                nodelay: false,
+            },
+            stop_rx.clone(),
+            &admin_graceful,
+            move |peer, req| crate::api::handle(app.clone(), peer, req),
+        )
     };
 
     let signals = async {
@@ -354,44 +328,4 @@ pub async fn serve(
         tracing::warn!("drain period over; closing remaining connections");
     }
     Ok(())
-}
-
-/// Loads the components of routed functions into the component cache after
-/// a start (newest versions first, up to the cache's capacity), one at a time
-/// on a blocking thread, so that their first requests find them ready. An
-/// artifact compiled by another engine version is recompiled here rather
-/// than on a request. Uploads are not held up: it takes one of the two
-/// compile slots only while loading.
-async fn warm_up(app: Arc<App>) {
-    let started = std::time::Instant::now();
-    let registry = app.registry.clone();
-    let Ok(digests) = tokio::task::spawn_blocking(move || registry.routed_digests()).await else {
-        return;
-    };
-    let capacity = usize::try_from(app.runtime.cache_capacity()).unwrap_or(usize::MAX);
-    let (mut loaded, mut failed) = (0usize, 0usize);
-    for digest in digests.into_iter().take(capacity) {
-        let Ok(digest) = digest.parse::<perch_runtime::Digest>() else {
-            continue;
-        };
-        let Ok(_slot) = app.compile_slots.acquire().await else {
-            return;
-        };
-        let runtime = app.runtime.clone();
-        match tokio::task::spawn_blocking(move || runtime.preload(&digest)).await {
-            Ok(Ok(true)) => loaded += 1,
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                failed += 1;
-                tracing::warn!(%digest, error = %e, "warm-up could not load a component")
-            }
-            Err(_) => return,
-        }
-    }
-    tracing::info!(
-        loaded,
-        failed,
-        ms = started.elapsed().as_millis() as u64,
-        "component cache warmed up"
-    );
 }

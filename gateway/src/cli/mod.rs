@@ -8,9 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::client::{Client, ClientError};
+pub mod client;
+pub mod scaffold;
+
 use crate::config::{Config, Overrides};
 use crate::server::{AdminToken, serve};
+use client::{Client, ClientError};
 
 /// Perch: a self-hostable serverless functions platform.
 #[derive(Parser, Debug)]
@@ -91,12 +94,9 @@ enum Command {
     },
     /// Internal: compile one component for the server, under the rlimits
     /// the server set (see `perch_runtime::CompilerCommand`).
-    #[command(name = COMPILE_SUBCOMMAND, hide = true)]
+    #[command(name = crate::server::COMPILE_SUBCOMMAND, hide = true)]
     Compile(CompileArgs),
 }
-
-/// The hidden subcommand the server runs to compile an upload.
-pub const COMPILE_SUBCOMMAND: &str = "__compile";
 
 #[derive(Args, Debug)]
 struct CompileArgs {
@@ -280,8 +280,8 @@ enum TokenAction {
     List,
     /// Create a token; prints the secret once.
     Create {
-        /// Scope: functions, routes, kv, logs or * (repeatable).
-        #[arg(long = "scope", required = true)]
+        /// Scope (repeatable).
+        #[arg(long = "scope", required = true, value_parser = clap::builder::PossibleValuesParser::new(crate::registry::SCOPES))]
         scopes: Vec<String>,
     },
     /// Revoke a token.
@@ -309,7 +309,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run_new(args: NewArgs) -> ExitCode {
-    match crate::scaffold::create(&args.name, args.dir.as_deref(), args.sdk_path.as_deref()) {
+    match scaffold::create(&args.name, args.dir.as_deref(), args.sdk_path.as_deref()) {
         Ok(dir) => {
             println!("created {}", dir.display());
             println!("next: cd {} && cargo build --release", dir.display());
@@ -320,22 +320,6 @@ fn run_new(args: NewArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing() {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PERCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour codes only for a person at a terminal: a log file, journald or
-    // a container's log collector gets plain `key=value` lines. `NO_COLOR`
-    // (any non-empty value) turns them off at a terminal too.
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
 }
 
 fn run_compile(args: CompileArgs) -> ExitCode {
@@ -353,7 +337,7 @@ fn run_compile(args: CompileArgs) -> ExitCode {
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
-    init_tracing();
+    crate::telemetry::init_tracing();
     let overrides = Overrides {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -406,9 +390,6 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// The admin API's upload limit.
-const MAX_UPLOAD: usize = 50 << 20;
-
 fn client(api: &ApiArgs) -> Result<Client, ClientError> {
     Client::new(&api.url, api.token.clone())
 }
@@ -435,11 +416,15 @@ fn run_client(cmd: Command) -> Result<(), ClientError> {
         } => {
             let bytes = std::fs::read(&file)
                 .map_err(|e| ClientError(format!("cannot read {}: {e}", file.display())))?;
-            if bytes.len() > MAX_UPLOAD {
+            // The server's limit, checked here too so a large file is not
+            // sent only to be refused.
+            let limit = crate::config::MAX_UPLOAD_BYTES;
+            if bytes.len() as u64 > limit {
                 return Err(ClientError(format!(
-                    "{} is {} bytes; uploads are limited to 50 MiB",
+                    "{} is {} bytes; uploads are limited to {} MiB",
                     file.display(),
-                    bytes.len()
+                    bytes.len(),
+                    limit >> 20
                 )));
             }
             let c = client(&api)?;
@@ -560,7 +545,7 @@ fn run_client(cmd: Command) -> Result<(), ClientError> {
 }
 
 fn run_kv(c: &Client, tenant: &str, action: KvAction) -> Result<(), ClientError> {
-    use crate::client::{check, encode_path};
+    use client::{check, encode_path};
     let base = format!("/v1/tenants/{tenant}/kv");
     let value_path = |ns: &str, key: &str| {
         format!(
@@ -579,7 +564,7 @@ fn run_kv(c: &Client, tenant: &str, action: KvAction) -> Result<(), ClientError>
                 c.call_raw(Method::GET, &value_path(&namespace, &key), None, &[])?;
             check(status, &body)?;
             if let Some(m) = headers
-                .get(crate::kv_api::METADATA_HEADER)
+                .get(crate::api::kv::METADATA_HEADER)
                 .and_then(|m| m.to_str().ok())
             {
                 eprintln!("metadata: {m}");
@@ -609,7 +594,7 @@ fn run_kv(c: &Client, tenant: &str, action: KvAction) -> Result<(), ClientError>
             }
             let headers: Vec<(&str, String)> = metadata
                 .into_iter()
-                .map(|m| (crate::kv_api::METADATA_HEADER, m))
+                .map(|m| (crate::api::kv::METADATA_HEADER, m))
                 .collect();
             let (status, _, body) = c.call_raw(
                 Method::PUT,

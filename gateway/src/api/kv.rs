@@ -13,17 +13,16 @@ use hyper::body::Incoming;
 use perch_kv::{KvBackend, KvError, NamespaceId, PutOptions};
 use serde_json::{Value, json};
 
-use crate::admin::invalid_name;
-use crate::app::App;
+use super::common::{BodyError, Resp, TenantCall, invalid_name, query_params, read_limited};
 use crate::http::{
-    ResBody, error, full, internal_error, json, method_not_allowed, no_content, off_thread, tri,
+    error, full, internal_error, json, method_not_allowed, no_content, off_thread, tri,
 };
 use crate::names::valid_name;
 
-/// Header carrying a value's JSON metadata.
+/// Header carrying a value's JSON metadata (requests and answers).
 pub const METADATA_HEADER: &str = "perch-kv-metadata";
-
-type Resp = Response<ResBody>;
+/// Header of a GET answer carrying the value's expiry (unix seconds).
+pub const EXPIRES_AT_HEADER: &str = "perch-kv-expires-at";
 
 /// Maps a KV error to the admin API's answer.
 pub fn kv_error(e: KvError) -> Resp {
@@ -56,22 +55,6 @@ async fn run<R: Send + 'static>(
     off_thread(f, kv_error).await
 }
 
-fn query_params(req: &Request<Incoming>) -> Vec<(String, String)> {
-    req.uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                crate::admin::percent_decode(k),
-                crate::admin::percent_decode(&v.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
 fn expires_secs(ms: Option<u64>) -> Value {
     ms.map(|ms| json!(ms.div_ceil(1000))).unwrap_or(Value::Null)
 }
@@ -83,13 +66,8 @@ fn metadata_json(m: &Option<String>) -> Value {
 }
 
 /// Handles `…/kv` and below, after authorisation. `rest` starts after `kv`.
-pub async fn handle(
-    app: Arc<App>,
-    method: Method,
-    req: Request<Incoming>,
-    tenant: String,
-    rest: &[&str],
-) -> Resp {
+pub async fn handle(call: TenantCall, rest: &[&str]) -> Resp {
+    let (app, method, req, tenant) = call.into_parts();
     if !app.registry.tenant_exists(&tenant) {
         return error(
             StatusCode::NOT_FOUND,
@@ -212,7 +190,7 @@ async fn value(
                         h.insert(METADATA_HEADER, m);
                     }
                     if let Some(ms) = entry.expires_at_ms {
-                        h.insert("perch-kv-expires-at", HeaderValue::from(ms.div_ceil(1000)));
+                        h.insert(EXPIRES_AT_HEADER, HeaderValue::from(ms.div_ceil(1000)));
                     }
                     resp
                 }
@@ -263,16 +241,16 @@ async fn value(
                     Some(text)
                 }
             };
-            let body = match crate::admin::read_limited(req, limits.max_value as u64).await {
+            let body = match read_limited(req, limits.max_value as u64).await {
                 Ok(b) => b,
-                Err(crate::admin::BodyError::TooLarge) => {
+                Err(BodyError::TooLarge) => {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "value_too_large",
                         &format!("value is over the {}-byte limit", limits.max_value),
                     );
                 }
-                Err(crate::admin::BodyError::Other(resp)) => return resp,
+                Err(BodyError::Other(resp)) => return resp,
             };
             tri!(run(move || kv.put(&id, &key, body.to_vec(), PutOptions { ttl, metadata })).await);
             no_content()

@@ -1,0 +1,36 @@
+//! `GET /healthz`, `GET /readyz` and `GET /metrics`: open to anyone.
+use std::sync::atomic::Ordering;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use serde_json::json;
+
+use super::common::Resp;
+use crate::app::App;
+use crate::http::{error, full, json};
+
+/// The answer to a health or metrics request, or `None` for any other path.
+pub(super) fn handle<B>(app: &App, req: &Request<B>) -> Option<Resp> {
+    if req.method() != Method::GET {
+        return None;
+    }
+    Some(match req.uri().path() {
+        "/healthz" => json(StatusCode::OK, &json!({"status": "ok"})),
+        "/readyz" if app.ready.load(Ordering::Relaxed) => {
+            json(StatusCode::OK, &json!({"status": "ready"}))
+        }
+        "/readyz" => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ),
+        "/metrics" => {
+            let mut resp = Response::new(full(app.metrics.render(app.runtime.stats())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        _ => return None,
+    })
+}

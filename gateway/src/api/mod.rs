@@ -1,0 +1,100 @@
+//! The admin API (v1): JSON over HTTP on its own listener.
+//!
+//! | method, path | who | file |
+//! |---|---|---|
+//! | `GET /healthz`, `GET /readyz`, `GET /metrics` | anyone | `health.rs` |
+//! | `GET /v1/tenants` | admin | `tenants.rs` |
+//! | `PUT`, `DELETE /v1/tenants/{tenant}` | admin | `tenants.rs` |
+//! | `POST`, `GET /v1/tenants/{tenant}/tokens`, `DELETE …/tokens/{id}` | admin | `tokens.rs` |
+//! | `GET /v1/tenants/{tenant}/functions` | `functions` | `functions.rs` |
+//! | `PUT`, `GET`, `DELETE /v1/tenants/{tenant}/functions/{name}` | `functions` | `functions.rs` |
+//! | `PUT /v1/tenants/{tenant}/functions/{name}/settings` | `functions` | `settings.rs` |
+//! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
+//! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{host}` | `routes` | `routes.rs` |
+//! | `GET /v1/tenants/{tenant}/kv`, `PUT …/kv/{ns}` | `kv` | `kv.rs` |
+//! | `GET …/kv/{ns}/keys?prefix=&cursor=&limit=` | `kv` | `kv.rs` |
+//! | `GET`, `PUT`, `DELETE …/kv/{ns}/values/{key}` | `kv` | `kv.rs` |
+//!
+//! `Authorization: Bearer <token>` (`auth.rs`); the admin token works
+//! everywhere, a tenant token only under its own tenant and with the scope
+//! the path names. Errors are `{"error":{"code","message"}}` (`common.rs`).
+//! An upload that is not a valid component is 400 `invalid_component`; one
+//! whose compilation runs out of its budget (`[compile]`: CPU time, address
+//! space, wall clock — it runs in a child process) is 422 `compile_failed`.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::Request;
+use hyper::body::Incoming;
+
+use crate::app::App;
+
+pub mod auth;
+pub mod common;
+mod functions;
+mod health;
+pub mod kv;
+mod routes;
+mod settings;
+mod tenants;
+mod tokens;
+
+use auth::Principal;
+use common::{Resp, TenantCall, invalid_name, not_found_endpoint, percent_decode};
+
+/// Handles one admin request.
+pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    if let Some(resp) = health::handle(&app, &req) {
+        return resp;
+    }
+    let principal = match auth::authenticate(&app, peer, &req) {
+        Ok(p) => p,
+        Err(refused) => return refused.response(),
+    };
+    let segments: Vec<String> = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    route(app, principal, req, &segs).await
+}
+
+async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&str]) -> Resp {
+    let method = req.method().clone();
+    match segs {
+        ["v1", "tenants"] => match who {
+            Principal::Admin => tenants::list(app, method),
+            Principal::Tenant(_) => common::forbidden(),
+        },
+        ["v1", "tenants", tenant, rest @ ..] => {
+            let tenant = tenant.to_string();
+            // Authorisation before anything about the tenant is revealed.
+            if let Err(refused) = auth::authorize(&who, &tenant, rest) {
+                return refused.response();
+            }
+            if !crate::names::valid_name(&tenant) {
+                return invalid_name("tenant", &tenant);
+            }
+            let call = TenantCall {
+                app,
+                method,
+                req,
+                tenant,
+            };
+            match rest {
+                [] => tenants::one(call).await,
+                ["tokens", rest @ ..] => tokens::handle(call, rest).await,
+                ["functions"] => functions::list(call).await,
+                ["functions", name] => functions::one(call, name.to_string()).await,
+                ["functions", name, "settings"] => settings::handle(call, name.to_string()).await,
+                ["routes", rest @ ..] => routes::handle(call, rest).await,
+                ["kv", rest @ ..] => kv::handle(call, rest).await,
+                _ => not_found_endpoint(),
+            }
+        }
+        _ => not_found_endpoint(),
+    }
+}

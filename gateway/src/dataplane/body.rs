@@ -1,0 +1,81 @@
+//! Bodies on the data plane: the request body as the guest sees it (an
+//! error once it passes the limit), and the response body that holds the
+//! tenant's concurrency slot until it is done.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use perch_runtime::HttpError;
+
+use crate::routing::GatePermit;
+
+/// The request body as the guest sees it: an error once it passes the limit.
+pub struct LimitedBody {
+    pub(super) inner: Incoming,
+    pub(super) remaining: u64,
+    pub(super) exceeded: Arc<AtomicBool>,
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > self.remaining {
+                        self.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(None))));
+                    }
+                    self.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(HttpError::from(e)))),
+            other => other.map(|o| o.map(|r| r.map_err(HttpError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Holds the tenant's concurrency slot until the response body is done.
+pub(super) struct WithPermit<B> {
+    pub(super) inner: B,
+    pub(super) _permit: GatePermit,
+}
+
+impl<B: Body + Unpin> Body for WithPermit<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

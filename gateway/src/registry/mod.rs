@@ -1,0 +1,217 @@
+//! The registry of tenants, tokens, functions, versions and routes.
+//!
+//! Records live in a [`RegistryStore`] (durable before any write returns)
+//! and in memory. Every change is made on a copy of the in-memory state by
+//! the rules (`rules.rs`), committed to the store as one batch against the
+//! revision the copy was made from, and only after the commit installed —
+//! together with a new routing snapshot (`snapshot.rs`) that the data plane
+//! picks up atomically. A commit that lost a race with another writer of
+//! the same store is recomputed on the reloaded state and retried, never
+//! surfaced. No lock is held by the data plane, and none across a guest call.
+//!
+//! The in-memory state and the snapshot are persistent maps (`imbl`): a copy
+//! shares everything it does not change, and a change rebuilds the targets
+//! of only the functions and hosts it wrote. An admin change therefore costs
+//! the same with ten functions deployed as with ten thousand.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::limits::LimitSet;
+use crate::routing::{RouteTable, TenantGate};
+use crate::secrets::SecretBox;
+
+mod model;
+mod redb_store;
+mod rules;
+mod snapshot;
+mod state;
+mod store;
+
+pub use model::{
+    Function, Outbound, Route, SCOPES, Settings, Tenant, TokenRecord, Version, now, scopes_text,
+    secret_context, var_secret_collision,
+};
+pub use redb_store::{RedbStore, SCHEMA_VERSION};
+pub use snapshot::KV_OPS_PER_INVOCATION;
+pub use store::{Change, Kind, Loaded, Records, RegistryStore, StoreError};
+
+use snapshot::Inner;
+use state::{State, Touched};
+
+/// Registry failures, mapped to HTTP statuses by the admin API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// The object or its parent does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The host is claimed by another tenant.
+    #[error("{0}")]
+    HostTaken(String),
+    /// The host is outside the tenant's domains.
+    #[error("{0}")]
+    HostNotAllowed(String),
+    /// A malformed value.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        RegistryError::Storage(e.to_string())
+    }
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Times a change is recomputed after losing a commit race before the
+/// registry gives up (each retry reloads the store first).
+const COMMIT_ATTEMPTS: usize = 16;
+
+/// The registry.
+pub struct Registry {
+    store: Arc<dyn RegistryStore>,
+    /// The latest revision the store has announced (subscribed at open, so
+    /// no commit after the load is missed).
+    revisions: watch::Receiver<u64>,
+    secrets: Arc<SecretBox>,
+    kv: std::sync::OnceLock<Arc<perch_kv::RedbKv>>,
+    inner: Mutex<Inner>,
+    routes: ArcSwap<RouteTable>,
+    gates: Mutex<HashMap<String, Arc<TenantGate>>>,
+    defaults: LimitSet,
+}
+
+impl Registry {
+    /// Loads the registry from `store`. Blocking.
+    pub fn open(
+        store: Arc<dyn RegistryStore>,
+        defaults: LimitSet,
+        secrets: Arc<SecretBox>,
+    ) -> Result<Registry> {
+        let registry = Registry {
+            revisions: store.subscribe(),
+            store,
+            secrets,
+            kv: std::sync::OnceLock::new(),
+            inner: Mutex::new(Inner::default()),
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            gates: Mutex::new(HashMap::new()),
+            defaults,
+        };
+        registry.reload(&mut registry.lock())?;
+        Ok(registry)
+    }
+
+    /// Connects the KV store that functions' buckets open, and republishes
+    /// the routes so every target can reach it.
+    pub fn attach_kv(&self, kv: Arc<perch_kv::RedbKv>) {
+        let _ = self.kv.set(kv);
+        let mut inner = self.lock();
+        let (state, revision) = (inner.state.clone(), inner.revision);
+        self.republish(&mut inner, state, revision);
+    }
+
+    /// Follows revisions other writers of the store commit, reloading the
+    /// state (and the routes) when one is newer than ours. Runs until the
+    /// store closes its notifications.
+    pub async fn follow(self: Arc<Self>) {
+        let mut revisions = self.revisions.clone();
+        loop {
+            let this = self.clone();
+            let caught_up = tokio::task::spawn_blocking(move || this.catch_up()).await;
+            if let Ok(Err(e)) = caught_up {
+                tracing::error!(error = %e, "registry could not load a newer revision");
+            }
+            if revisions.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Reloads if the store announced a revision newer than ours.
+    fn catch_up(&self) -> Result<()> {
+        let mut inner = self.lock();
+        self.catch_up_locked(&mut inner)
+    }
+
+    fn catch_up_locked(&self, inner: &mut Inner) -> Result<()> {
+        let latest = *self.revisions.borrow();
+        if latest > inner.revision {
+            self.reload(inner)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the in-memory state with what the store holds now.
+    fn reload(&self, inner: &mut Inner) -> Result<()> {
+        let loaded = self.store.load()?;
+        self.republish(inner, State::from_records(loaded.records), loaded.revision);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node's secret sealing box.
+    pub fn secrets(&self) -> &Arc<SecretBox> {
+        &self.secrets
+    }
+
+    /// The current routing snapshot.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// The store revision the in-memory state is at.
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.lock().state)
+    }
+
+    /// Applies a change: `f` edits a copy of the state and lists its
+    /// writes; they commit durably, then the copy and a new route snapshot
+    /// go live. When another writer committed first, the store is reloaded
+    /// and `f` runs again on the new state.
+    fn change<R>(&self, mut f: impl FnMut(&mut State, &mut Vec<Change>) -> Result<R>) -> Result<R> {
+        let mut inner = self.lock();
+        // Rules run on the newest state this node has heard of; a commit
+        // made elsewhere that is not announced yet still loses the race
+        // below and is recomputed.
+        self.catch_up_locked(&mut inner)?;
+        for _ in 0..COMMIT_ATTEMPTS {
+            let mut next = inner.state.clone();
+            let mut batch = Vec::new();
+            let out = f(&mut next, &mut batch)?;
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            match self.store.commit(inner.revision, &batch) {
+                Ok(revision) => {
+                    inner.revision = revision;
+                    let current = RouteTable::clone(&self.routes.load());
+                    self.install(&mut inner, current, next, &Touched::of(&batch));
+                    return Ok(out);
+                }
+                Err(StoreError::Conflict { .. }) => self.reload(&mut inner)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RegistryError::Storage(format!(
+            "the registry changed concurrently {COMMIT_ATTEMPTS} times in a row"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+//! Building the data plane's routing snapshot from the registry's state:
+//! each routed function's target (its active version as a runtime
+//! [`Invocation`](perch_runtime::Invocation): limits, environment with the
+//! unsealed secrets, `wasi:config` values, KV access) and the host table.
+//!
+//! A change rebuilds only the targets of the functions and hosts it wrote;
+//! every other entry of the new snapshot is shared with the last one.
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::Registry;
+use super::model::{Function, Version, fn_key, secret_context};
+use super::state::{State, Touched};
+use crate::routing::{RouteTable, Target, TenantGate};
+
+/// KV operations a guest may make per request.
+pub const KV_OPS_PER_INVOCATION: u32 = 1000;
+
+/// The registry's state, its revision, and what was derived from it for
+/// the data plane.
+#[derive(Default)]
+pub(super) struct Inner {
+    pub(super) state: State,
+    /// The store revision `state` is at.
+    pub(super) revision: u64,
+    /// `tenant/name` → the target of its active version.
+    targets: HashMap<String, Arc<Target>>,
+    /// `tenant/name` → the host patterns routed to it.
+    hosts: HashMap<String, BTreeSet<String>>,
+}
+
+impl Registry {
+    /// Replaces everything with `state` at `revision` and publishes a
+    /// snapshot rebuilt from scratch.
+    pub(super) fn republish(&self, inner: &mut Inner, state: State, revision: u64) {
+        let touched = Touched::everything(&state);
+        *inner = Inner {
+            revision,
+            ..Inner::default()
+        };
+        self.install(inner, RouteTable::default(), state, &touched);
+    }
+
+    /// Makes `state` current and publishes `table` (a copy of the current
+    /// snapshot, or an empty one for a full rebuild) with the touched
+    /// functions' targets rebuilt and the touched hosts re-pointed; every
+    /// other entry stays shared.
+    pub(super) fn install(
+        &self,
+        inner: &mut Inner,
+        mut table: RouteTable,
+        state: State,
+        touched: &Touched,
+    ) {
+        for host in &touched.hosts {
+            if let Some(old) = inner.state.routes.get(host) {
+                let key = fn_key(&old.tenant, &old.function);
+                if let Some(set) = inner.hosts.get_mut(&key) {
+                    set.remove(host);
+                    if set.is_empty() {
+                        inner.hosts.remove(&key);
+                    }
+                }
+            }
+            let target = state.routes.get(host).and_then(|r| {
+                let key = fn_key(&r.tenant, &r.function);
+                inner
+                    .hosts
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(host.clone());
+                inner.targets.get(&key).cloned()
+            });
+            table.set(host, target);
+        }
+        for key in &touched.functions {
+            let target = state
+                .functions
+                .get(key)
+                .and_then(|f| self.target(f))
+                .map(Arc::new);
+            match &target {
+                Some(t) => inner.targets.insert(key.clone(), t.clone()),
+                None => inner.targets.remove(key),
+            };
+            for host in inner.hosts.get(key).into_iter().flatten() {
+                table.set(host, target.clone());
+            }
+        }
+        inner.state = state;
+        self.routes.store(Arc::new(table));
+    }
+
+    fn gate(&self, tenant: &str) -> Arc<TenantGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates
+            .entry(tenant.to_string())
+            .or_insert_with(|| Arc::new(TenantGate::default()))
+            .clone()
+    }
+
+    /// The target of a function's active version, if it has one.
+    fn target(&self, function: &Function) -> Option<Target> {
+        let version = function.active()?;
+        let digest = version.digest.parse().ok()?;
+        let label = format!("{}/{}@{}", function.tenant, function.name, version.version);
+        Some(Target {
+            tenant: function.tenant.clone(),
+            function: function.name.clone(),
+            version: version.version,
+            invocation: self.invocation(function, version, digest, &label),
+            gate: self.gate(&function.tenant),
+        })
+    }
+
+    /// What the runtime needs to run a version: limits, environment (vars
+    /// and unsealed secrets), `wasi:config` values and KV access.
+    fn invocation(
+        &self,
+        function: &Function,
+        version: &Version,
+        digest: perch_runtime::Digest,
+        label: &str,
+    ) -> perch_runtime::Invocation {
+        let st = &version.settings;
+        let limits = self.defaults.with(&st.limits);
+        let mut inv = perch_runtime::Invocation::new(digest, limits.to_runtime(), label);
+        inv.max_reuse = limits.instance_reuse;
+        let mut env: Vec<(String, String)> = st
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, sealed) in &st.secrets {
+            let context = secret_context(&function.tenant, &function.name, name);
+            match self.secrets.open(&context, sealed) {
+                Some(plain) => env.push((name.clone(), plain)),
+                None => {
+                    tracing::error!(function = %label, secret = %name, "secret cannot be unsealed with this node's key")
+                }
+            }
+        }
+        inv.outbound = Arc::new(perch_runtime::OutboundPolicy {
+            allow: st.outbound.allow.clone(),
+            max_requests: limits.outbound_requests,
+        });
+        inv.config = Arc::new(env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+        inv.env = env;
+        if let Some(kv) = self.kv.get() {
+            inv.kv = Some(Arc::new(perch_runtime::KvAccess {
+                backend: kv.clone(),
+                tenant: function.tenant.clone(),
+                bindings: st.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                max_ops: KV_OPS_PER_INVOCATION,
+            }));
+        }
+        inv
+    }
+}

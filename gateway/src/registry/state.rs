@@ -1,0 +1,110 @@
+//! The registry's in-memory state: persistent maps (`imbl`) of the
+//! records, so a copy made for a change shares everything it does not
+//! touch, and what a batch of changes touched.
+use std::collections::HashSet;
+
+use imbl::OrdMap;
+
+use super::model::{Function, Route, Tenant, TokenRecord, fn_key};
+use super::store::{Change, Kind, Records};
+use crate::names::HostPattern;
+
+/// Every record, keyed as the store keys them.
+#[derive(Debug, Clone, Default)]
+pub(super) struct State {
+    pub(super) tenants: OrdMap<String, Tenant>,
+    /// By token hash.
+    pub(super) tokens: imbl::HashMap<String, TokenRecord>,
+    /// By `tenant/name`.
+    pub(super) functions: OrdMap<String, Function>,
+    /// By host pattern text.
+    pub(super) routes: OrdMap<String, Route>,
+}
+
+impl State {
+    /// The state holding `records`.
+    pub(super) fn from_records(records: Records) -> State {
+        let mut s = State::default();
+        for t in records.tenants {
+            s.tenants.insert(t.name.clone(), t);
+        }
+        for t in records.tokens {
+            s.tokens.insert(t.hash.clone(), t);
+        }
+        for f in records.functions {
+            s.functions.insert(fn_key(&f.tenant, &f.name), f);
+        }
+        for r in records.routes {
+            s.routes.insert(r.host.clone(), r);
+        }
+        s
+    }
+}
+
+/// Removes the entries `keep` rejects (`OrdMap` has no `retain`).
+pub(super) fn retain<V: Clone>(
+    map: &mut OrdMap<String, V>,
+    mut keep: impl FnMut(&String, &V) -> bool,
+) {
+    let gone: Vec<String> = map
+        .iter()
+        .filter(|(k, v)| !keep(k, v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in gone {
+        map.remove(&k);
+    }
+}
+
+/// The routes some host of `pattern` would also match. For an exact host
+/// these can only be the host itself and wildcards over its suffixes, so it
+/// costs a lookup per label; a wildcard is compared with every route.
+pub(super) fn overlapping<'a>(
+    routes: &'a OrdMap<String, Route>,
+    pattern: &'a HostPattern,
+) -> Box<dyn Iterator<Item = &'a Route> + 'a> {
+    match pattern {
+        HostPattern::Exact(h) => Box::new(
+            std::iter::once(h.clone())
+                .chain(h.match_indices('.').map(|(i, _)| format!("*{}", &h[i..])))
+                .filter_map(|k| routes.get(&k)),
+        ),
+        HostPattern::Wildcard(_) => Box::new(
+            routes
+                .values()
+                .filter(|r| HostPattern::parse(&r.host).is_ok_and(|p| p.overlaps(pattern))),
+        ),
+    }
+}
+
+/// What a change wrote, and so what the routing snapshot must redo.
+#[derive(Default)]
+pub(super) struct Touched {
+    pub(super) functions: HashSet<String>,
+    pub(super) hosts: HashSet<String>,
+}
+
+impl Touched {
+    pub(super) fn of(batch: &[Change]) -> Touched {
+        let mut t = Touched::default();
+        for change in batch {
+            match change.key() {
+                (Kind::Function, key) => {
+                    t.functions.insert(key);
+                }
+                (Kind::Route, key) => {
+                    t.hosts.insert(key);
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+
+    pub(super) fn everything(state: &State) -> Touched {
+        Touched {
+            functions: state.functions.keys().cloned().collect(),
+            hosts: state.routes.keys().cloned().collect(),
+        }
+    }
+}

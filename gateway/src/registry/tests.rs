@@ -1,0 +1,257 @@
+//! The registry's rules, checked on every `RegistryStore`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use proptest::prelude::*;
+
+use super::store::memory::MemoryStore;
+use super::*;
+use crate::routing::Target;
+
+/// A registry over `store`, as a node would open it.
+fn open_on(store: Arc<dyn RegistryStore>) -> Registry {
+    Registry::open(
+        store,
+        crate::limits::DEFAULT_LIMITS,
+        Arc::new(SecretBox::new(&[7; 32])),
+    )
+    .unwrap()
+}
+
+fn redb_store(dir: &Path) -> Arc<dyn RegistryStore> {
+    let db = redb::Database::create(dir.join("registry.redb")).unwrap();
+    Arc::new(RedbStore::open(Arc::new(db)).unwrap())
+}
+
+/// Every store implementation the rules are checked on. A new store adds
+/// itself here and inherits every test below that loops over `stores`.
+fn stores(dir: &Path) -> Vec<(&'static str, Arc<dyn RegistryStore>)> {
+    vec![
+        ("redb", redb_store(dir)),
+        ("memory", Arc::new(MemoryStore::default())),
+    ]
+}
+
+/// Host → (tenant, function, version): what a snapshot routes where.
+fn view(t: &RouteTable) -> BTreeMap<String, (String, String, u32)> {
+    let row = |t: &Arc<Target>| (t.tenant.clone(), t.function.clone(), t.version);
+    t.exact
+        .iter()
+        .map(|(h, t)| (h.clone(), row(t)))
+        .chain(t.wildcard.iter().map(|(s, t)| (format!("*.{s}"), row(t))))
+        .collect()
+}
+
+/// What a snapshot built from scratch out of the current state routes.
+fn rebuilt(r: &Registry) -> BTreeMap<String, (String, String, u32)> {
+    let state = r.lock().state.clone();
+    let scratch = Registry {
+        revisions: r.store.subscribe(),
+        store: r.store.clone(),
+        secrets: r.secrets.clone(),
+        kv: std::sync::OnceLock::new(),
+        inner: Mutex::new(Inner::default()),
+        routes: ArcSwap::from_pointee(RouteTable::default()),
+        gates: Mutex::new(HashMap::new()),
+        defaults: r.defaults,
+    };
+    scratch.republish(&mut scratch.lock(), state, 0);
+    view(&scratch.routes())
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Tenant(usize),
+    DeleteTenant(usize),
+    Version(usize, usize, u8),
+    Settings(usize, usize),
+    DeleteFunction(usize, usize),
+    Route(usize, usize, usize),
+    DeleteRoute(usize, usize),
+}
+
+const TENANTS: [&str; 3] = ["a", "b", "c"];
+const FUNCTIONS: [&str; 3] = ["f", "g", "h"];
+const HOSTS: [&str; 6] = [
+    "x.test",
+    "y.x.test",
+    "*.x.test",
+    "*.y.x.test",
+    "z.test",
+    "*.z.test",
+];
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..3usize).prop_map(Op::Tenant),
+        (0..3usize).prop_map(Op::DeleteTenant),
+        (0..3usize, 0..3usize, any::<u8>()).prop_map(|(t, f, d)| Op::Version(t, f, d)),
+        (0..3usize, 0..3usize).prop_map(|(t, f)| Op::Settings(t, f)),
+        (0..3usize, 0..3usize).prop_map(|(t, f)| Op::DeleteFunction(t, f)),
+        (0..3usize, 0..6usize, 0..3usize).prop_map(|(t, h, f)| Op::Route(t, h, f)),
+        (0..3usize, 0..6usize).prop_map(|(t, h)| Op::DeleteRoute(t, h)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// After any sequence of changes (refused ones included), the
+    /// incrementally maintained snapshot routes exactly like one rebuilt
+    /// from the whole state.
+    #[test]
+    fn incremental_snapshot_matches_a_full_rebuild(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        for (_, store) in stores(dir.path()) {
+        let r = open_on(store);
+        for op in ops.clone() {
+            let _ = match op {
+                Op::Tenant(t) => r.put_tenant(TENANTS[t], None).map(drop),
+                Op::DeleteTenant(t) => r.delete_tenant(TENANTS[t]),
+                Op::Version(t, f, d) => r
+                    .add_version(TENANTS[t], FUNCTIONS[f], &format!("{d:064x}"))
+                    .map(drop),
+                Op::Settings(t, f) => r
+                    .put_settings(TENANTS[t], FUNCTIONS[f], |s| {
+                        s.vars.insert("N".into(), "1".into());
+                        Ok(())
+                    })
+                    .map(drop),
+                Op::DeleteFunction(t, f) => r.delete_function(TENANTS[t], FUNCTIONS[f]),
+                Op::Route(t, h, f) => r.put_route(TENANTS[t], HOSTS[h], FUNCTIONS[f]).map(drop),
+                Op::DeleteRoute(t, h) => r.delete_route(TENANTS[t], HOSTS[h]),
+            };
+            prop_assert_eq!(view(&r.routes()), rebuilt(&r));
+        }
+        }
+    }
+}
+
+#[test]
+fn exact_host_overlap_finds_covering_wildcards_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in stores(dir.path()) {
+        let r = open_on(store);
+        let digest = format!("{:064x}", 1);
+        for t in ["a", "b"] {
+            r.put_tenant(t, None).unwrap();
+            r.add_version(t, "f", &digest).unwrap();
+        }
+        r.put_route("a", "*.x.test", "f").unwrap();
+        r.put_route("a", "one.test", "f").unwrap();
+        assert!(matches!(
+            r.put_route("b", "deep.y.x.test", "f"),
+            Err(RegistryError::HostTaken(_))
+        ));
+        assert!(matches!(
+            r.put_route("b", "one.test", "f"),
+            Err(RegistryError::HostTaken(_))
+        ));
+        // Not below the wildcard: the suffix itself and an unrelated host.
+        r.put_route("b", "x.test", "f").unwrap();
+        r.put_route("b", "two.test", "f").unwrap();
+        assert_eq!(r.routes().lookup("x.test").unwrap().tenant, "b");
+        assert_eq!(r.routes().lookup("q.x.test").unwrap().tenant, "a", "{name}");
+    }
+}
+
+#[test]
+fn records_and_revision_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(redb::Database::create(dir.path().join("r.redb")).unwrap());
+    {
+        let r = open_on(Arc::new(RedbStore::open(db.clone()).unwrap()));
+        r.put_tenant("a", Some(vec!["*.a.test".into()])).unwrap();
+        r.add_version("a", "f", &format!("{:064x}", 3)).unwrap();
+        r.put_route("a", "x.a.test", "f").unwrap();
+        assert_eq!(r.revision(), 3);
+    }
+    let r = open_on(Arc::new(RedbStore::open(db).unwrap()));
+    assert_eq!(r.revision(), 3);
+    assert_eq!(r.list_tenants()[0].domains, vec!["*.a.test".to_string()]);
+    assert_eq!(r.get_function("a", "f").unwrap().active_version, 1);
+    assert_eq!(r.routes().lookup("x.a.test").unwrap().function, "f");
+}
+
+#[test]
+fn commits_are_compare_and_set_on_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in stores(dir.path()) {
+        let t = |n: &str| {
+            Change::PutTenant(Tenant {
+                name: n.into(),
+                domains: vec![],
+                created_at: 0,
+            })
+        };
+        assert_eq!(store.commit(0, &[t("a")]), Ok(1), "{name}");
+        assert_eq!(
+            store.commit(0, &[t("b")]),
+            Err(StoreError::Conflict {
+                base: 0,
+                current: 1
+            }),
+            "{name}"
+        );
+        assert_eq!(store.commit(1, &[]), Ok(1), "{name}: empty batch");
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.revision, 1, "{name}");
+        assert_eq!(
+            loaded.records.tenants.len(),
+            1,
+            "{name}: nothing of the refused batch"
+        );
+    }
+}
+
+/// Two registries over one store are two nodes. When a commit of one has
+/// not been announced to the other yet, the other's change (computed on a
+/// stale state) loses the compare-and-set, is recomputed on the reloaded
+/// state and retried: nothing is lost and version numbers stay unique.
+#[test]
+fn a_lost_commit_race_is_recomputed_not_lost() {
+    let store: Arc<dyn RegistryStore> = Arc::new(MemoryStore::silent());
+    let digest = format!("{:064x}", 9);
+    let a = open_on(store.clone());
+    a.put_tenant("t", None).unwrap();
+    let b = open_on(store.clone());
+    assert_eq!(a.add_version("t", "f", &digest).unwrap(), 1);
+    assert_eq!(b.add_version("t", "f", &digest).unwrap(), 2);
+    assert_eq!(b.get_function("t", "f").unwrap().versions.len(), 2);
+    assert_eq!(a.add_version("t", "f", &digest).unwrap(), 3);
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.revision, 4);
+    assert_eq!(loaded.records.functions[0].versions.len(), 3);
+}
+
+/// With announcements, a node applies the other's commits before running
+/// its rules, so it never refuses a change on a stale state.
+#[test]
+fn announced_commits_are_seen_before_the_rules_run() {
+    let store: Arc<dyn RegistryStore> = Arc::new(MemoryStore::default());
+    let a = open_on(store.clone());
+    let b = open_on(store);
+    a.put_tenant("t", None).unwrap();
+    assert_eq!(b.add_version("t", "f", &format!("{:064x}", 1)).unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_follower_installs_commits_made_by_another_registry() {
+    let store: Arc<dyn RegistryStore> = Arc::new(MemoryStore::default());
+    let a = open_on(store.clone());
+    let b = Arc::new(open_on(store));
+    tokio::spawn(b.clone().follow());
+    a.put_tenant("t", None).unwrap();
+    a.add_version("t", "f", &format!("{:064x}", 5)).unwrap();
+    a.put_route("t", "f.test", "f").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while b.routes().lookup("f.test").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never saw a's route"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.revision(), a.revision());
+    assert!(b.tenant_exists("t"));
+}
