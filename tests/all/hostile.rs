@@ -69,30 +69,55 @@ fn assert_served(what: &str, probes: &[(u16, Duration)], limit: Duration) {
     );
 }
 
-fn status_field(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kb * 1024
+/// Fields of `/proc/{pid}/status` in bytes, read from one snapshot.
+fn status_fields<const N: usize>(pid: i32, fields: [&str; N]) -> [u64; N] {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {path} ({e}), so RSS cannot be measured"));
+    fields.map(|field| {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| {
+                panic!("no {field} in {path}, so RSS cannot be measured:\n{status}")
+            });
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable {field} line in {path}: {line:?}"));
+        kb * 1024
+    })
 }
 
-/// Resets the process's peak RSS to its current RSS (Linux ≥ 4.0) and
-/// returns the baseline to measure growth from: the current RSS after a
-/// reset, else the old peak (a weaker, still valid bound).
+/// Resets the process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0)
+/// and returns it: the baseline to measure growth from. Without the reset
+/// the old peak would hide any growth up to it, so an RSS bound measured
+/// from it could pass without measuring anything: a failed reset fails the
+/// test instead.
 fn reset_peak_rss(pid: i32) -> u64 {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-    status_field(pid, "VmHWM:")
+    let path = format!("/proc/{pid}/clear_refs");
+    if let Err(e) = std::fs::write(&path, "5") {
+        panic!(
+            "cannot reset the peak RSS: writing 5 to {path} failed ({e}); the RSS bound would measure nothing"
+        );
+    }
+    // Right after a reset the peak is the current RSS, give or take what
+    // the idle server allocated or freed since; far above it, the write was
+    // accepted but reset nothing.
+    let [peak, rss] = status_fields(pid, ["VmHWM:", "VmRSS:"]);
+    assert!(
+        peak <= rss + 16 * MIB,
+        "writing 5 to {path} did not reset the peak RSS (VmHWM {} MiB, VmRSS {} MiB)",
+        peak / MIB,
+        rss / MIB
+    );
+    peak
 }
 
 fn peak_rss(pid: i32) -> u64 {
-    status_field(pid, "VmHWM:")
+    let [peak] = status_fields(pid, ["VmHWM:"]);
+    peak
 }
 
 /// Waits until `n` instances are running (the requests that hold them have
