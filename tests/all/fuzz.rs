@@ -11,8 +11,9 @@
 //! - The KV model (`kv/tests/model.rs`) reads the same budget.
 //!
 //! `PERCH_FUZZ_SECS` sets the time per target (default 3 s, so `cargo test`
-//! stays fast); `PERCH_FUZZ_SEED` replays a run (the seed is printed at the
-//! end of each run and in every failure). FUZZING.md records the long runs.
+//! stays fast); `PERCH_FUZZ_SEED` replays a run (the seed is printed when
+//! each target starts, when it ends and in every failure). FUZZING.md
+//! records the long runs.
 use std::cell::Cell;
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -31,16 +32,19 @@ fn budget() -> Duration {
     Duration::from_secs_f64(secs.max(0.1))
 }
 
+/// `PERCH_FUZZ_SEED`, else a new seed from the clock. A value that is not a
+/// number is an error, not a silently different run.
 fn base_seed() -> u64 {
-    std::env::var("PERCH_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        })
+    match std::env::var("PERCH_FUZZ_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("PERCH_FUZZ_SEED={s:?} is not a u64 seed")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    }
 }
 
 /// Runs `test` on values of `strategy` in batches of `batch` cases until the
@@ -57,6 +61,11 @@ where
     S::Value: Debug,
 {
     let seed = base_seed();
+    // First, so that a run killed or hung before it ends can be replayed.
+    eprintln!(
+        "fuzz target {name}: PERCH_FUZZ_SEED={seed}, {:.1} s",
+        budget().as_secs_f64()
+    );
     let start = Instant::now();
     let deadline = start + budget();
     let cases = Cell::new(0u64);
