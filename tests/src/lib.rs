@@ -19,6 +19,22 @@ pub mod guests {
 
 pub const ADMIN_TOKEN: &str = "perch_test_admin_token";
 
+/// The only time bound a test puts on "it happened": generous enough to
+/// mean "did not hang" on a loaded 2-core machine running debug builds,
+/// never a latency figure. Tests assert on the event (a status, an error
+/// code, a metric, a log line); latency is measured by `bench/run.sh`.
+pub const NO_HANG: Duration = Duration::from_secs(10);
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` if it
+/// still does not after 30 s.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The `perch` binary under test.
 pub fn perch_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PERCH_BIN") {
@@ -200,15 +216,41 @@ impl Perch {
     /// Waits (up to 30 s) until the logs contain `needle` at least `count`
     /// times; the logs of earlier runs of this instance count too.
     pub fn wait_for_log(&self, needle: &str, count: usize) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while self.logs().matches(needle).count() < count {
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "no {count}× `{needle}` in the logs:\n{}",
                 self.logs()
             );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits (up to 30 s) for a log line that contains every one of
+    /// `needles` and returns it.
+    pub fn wait_for_log_line(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = self.log_lines(needles).pop() {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with all of {needles:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log lines that contain every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Everything the server printed so far (stderr and stdout).
