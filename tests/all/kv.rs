@@ -305,12 +305,20 @@ fn acknowledged_kv_writes_survive_sigkill() {
                 }
             });
         }
-        std::thread::sleep(Duration::from_millis(1500));
+        // Kill it mid-write once plenty of writes were acknowledged (the
+        // writers keep going until the server dies).
+        perch_tests::eventually("200 acknowledged writes", || {
+            acked.lock().unwrap().len() >= 200
+        });
         perch.sigkill();
         stop.store(true, Ordering::Relaxed);
     });
     let acked = acked.into_inner().unwrap();
-    assert!(acked.len() > 50, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() >= 200,
+        "only {} writes acknowledged",
+        acked.len()
+    );
     perch.restart();
     let admin = perch.admin();
     for key in &acked {
