@@ -508,3 +508,127 @@ impl Api {
         )
     }
 }
+
+// ------------------------------------------------------ external programs
+
+/// What a test that needs an external program does when it runs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum External {
+    /// The program is there: run the test.
+    Run,
+    /// It is missing and `PERCH_SKIP_EXTERNAL=1`: say so and return early.
+    Skip,
+    /// It is missing and skipping was not asked for: fail.
+    Fail,
+}
+
+/// The decision of [`require_program`], from the value of
+/// `PERCH_SKIP_EXTERNAL` and whether the program was found. Only the exact
+/// value `1` skips; anything else leaves a missing program a failure.
+pub fn external_decision(skip_external: Option<&str>, found: bool) -> External {
+    match (found, skip_external) {
+        (true, _) => External::Run,
+        (false, Some("1")) => External::Skip,
+        (false, _) => External::Fail,
+    }
+}
+
+/// Where `name` is: itself if it holds a `/`, else the first executable
+/// file of that name on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
+}
+
+/// For a test that needs an external program (podman, postgres, pebble…):
+/// true when `program` is on `PATH`. When it is missing the test fails,
+/// naming the program — unless `PERCH_SKIP_EXTERNAL=1`, in which case this
+/// prints `skipped: <test> needs <program>` to stderr and returns false so
+/// the test returns early. A missing program never passes silently.
+///
+/// ```no_run
+/// if !perch_tests::require_program("podman") {
+///     return;
+/// }
+/// ```
+pub fn require_program(program: &str) -> bool {
+    let skip = std::env::var("PERCH_SKIP_EXTERNAL").ok();
+    require_program_with(program, skip.as_deref())
+}
+
+fn require_program_with(program: &str, skip_external: Option<&str>) -> bool {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    match external_decision(skip_external, find_program(program).is_some()) {
+        External::Run => true,
+        External::Skip => {
+            eprintln!("skipped: {test} needs {program}");
+            false
+        }
+        External::Fail => panic!(
+            "{test} needs `{program}`, which is not on PATH: install it \
+             (./test.sh installs what the tests need) or set \
+             PERCH_SKIP_EXTERNAL=1 to skip the tests that need it"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_present_program_always_runs() {
+        for skip in [None, Some("1"), Some("0"), Some("")] {
+            assert_eq!(external_decision(skip, true), External::Run, "{skip:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_program_fails_unless_skipping_is_asked_for() {
+        assert_eq!(external_decision(Some("1"), false), External::Skip);
+        for skip in [
+            None,
+            Some("0"),
+            Some(""),
+            Some("true"),
+            Some("yes"),
+            Some(" 1"),
+        ] {
+            assert_eq!(external_decision(skip, false), External::Fail, "{skip:?}");
+        }
+    }
+
+    #[test]
+    fn programs_are_found_on_path_and_by_path() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("/bin/sh").is_some());
+        assert!(find_program("perch-no-such-program").is_none());
+        assert!(find_program("/nonexistent/sh").is_none());
+        assert!(require_program("sh"));
+    }
+
+    #[test]
+    fn a_missing_program_is_skipped_only_when_asked() {
+        assert!(!require_program_with("perch-no-such-program", Some("1")));
+        assert!(require_program_with("sh", Some("1")));
+    }
+
+    #[test]
+    #[should_panic(expected = "needs `perch-no-such-program`, which is not on PATH")]
+    fn a_missing_program_fails_naming_it() {
+        require_program_with("perch-no-such-program", None);
+    }
+}
