@@ -14,6 +14,10 @@
 #   many         MANY_FUNCTIONS functions over MANY_COMPONENTS components,
 #                component cache at 80 %: rps vs one function, RSS, start-up
 #   kv           guest KV hot get / durable put, and the backend kvbench
+#   isolation    a hostile tenant next to hello: how soon an infinite loop is
+#                answered after its CPU limit, and hello's rps, p50/p99 while
+#                another tenant keeps infinite loops or hanging requests
+#                running (the end-to-end tests only assert that it happens)
 #   image        examples/image-resize throughput (when that example exists)
 #
 # It installs what is missing (wrk and h2load with apt-get, wasmtime-cli
@@ -30,7 +34,9 @@
 # Environment: ROUNDS (5), DURATION (10, seconds per run), CONNS (32),
 # SERVER_CPU (0), LOAD_CPU (1), REUSE (128), MANY_FUNCTIONS (10000),
 # MANY_COMPONENTS (500), MANY_DATA (keep the many scenario's deployed data
-# directory there and reuse it on the next run), PERCH_BENCH_CACHE, SKIP_BUILD=1.
+# directory there and reuse it on the next run), SPIN_CPU_MS (500, the
+# hostile tenant's CPU limit), SPINNERS (3), HANGERS (256, the tenant
+# concurrency cap), PERCH_BENCH_CACHE, SKIP_BUILD=1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,9 +52,12 @@ LOAD_CPU=${LOAD_CPU:-1}
 REUSE=${REUSE:-128}
 MANY_FUNCTIONS=${MANY_FUNCTIONS:-10000}
 MANY_COMPONENTS=${MANY_COMPONENTS:-500}
+SPIN_CPU_MS=${SPIN_CPU_MS:-500}
+SPINNERS=${SPINNERS:-3}
+HANGERS=${HANGERS:-256}
 TOKEN=perch-bench-admin-token
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv image)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv isolation image)
 
 WORK=$(mktemp -d /tmp/perch-bench.XXXXXX)
 PIDS=()
@@ -62,6 +71,7 @@ trap cleanup EXIT
 PERCH=$TARGET/release/perch
 HELLO=$TARGET/guests/wasm32-wasip2/release/bench_hello.wasm
 KVEXT=$TARGET/guests/wasm32-wasip2/release/kvext.wasm
+FAULTY=$TARGET/guests/wasm32-wasip2/release/faulty.wasm
 IMAGE=$TARGET/guests/wasm32-wasip2/release/image_resize.wasm
 SAMPLES=$WORK/samples.tsv
 REPORT=$WORK/report.md
@@ -101,7 +111,7 @@ build() {
     (cd "$ROOT" && cargo build -q --release --target-dir "$TARGET" -p perch-gateway --bin perch \
         -p perch-runtime --example instantiate --example miss -p perch-kv --example kvbench)
     (cd "$ROOT/bench/guests" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests")
-    (cd "$ROOT/tests/guests" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests" -p kvext)
+    (cd "$ROOT/tests/guests" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests" -p kvext -p faulty)
     if [ -d "$ROOT/examples/image-resize" ]; then
         (cd "$ROOT/examples" && cargo build -q --release --target wasm32-wasip2 --target-dir "$TARGET/guests" -p image-resize)
     fi
@@ -587,6 +597,57 @@ EOF
     } | tee -a "$REPORT"
 }
 
+# The end-to-end tests (tests/all/hostile.rs, dataplane.rs) assert that a
+# hostile tenant is stopped and that others are served meanwhile; how soon,
+# and at what cost to the others, is measured here, on a release build.
+scenario_isolation() {
+    log "scenario isolation: hello next to a hostile tenant"
+    local dir=$WORK/isolation
+    start_perch "$dir" "$(printf '[limits]\ncpu_ms = %d\nwall_ms = 3000\n' "$SPIN_CPU_MS")"
+    local pid=$PERCH_PID
+    deploy bench hello "$HELLO" "$HELLO_HOST"
+    deploy hostile faulty "$FAULTY" faulty.bench.test
+    local hostile=(taskset -c "$LOAD_CPU" python3 "$ROOT/bench/hostile.py")
+    local status ms gen
+    for round in $(seq 1 "$ROUNDS"); do
+        # Time to the 504 of an infinite loop: alone, and the slowest of
+        # SPINNERS at once (they share the server's CPU).
+        read -r status ms < <("${hostile[@]}" once "$DATA" faulty.bench.test /spin 1)
+        printf 'spin\tone infinite loop\t%s\t%s\t%s\n' "$round" "$status" "$ms" >>"$SAMPLES"
+        read -r status ms < <("${hostile[@]}" once "$DATA" faulty.bench.test /spin "$SPINNERS" | sort -k2 -n | tail -1)
+        printf 'spin\t%s at once (slowest)\t%s\t%s\t%s\n' "$SPINNERS" "$round" "$status" "$ms" >>"$SAMPLES"
+        log "$(tail -2 "$SAMPLES" | tr '\n' ' ')"
+        wrk_run isolation hello-alone "$round" "$DATA" "$HELLO_HOST"
+        "${hostile[@]}" keep "$DATA" faulty.bench.test /spin "$SPINNERS" "$DURATION" >"$WORK/hostile.out" &
+        gen=$!
+        wrk_run isolation "hello-while-$SPINNERS-spin" "$round" "$DATA" "$HELLO_HOST"
+        wait "$gen"
+        log "hostile tenant's infinite loops: $(cat "$WORK/hostile.out")"
+        "${hostile[@]}" keep "$DATA" faulty.bench.test /hang "$HANGERS" "$DURATION" >"$WORK/hostile.out" &
+        gen=$!
+        wrk_run isolation "hello-while-$HANGERS-hang" "$round" "$DATA" "$HELLO_HOST"
+        wait "$gen"
+        log "hostile tenant's hanging requests: $(cat "$WORK/hostile.out")"
+    done
+    stop_pid "$pid"
+    ADMIN=$MAIN_ADMIN DATA=$PERCH_DATA
+    python3 - "$SAMPLES" "$SPIN_CPU_MS" <<'EOF' | tee -a "$REPORT"
+import sys, statistics as st
+rows = {}
+for l in open(sys.argv[1]):
+    f = l.rstrip("\n").split("\t")
+    if f[0] == "spin":
+        rows.setdefault(f[1], []).append((f[3], float(f[4])))
+print(f"\n### 9a. infinite loops, CPU limit {sys.argv[2]} ms: time to the 504 (a new connection each)\n")
+print("| case | median ms | per round | statuses |")
+print("|---|---|---|---|")
+for case, rs in rows.items():
+    print(f"| {case} | {st.median(r[1] for r in rs):.0f} | {' / '.join(f'{r[1]:.0f}' for r in rs)} | "
+          f"{' '.join(sorted(set(r[0] for r in rs)))} |")
+EOF
+    summary isolation hello-alone "9b. hello while another tenant keeps $SPINNERS infinite loops or $HANGERS hanging requests (wall limit 3 s) running"
+}
+
 scenario_image() {
     if [ ! -f "$IMAGE" ]; then
         log "scenario image: examples/image-resize not built (the example does not exist yet); skipped"
@@ -619,6 +680,7 @@ EOF
 install_tools
 build
 for f in "$PERCH" "$HELLO"; do [ -f "$f" ] || { log "missing $f"; exit 1; }; done
+if has_scenario isolation && [ ! -f "$FAULTY" ]; then log "missing $FAULTY"; exit 1; fi
 
 {
     echo
@@ -648,6 +710,7 @@ for s in "${SCENARIOS[@]}"; do
         instantiate) scenario_instantiate ;;
         many) scenario_many ;;
         kv) scenario_kv ;;
+        isolation) scenario_isolation ;;
         image) scenario_image ;;
         *) log "unknown scenario $s"; exit 2 ;;
     esac

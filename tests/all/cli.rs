@@ -132,9 +132,10 @@ fn deploy_and_manage_with_the_cli() {
 
 #[test]
 fn generated_admin_token_is_private_and_never_logged() {
+    use std::io::{BufRead, Read};
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(perch_bin())
+    let mut child = Command::new(perch_bin())
         .args([
             "serve",
             "--listen",
@@ -149,14 +150,29 @@ fn generated_admin_token_is_private_and_never_logged() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let path = dir.path().join("admin.token");
-    let start = std::time::Instant::now();
-    while !path.exists() && start.elapsed() < std::time::Duration::from_secs(30) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // Up once it prints where it listens and its admin API answers (so its
+    // SIGTERM handler is in place); the token was written before either.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("perch listening") {
+        if stdout.read_line(&mut printed).unwrap() == 0 {
+            panic!("perch exited before listening: {printed}");
+        }
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let admin = printed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .unwrap()
+        .to_string();
+    let health = perch_tests::http()
+        .get(format!("{admin}/healthz"))
+        .send()
+        .unwrap();
+    assert_eq!(health.status(), 200);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    stdout.read_to_string(&mut printed).unwrap();
     let out = child.wait_with_output().unwrap();
+    let path = dir.path().join("admin.token");
     let token = std::fs::read_to_string(&path).unwrap();
     let token = token.trim();
     assert!(token.len() > 40);
@@ -164,7 +180,7 @@ fn generated_admin_token_is_private_and_never_logged() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = printed;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stdout.contains("perch listening data=http://127.0.0.1:"),

@@ -2,7 +2,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use perch_tests::{Perch, guests};
+use perch_tests::{NO_HANG, Perch, eventually, guests};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -107,7 +107,11 @@ fn two_hundred_concurrent_requests_all_succeed() {
 
 #[test]
 fn guest_failures_map_to_errors_and_others_keep_working() {
-    let perch = Perch::start_with("[limits]\ncpu_ms = 5000\nwall_ms = 1500\n");
+    let wall = Duration::from_millis(3000);
+    let perch = Perch::start_with(&format!(
+        "[limits]\ncpu_ms = 5000\nwall_ms = {}\n",
+        wall.as_millis()
+    ));
     perch.deploy("a", "faulty", guests::FAULTY, "faulty.a.test");
     perch.deploy("b", "hello", guests::HELLO, "hello.b.test");
 
@@ -122,21 +126,43 @@ fn guest_failures_map_to_errors_and_others_keep_working() {
     );
 
     let started = Instant::now();
-    let hang = std::thread::scope(|s| {
-        let hang = s.spawn(|| error_code(perch.get("faulty.a.test", "/hang")));
-        // Other tenants are served while the guest hangs.
-        for _ in 0..5 {
+    let (hang, took) = std::thread::scope(|s| {
+        let hang = s.spawn(|| {
+            let answer = error_code(perch.get("faulty.a.test", "/hang"));
+            (answer, started.elapsed())
+        });
+        eventually("the hanging request holds an instance", || {
+            perch.metric("perch_instances_in_use", "") >= 1.0
+        });
+        // Other tenants are served while the guest hangs: the first of
+        // these is answered before the hanging request ends.
+        for i in 0..5 {
             let t = Instant::now();
             assert_eq!(perch.get("hello.b.test", "/").status(), 200);
-            assert!(t.elapsed() < Duration::from_secs(1));
+            assert!(t.elapsed() < NO_HANG, "hello hung: {:?}", t.elapsed());
+            if i == 0 {
+                assert!(
+                    !hang.is_finished(),
+                    "another tenant was answered only after the hanging request ended"
+                );
+            }
         }
         hang.join().unwrap()
     });
     assert_eq!(hang, (504, "function_timeout".into()));
-    let took = started.elapsed();
+    // The wall-time limit ended it, not before it was due (less a tick of
+    // the epoch timer).
+    perch.wait_for_log_line(&["wall-time limit hit", "tenant=a", "function=faulty"]);
     assert!(
-        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        took >= wall - Duration::from_millis(100) && took < wall + NO_HANG,
         "took {took:?}"
+    );
+    assert_eq!(
+        perch.metric(
+            "perch_requests_total",
+            "tenant=\"a\",function=\"faulty\",status=\"504\""
+        ),
+        1.0
     );
 
     // Guest detail never reaches the client.
@@ -159,10 +185,13 @@ fn cpu_bound_guest_is_stopped_by_the_cpu_limit() {
         error_code(perch.get("faulty.a.test", "/spin")),
         (504, "function_timeout".into())
     );
+    assert!(t.elapsed() < NO_HANG, "took {:?}", t.elapsed());
+    // The CPU-time limit stopped it, long before the 20 s wall limit could.
+    perch.wait_for_log_line(&["CPU-time limit hit", "tenant=a", "function=faulty"]);
     assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        t.elapsed()
+        perch.log_lines(&["wall-time limit hit"]).is_empty(),
+        "{}",
+        perch.logs()
     );
     // Waiting on a timer is not CPU time: /hang runs into the wall limit instead,
     // which is far above the CPU limit.

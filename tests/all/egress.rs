@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use perch_tests::{Perch, guests};
+use perch_tests::{Perch, eventually, guests};
 use serde_json::json;
 
 /// A tiny origin on 127.0.0.1 answering every request with `origin says hi`.
@@ -69,14 +69,9 @@ fn egress_is_refused_by_default_and_exempted_by_the_operator() {
         // The guest sees the refusal as an error; which one wstd reports first
         // (the error code, or its body write failing) depends on timing, so
         // the server log tells that the policy refused it.
-        let start = std::time::Instant::now();
-        while refusals(&perch) < i + 1 {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(5),
-                "{url} not refused by policy: {body}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        eventually(&format!("{url} refused by policy ({body})"), || {
+            refusals(&perch) > i
+        });
     }
 
     // A function's allow-list narrows even exempt destinations.
@@ -239,16 +234,10 @@ fn https_egress_dials_the_checked_address_and_verifies_the_name() {
     strict.deploy("a", "echo", guests::ECHO, "echo.a.test");
     let (status, body) = fetch(&strict, &format!("https://localhost:{port}/"));
     assert_eq!(status, 502, "{body}");
-    let start = std::time::Instant::now();
-    while !strict
-        .logs()
-        .contains("outbound request refused: destination address")
-    {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(5),
-            "not refused by policy: {body}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(&format!("refused by policy ({body})"), || {
+        strict
+            .logs()
+            .contains("outbound request refused: destination address")
+    });
     assert_eq!(served.load(Ordering::SeqCst), 2);
 }

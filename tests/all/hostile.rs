@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use perch_tests::{ADMIN_TOKEN, Perch, guests};
+use perch_tests::{ADMIN_TOKEN, NO_HANG, Perch, eventually, guests};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -28,9 +28,18 @@ fn fresh_client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-/// Latencies and statuses of requests sent to `host` one after another
-/// until `stop` is set (at least `min` of them).
-fn probe(perch: &Perch, host: &str, stop: &AtomicBool, min: usize) -> Vec<(u16, Duration)> {
+/// One request of another tenant sent while a hostile one runs.
+#[derive(Debug)]
+struct Probe {
+    status: u16,
+    took: Duration,
+    /// Answered before `stop` was set, i.e. while the hostile load ran.
+    during: bool,
+}
+
+/// Requests sent to `host` one after another until `stop` is set (at
+/// least `min` of them).
+fn probe(perch: &Perch, host: &str, stop: &AtomicBool, min: usize) -> Vec<Probe> {
     let client = fresh_client();
     let mut seen = Vec::new();
     while !stop.load(Ordering::Relaxed) || seen.len() < min {
@@ -45,67 +54,99 @@ fn probe(perch: &Perch, host: &str, stop: &AtomicBool, min: usize) -> Vec<(u16, 
                 s
             })
             .unwrap_or(0);
-        seen.push((status, t.elapsed()));
+        seen.push(Probe {
+            status,
+            took: t.elapsed(),
+            during: !stop.load(Ordering::Relaxed),
+        });
         std::thread::sleep(Duration::from_millis(20));
     }
     seen
 }
 
-/// Asserts every probe succeeded within `limit`.
-fn assert_served(what: &str, probes: &[(u16, Duration)], limit: Duration) {
+/// Asserts every probe succeeded, none hung, and (when `during` is set)
+/// that some were answered while the hostile load ran, not only after it.
+/// Their latency is printed, not asserted: `bench/run.sh isolation`
+/// measures it.
+fn assert_served(what: &str, probes: &[Probe], during: bool) {
     assert!(!probes.is_empty(), "{what}: no probe ran");
-    let slowest = probes.iter().map(|p| p.1).max().unwrap();
+    let slowest = probes.iter().map(|p| p.took).max().unwrap();
+    let answered_during = probes.iter().filter(|p| p.during).count();
     eprintln!(
-        "{what}: {} requests of another tenant, slowest {slowest:?}",
+        "{what}: {} requests of another tenant ({answered_during} while it ran), slowest {slowest:?}",
         probes.len()
     );
     assert!(
-        probes.iter().all(|p| p.0 == 200),
+        probes.iter().all(|p| p.status == 200),
         "{what}: another tenant's requests failed: {probes:?}"
     );
     assert!(
-        slowest < limit,
-        "{what}: another tenant waited {slowest:?} (limit {limit:?}): {probes:?}"
+        slowest < NO_HANG,
+        "{what}: another tenant's request hung for {slowest:?}: {probes:?}"
+    );
+    assert!(
+        !during || answered_during > 0,
+        "{what}: another tenant was answered only after it ended: {probes:?}"
     );
 }
 
-fn status_field(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kb * 1024
+/// Fields of `/proc/{pid}/status` in bytes, read from one snapshot.
+fn status_fields<const N: usize>(pid: i32, fields: [&str; N]) -> [u64; N] {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {path} ({e}), so RSS cannot be measured"));
+    fields.map(|field| {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| {
+                panic!("no {field} in {path}, so RSS cannot be measured:\n{status}")
+            });
+        let kb: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable {field} line in {path}: {line:?}"));
+        kb * 1024
+    })
 }
 
-/// Resets the process's peak RSS to its current RSS (Linux ≥ 4.0) and
-/// returns the baseline to measure growth from: the current RSS after a
-/// reset, else the old peak (a weaker, still valid bound).
+/// Resets the process's peak RSS (VmHWM) to its current RSS (Linux ≥ 4.0)
+/// and returns it: the baseline to measure growth from. Without the reset
+/// the old peak would hide any growth up to it, so an RSS bound measured
+/// from it could pass without measuring anything: a failed reset fails the
+/// test instead.
 fn reset_peak_rss(pid: i32) -> u64 {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-    status_field(pid, "VmHWM:")
+    let path = format!("/proc/{pid}/clear_refs");
+    if let Err(e) = std::fs::write(&path, "5") {
+        panic!(
+            "cannot reset the peak RSS: writing 5 to {path} failed ({e}); the RSS bound would measure nothing"
+        );
+    }
+    // Right after a reset the peak is the current RSS, give or take what
+    // the idle server allocated or freed since; far above it, the write was
+    // accepted but reset nothing.
+    let [peak, rss] = status_fields(pid, ["VmHWM:", "VmRSS:"]);
+    assert!(
+        peak <= rss + 16 * MIB,
+        "writing 5 to {path} did not reset the peak RSS (VmHWM {} MiB, VmRSS {} MiB)",
+        peak / MIB,
+        rss / MIB
+    );
+    peak
 }
 
 fn peak_rss(pid: i32) -> u64 {
-    status_field(pid, "VmHWM:")
+    let [peak] = status_fields(pid, ["VmHWM:"]);
+    peak
 }
 
 /// Waits until `n` instances are running (the requests that hold them have
-/// really started), at most 20 s.
+/// really started).
 pub(crate) fn wait_for_instances(perch: &Perch, n: u32) {
-    let start = Instant::now();
-    while perch.metric("perch_instances_in_use", "") < f64::from(n) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{n} instances never ran"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(&format!("{n} instances running"), || {
+        perch.metric("perch_instances_in_use", "") >= f64::from(n)
+    });
 }
 
 /// Lets this process open the thousands of sockets some tests need.
@@ -172,26 +213,18 @@ fn spinning_guests_hit_the_cpu_limit_while_others_are_served() {
         (error_code(resp), t.elapsed())
     };
 
-    // One infinite loop is answered 504 within the CPU limit + 1 s. Timing
-    // on a shared machine is noisy: the best of three attempts counts.
-    let mut single = Vec::new();
-    for _ in 0..3 {
-        let (code, took) = spin();
-        assert_eq!(code, (504, "function_timeout".to_string()));
-        single.push(took);
-        if took < Duration::from_millis(1500) {
-            break;
-        }
-    }
-    eprintln!("one infinite loop answered after {single:?}");
-    assert!(
-        single.iter().any(|t| *t < Duration::from_millis(1500)),
-        "infinite loop stopped only after {single:?}"
-    );
+    // One infinite loop is answered 504, stopped by the CPU-time limit (the
+    // wall limit is 30 s). How soon after its 500 ms it is stopped is a
+    // latency figure: `bench/run.sh isolation` measures it.
+    let (code, took) = spin();
+    assert_eq!(code, (504, "function_timeout".to_string()));
+    eprintln!("one infinite loop answered after {took:?}");
+    assert!(took < NO_HANG, "infinite loop stopped only after {took:?}");
+    perch.wait_for_log_line(&["CPU-time limit", "tenant=a", "function=faulty"]);
 
     // Three at once, more than there are cores: each still ends in 504 (they
     // share the cores, so each takes longer), and another tenant's requests
-    // each complete within 1 s meanwhile.
+    // are answered meanwhile.
     let stop = AtomicBool::new(false);
     let (spins, probes) = std::thread::scope(|s| {
         let prober = s.spawn(|| probe(&perch, "hello.b.test", &stop, 10));
@@ -206,12 +239,16 @@ fn spinning_guests_hit_the_cpu_limit_while_others_are_served() {
     );
     for (code, took) in &spins {
         assert_eq!(code, &(504, "function_timeout".to_string()));
-        assert!(
-            *took < Duration::from_secs(10),
-            "infinite loop stopped only after {took:?}"
-        );
+        assert!(*took < NO_HANG, "infinite loop stopped only after {took:?}");
     }
-    assert_served("during infinite loops", &probes, Duration::from_secs(1));
+    assert_served("during infinite loops", &probes, true);
+    assert_eq!(
+        perch.metric(
+            "perch_requests_total",
+            "tenant=\"a\",function=\"faulty\",status=\"504\""
+        ),
+        4.0
+    );
     // The log names tenant, function, version and the limit.
     // Written to a pipe, the log carries no terminal colour codes, so a
     // line can be matched as it is.
@@ -265,7 +302,9 @@ fn memory_growth_stops_at_the_instance_limit_and_rss_stays_bounded() {
         "peak RSS grew by {} MiB",
         grown / MIB
     );
-    assert_served("during memory growth", &probes, Duration::from_secs(5));
+    // (Three refused allocations can end before a probe is answered, so
+    // only that none failed or hung is asserted.)
+    assert_served("during memory growth", &probes, false);
     assert!(perch.logs().contains("memory limit"));
     assert_eq!(
         perch.get("faulty.a.test", "/alloc?8").text().unwrap(),
@@ -458,11 +497,7 @@ fn slowloris_connections_are_cut_by_the_header_timeout_while_others_are_served()
         stop.store(true, Ordering::Relaxed);
         (closed_after, prober.join().unwrap())
     });
-    assert_served(
-        "during 300 slowloris connections",
-        &probes,
-        Duration::from_secs(1),
-    );
+    assert_served("during 300 slowloris connections", &probes, true);
     let open = closed_after.iter().filter(|c| c.is_none()).count();
     assert_eq!(open, 0, "{open} slow connections were never closed");
     let first = closed_after.iter().flatten().min().unwrap();
@@ -570,7 +605,7 @@ fn connections_over_the_cap_wait_in_the_backlog_and_the_server_recovers() {
     let _ = queued.read_to_end(&mut answer);
     let answer = String::from_utf8_lossy(&answer);
     assert_eq!(status_of(&answer), 200, "{answer}");
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(t.elapsed() < NO_HANG, "{:?}", t.elapsed());
     // Everything released: normal service.
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
@@ -583,7 +618,7 @@ fn connections_over_the_cap_wait_in_the_backlog_and_the_server_recovers() {
             .send()
             .unwrap();
         assert_eq!(resp.status(), 200);
-        assert!(t.elapsed() < Duration::from_secs(2));
+        assert!(t.elapsed() < NO_HANG, "{:?}", t.elapsed());
     }
 }
 
@@ -653,10 +688,15 @@ fn two_thousand_concurrent_requests_to_one_tenant_leave_others_served() {
         "tenant B failed during A's flood: {:?}",
         b.iter().filter(|r| r.0 != 200).collect::<Vec<_>>()
     );
-    // (A generous bound: the flood shares two cores with the test itself.)
-    assert!(
-        slowest_b < Duration::from_secs(5),
-        "tenant B waited {slowest_b:?}"
+    // Only "did not hang": the flood shares two cores with the test itself.
+    // B's latency under such a flood is measured by `bench/run.sh isolation`.
+    assert!(slowest_b < NO_HANG, "tenant B waited {slowest_b:?}");
+    assert_eq!(
+        perch.metric(
+            "perch_requests_total",
+            "tenant=\"a\",function=\"faulty\",status=\"429\""
+        ),
+        busy as f64
     );
     // Slots all come back.
     assert_eq!(perch.get("faulty.a.test", "/").status(), 200);
@@ -680,19 +720,19 @@ fn instance_pool_exhaustion_answers_503_with_retry_after_never_a_hang() {
         // Once both hanging instances hold the pool, the node is full.
         wait_for_instances(&perch, 2);
         for host in ["hello.b.test", "faulty.a.test"] {
-            let t = Instant::now();
             let full = client
                 .get(format!("{}/", perch.data_url))
                 .header("host", host)
                 .send()
                 .unwrap();
-            assert!(
-                t.elapsed() < Duration::from_secs(2),
-                "took {:?}",
-                t.elapsed()
-            );
             assert_eq!(full.headers()["retry-after"], "1");
             assert_eq!(error_code(full), (503, "overloaded".into()));
+            // Answered at once, not queued until a slot came back: both
+            // hanging requests still hold theirs.
+            assert!(
+                hangs.iter().all(|h| !h.is_finished()),
+                "the 503 came only after a hanging request ended"
+            );
         }
         for h in hangs {
             assert_eq!(h.join().unwrap(), 504);

@@ -19,6 +19,22 @@ pub mod guests {
 
 pub const ADMIN_TOKEN: &str = "perch_test_admin_token";
 
+/// The only time bound a test puts on "it happened": generous enough to
+/// mean "did not hang" on a loaded 2-core machine running debug builds,
+/// never a latency figure. Tests assert on the event (a status, an error
+/// code, a metric, a log line); latency is measured by `bench/run.sh`.
+pub const NO_HANG: Duration = Duration::from_secs(10);
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` if it
+/// still does not after 30 s.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The `perch` binary under test.
 pub fn perch_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PERCH_BIN") {
@@ -200,15 +216,41 @@ impl Perch {
     /// Waits (up to 30 s) until the logs contain `needle` at least `count`
     /// times; the logs of earlier runs of this instance count too.
     pub fn wait_for_log(&self, needle: &str, count: usize) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while self.logs().matches(needle).count() < count {
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "no {count}× `{needle}` in the logs:\n{}",
                 self.logs()
             );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits (up to 30 s) for a log line that contains every one of
+    /// `needles` and returns it.
+    pub fn wait_for_log_line(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = self.log_lines(needles).pop() {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with all of {needles:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log lines that contain every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Everything the server printed so far (stderr and stdout).
@@ -464,5 +506,129 @@ impl Api {
             &format!("/v1/tenants/{tenant}/functions/{function}"),
             Some((bytes.to_vec(), "application/wasm")),
         )
+    }
+}
+
+// ------------------------------------------------------ external programs
+
+/// What a test that needs an external program does when it runs.
+#[derive(Debug, PartialEq, Eq)]
+pub enum External {
+    /// The program is there: run the test.
+    Run,
+    /// It is missing and `PERCH_SKIP_EXTERNAL=1`: say so and return early.
+    Skip,
+    /// It is missing and skipping was not asked for: fail.
+    Fail,
+}
+
+/// The decision of [`require_program`], from the value of
+/// `PERCH_SKIP_EXTERNAL` and whether the program was found. Only the exact
+/// value `1` skips; anything else leaves a missing program a failure.
+pub fn external_decision(skip_external: Option<&str>, found: bool) -> External {
+    match (found, skip_external) {
+        (true, _) => External::Run,
+        (false, Some("1")) => External::Skip,
+        (false, _) => External::Fail,
+    }
+}
+
+/// Where `name` is: itself if it holds a `/`, else the first executable
+/// file of that name on `PATH`.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
+}
+
+/// For a test that needs an external program (podman, postgres, pebble…):
+/// true when `program` is on `PATH`. When it is missing the test fails,
+/// naming the program — unless `PERCH_SKIP_EXTERNAL=1`, in which case this
+/// prints `skipped: <test> needs <program>` to stderr and returns false so
+/// the test returns early. A missing program never passes silently.
+///
+/// ```no_run
+/// if !perch_tests::require_program("podman") {
+///     return;
+/// }
+/// ```
+pub fn require_program(program: &str) -> bool {
+    let skip = std::env::var("PERCH_SKIP_EXTERNAL").ok();
+    require_program_with(program, skip.as_deref())
+}
+
+fn require_program_with(program: &str, skip_external: Option<&str>) -> bool {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    match external_decision(skip_external, find_program(program).is_some()) {
+        External::Run => true,
+        External::Skip => {
+            eprintln!("skipped: {test} needs {program}");
+            false
+        }
+        External::Fail => panic!(
+            "{test} needs `{program}`, which is not on PATH: install it \
+             (./test.sh installs what the tests need) or set \
+             PERCH_SKIP_EXTERNAL=1 to skip the tests that need it"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_present_program_always_runs() {
+        for skip in [None, Some("1"), Some("0"), Some("")] {
+            assert_eq!(external_decision(skip, true), External::Run, "{skip:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_program_fails_unless_skipping_is_asked_for() {
+        assert_eq!(external_decision(Some("1"), false), External::Skip);
+        for skip in [
+            None,
+            Some("0"),
+            Some(""),
+            Some("true"),
+            Some("yes"),
+            Some(" 1"),
+        ] {
+            assert_eq!(external_decision(skip, false), External::Fail, "{skip:?}");
+        }
+    }
+
+    #[test]
+    fn programs_are_found_on_path_and_by_path() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("/bin/sh").is_some());
+        assert!(find_program("perch-no-such-program").is_none());
+        assert!(find_program("/nonexistent/sh").is_none());
+        assert!(require_program("sh"));
+    }
+
+    #[test]
+    fn a_missing_program_is_skipped_only_when_asked() {
+        assert!(!require_program_with("perch-no-such-program", Some("1")));
+        assert!(require_program_with("sh", Some("1")));
+    }
+
+    #[test]
+    #[should_panic(expected = "needs `perch-no-such-program`, which is not on PATH")]
+    fn a_missing_program_fails_naming_it() {
+        require_program_with("perch-no-such-program", None);
     }
 }

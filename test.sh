@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The whole test suite (README.md, set-up command 2): installs what the
+# tests need, then runs them.
+#
+#   ./test.sh [cargo test arguments...]    e.g. ./test.sh -p perch-tests --test all hostile::
+#   ./test.sh --install-only               only install what the tests need (.ci/run)
+#
+# It starts nothing that outlives it: every server a test needs is started by
+# that test, on 127.0.0.1:0, and stopped with it. A test that needs an
+# external program fails naming it (perch_tests::require_program);
+# PERCH_SKIP_EXTERNAL=1 skips such tests instead, saying so.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+# ---------------------------------------------------------------- timing
+
+PHASES=
+START=$(date +%s%3N)
+seconds() { printf '%d.%d s' $(( $1 / 1000 )) $(( $1 % 1000 / 100 )); }
+# phase NAME COMMAND... — runs COMMAND and prints how long it took.
+phase() {
+    local name=$1 t0 rc=0 ms
+    shift
+    t0=$(date +%s%3N)
+    "$@" || rc=$?
+    ms=$(( $(date +%s%3N) - t0 ))
+    PHASES+="${PHASES:+, }$name $(seconds "$ms")"
+    echo "[test.sh] $name: $(seconds "$ms")$([ "$rc" -eq 0 ] || echo ", failed (exit $rc)")" >&2
+    return "$rc"
+}
+# The summary, also when a phase failed.
+trap 'echo "[test.sh] ${PHASES:-nothing ran}; total $(seconds $(( $(date +%s%3N) - START )))" >&2' EXIT
+
+# ---------------------------------------------------------------- install
+
+# need_apt PACKAGE... — installs the Debian packages that are not installed
+# yet (apt-get update once per run, the first time something is missing).
+APT_UPDATED=
+need_apt() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if ! command -v apt-get >/dev/null; then
+        echo "[test.sh] the tests need the Debian packages ${missing[*]}, and there is no apt-get to install them" >&2
+        return 1
+    fi
+    local sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    echo "[test.sh] installing ${missing[*]}" >&2
+    if [ -z "$APT_UPDATED" ]; then
+        $sudo apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# need_rust_target TARGET — the test build compiles guest components for it.
+need_rust_target() {
+    if ! command -v rustup >/dev/null; then
+        echo "[test.sh] no rustup: make sure the Rust target $1 is installed" >&2
+        return 0
+    fi
+    rustup target list --installed | grep -qx "$1" || rustup target add "$1"
+}
+
+install() {
+    need_rust_target wasm32-wasip2 || return
+    # Debian packages the tests use go here, e.g. `need_apt podman` once a
+    # test needs podman (that test calls perch_tests::require_program).
+    # None yet: the tests need nothing beyond Rust.
+}
+
+if [ "${1:-}" = --install-only ]; then
+    phase install install
+    exit
+fi
+phase install install
+phase tests cargo test --workspace "$@"
