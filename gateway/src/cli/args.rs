@@ -1,0 +1,281 @@
+//! The command line's shape: every subcommand, flag and environment
+//! variable (clap derive).
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Perch: a self-hostable serverless functions platform.
+#[derive(Parser, Debug)]
+#[command(name = "perch", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum Command {
+    /// Run the data plane and the admin API.
+    Serve(ServeArgs),
+    /// Create a function project that builds with `cargo build --release`.
+    New(NewArgs),
+    /// Upload a component as a new version of a function (and optionally bind a host).
+    Deploy {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Tenant that owns the function.
+        #[arg(long)]
+        tenant: String,
+        /// Function name.
+        #[arg(long)]
+        name: String,
+        /// Bind this host to the function after uploading.
+        #[arg(long)]
+        route: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage tenants (admin token).
+    Tenants {
+        #[command(subcommand)]
+        action: TenantAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage a tenant's functions.
+    Functions {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: FunctionAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage a tenant's routes.
+    Routes {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: RouteAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Read and write a tenant's key-value store.
+    Kv {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: KvAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Manage a tenant's tokens (admin token).
+    Tokens {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: TokenAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Internal: compile one component for the server, under the rlimits
+    /// the server set (see `perch_runtime::CompilerCommand`).
+    #[command(name = crate::server::COMPILE_SUBCOMMAND, hide = true)]
+    Compile(CompileArgs),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct CompileArgs {
+    /// Wasm stack limit the server's engine uses.
+    #[arg(long)]
+    pub(super) max_wasm_stack: usize,
+    /// The server engine's compatibility tag; compilation is refused when
+    /// this binary's engine differs.
+    #[arg(long)]
+    pub(super) engine_tag: String,
+    /// The component.
+    pub(super) input: PathBuf,
+    /// Where to write the precompiled form (atomically).
+    pub(super) output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct NewArgs {
+    /// Project and function name (a-z, 0-9, '-').
+    pub(super) name: String,
+    /// Folder to create [default: ./NAME].
+    #[arg(long)]
+    pub(super) dir: Option<PathBuf>,
+    /// The perch-sdk crate to depend on [default: the sdk/ of the Perch
+    /// source tree this binary was built from].
+    #[arg(long, env = "PERCH_SDK_PATH")]
+    pub(super) sdk_path: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ServeArgs {
+    /// Data directory [default: ./perch-data].
+    #[arg(long, env = "PERCH_DATA_DIR")]
+    pub(super) data_dir: Option<PathBuf>,
+    /// Data-plane address [default: 127.0.0.1:8080].
+    #[arg(long, env = "PERCH_LISTEN")]
+    pub(super) listen: Option<String>,
+    /// Admin API address [default: 127.0.0.1:8081].
+    #[arg(long, env = "PERCH_ADMIN_LISTEN")]
+    pub(super) admin_listen: Option<String>,
+    /// Config file (TOML).
+    #[arg(long, env = "PERCH_CONFIG")]
+    pub(super) config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct ApiArgs {
+    /// Admin API URL.
+    #[arg(
+        long,
+        env = "PERCH_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
+    pub(super) url: String,
+    /// Bearer token.
+    #[arg(long, env = "PERCH_TOKEN", hide_env_values = true, global = true)]
+    pub(super) token: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum TenantAction {
+    /// List tenants.
+    List,
+    /// Create a tenant (or replace its domains).
+    Create {
+        /// Name.
+        name: String,
+        /// Allowed host or `*.suffix` (repeatable).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+    },
+    /// Delete a tenant and everything it owns.
+    Delete {
+        /// Name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum FunctionAction {
+    /// List functions.
+    List,
+    /// Show a function's versions.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Delete a function with its versions and routes.
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Replace a function's settings from a JSON file (creates a version).
+    Settings {
+        /// Name.
+        name: String,
+        /// JSON file: {"vars", "secrets", "kv", "limits", "outbound"}.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum KvAction {
+    /// List namespaces.
+    Namespaces,
+    /// Create a namespace.
+    Create {
+        /// Namespace.
+        namespace: String,
+    },
+    /// Print a value (raw bytes) to stdout.
+    Get {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// Store a value given inline or from a file.
+    Put {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// The value (or use --file).
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// JSON metadata.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Delete a key.
+    Delete {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// List keys (one page; pass --cursor for the next).
+    List {
+        /// Namespace.
+        namespace: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Cursor from the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Page size (1 to 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum RouteAction {
+    /// List routes.
+    List,
+    /// Bind a host (or `*.suffix`) to a function.
+    Set {
+        /// Host.
+        host: String,
+        /// Function name.
+        function: String,
+    },
+    /// Unbind a host.
+    Delete {
+        /// Host.
+        host: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum TokenAction {
+    /// List tokens (ids and scopes; never secrets).
+    List,
+    /// Create a token; prints the secret once.
+    Create {
+        /// Scope (repeatable).
+        #[arg(long = "scope", required = true, value_parser = clap::builder::PossibleValuesParser::new(crate::registry::SCOPES))]
+        scopes: Vec<String>,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
