@@ -355,13 +355,7 @@ async fn tenant_endpoint(
             let registry = app.registry.clone();
             let t = tenant.clone();
             tri!(blocking(move || registry.delete_tenant(&t)).await);
-            let kv = app.kv.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || {
-                use perch_kv::KvBackend;
-                kv.delete_tenant(&tenant)
-            })
-            .await
-            {
+            if let Err(e) = app.kv.delete_tenant(&tenant).await {
                 return crate::kv_api::kv_error(e);
             }
             no_content()

@@ -301,7 +301,7 @@ pub fn now() -> u64 {
 pub struct Registry {
     db: Arc<Database>,
     secrets: Arc<SecretBox>,
-    kv: std::sync::OnceLock<Arc<perch_kv::RedbKv>>,
+    kv: std::sync::OnceLock<Arc<dyn perch_kv::KvStore>>,
     inner: Mutex<Inner>,
     routes: ArcSwap<RouteTable>,
     gates: Mutex<HashMap<String, Arc<TenantGate>>>,
@@ -384,7 +384,7 @@ impl Registry {
 
     /// Connects the KV store that functions' buckets open, and republishes
     /// the routes so every target can reach it.
-    pub fn attach_kv(&self, kv: Arc<perch_kv::RedbKv>) {
+    pub fn attach_kv(&self, kv: Arc<dyn perch_kv::KvStore>) {
         let _ = self.kv.set(kv);
         self.republish(None);
     }
@@ -550,7 +550,7 @@ impl Registry {
         inv.env = env;
         if let Some(kv) = self.kv.get() {
             inv.kv = Some(Arc::new(perch_runtime::KvAccess {
-                backend: kv.clone(),
+                store: kv.clone(),
                 tenant: function.tenant.clone(),
                 bindings: st.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 max_ops: KV_OPS_PER_INVOCATION,

@@ -207,9 +207,12 @@ pub async fn serve(
         }
     }
 
-    let kv = perch_kv::RedbKv::open(registry.database().clone(), perch_kv::KvLimits::default())
+    let redb = perch_kv::RedbKv::open(registry.database().clone())
         .map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
-    let kv = Arc::new(kv);
+    let kv: Arc<dyn perch_kv::KvStore> = Arc::new(perch_kv::CheckedKv::new(
+        Arc::new(redb),
+        perch_kv::KvLimits::default(),
+    ));
     registry.attach_kv(kv.clone());
     let app = Arc::new(App {
         kv,

@@ -14,19 +14,30 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::bindings::perch::kv::ext;
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
-use crate::{Entry, KvBackend, KvError, NamespaceId, PutOptions, RedbKv, WriteOp, WriteResult};
+use crate::{Entry, KvError, KvStore, NamespaceId, PutOptions, WriteOp, WriteResult};
 
 /// What one function may reach: its tenant's namespaces by binding.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KvAccess {
-    /// The store.
-    pub backend: Arc<RedbKv>,
+    /// The store (with its limits checked in front, e.g. a
+    /// [`CheckedKv`](crate::CheckedKv)).
+    pub store: Arc<dyn KvStore>,
     /// Owning tenant.
     pub tenant: String,
     /// Identifier → namespace, from the function's settings.
     pub bindings: HashMap<String, String>,
     /// Operations allowed per invocation.
     pub max_ops: u32,
+}
+
+impl std::fmt::Debug for KvAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvAccess")
+            .field("tenant", &self.tenant)
+            .field("bindings", &self.bindings)
+            .field("max_ops", &self.max_ops)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Per-instance KV state.
@@ -113,17 +124,6 @@ pub fn add_to_linker<T: KvView + 'static>(linker: &mut Linker<T>) -> wasmtime::R
     Ok(())
 }
 
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, KvError> + Send + 'static,
-) -> GResult<R> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(GuestError::from),
-        Err(e) => Err(GuestError::Trap(wasmtime::format_err!(
-            "KV task failed: {e}"
-        ))),
-    }
-}
-
 impl KvHost<'_> {
     fn parts(&mut self) -> GResult<(&mut KvCtx, &mut ResourceTable)> {
         match &mut self.0 {
@@ -158,10 +158,11 @@ impl KvHost<'_> {
     ) -> GResult<Option<Entry>> {
         let access = self.charge(1)?;
         let ns = self.bucket_ns(bucket)?;
-        if let Some(hit) = access.backend.get_cached(&ns, &key) {
+        // A cache hit answers inline, without a thread hop.
+        if let Some(hit) = access.store.get_cached(&ns, &key) {
             return Ok(hit);
         }
-        blocking(move || access.backend.get(&ns, &key)).await
+        Ok(access.store.get(&ns, &key).await?)
     }
 
     async fn write(
@@ -171,12 +172,7 @@ impl KvHost<'_> {
     ) -> GResult<Vec<WriteResult>> {
         let access = self.charge(ops.len().max(1))?;
         let ns = self.bucket_ns(bucket)?;
-        // Awaits the writer's group commit without holding a blocking thread.
-        access
-            .backend
-            .write_async(&ns, ops)
-            .await
-            .map_err(GuestError::from)
+        Ok(access.store.write(&ns, ops).await?)
     }
 }
 
@@ -193,10 +189,8 @@ impl store::Host for KvHost<'_> {
         };
         let ns = NamespaceId::new(&access.tenant, &name);
         // Namespaces are created on first use; once known, no disk access.
-        if !access.backend.namespace_known(&ns) {
-            let check = ns.clone();
-            let backend = access.backend.clone();
-            blocking(move || backend.create_namespace(&check)).await?;
+        if !access.store.namespace_known(&ns) {
+            access.store.create_namespace(&ns).await?;
         }
         let (_, table) = self.parts()?;
         Ok(table.push(Bucket { ns })?)
@@ -248,26 +242,26 @@ impl store::HostBucket for KvHost<'_> {
         // The draft's cursor is a number: the count of keys already returned.
         let access = self.charge(1)?;
         let ns = self.bucket_ns(&bucket)?;
-        let page_size = access.backend.limits().max_page;
-        blocking(move || {
-            let mut skip = cursor.unwrap_or(0);
-            let mut after: Option<String> = None;
-            loop {
-                let page = access.backend.list(&ns, "", after.as_deref(), page_size)?;
-                let n = page.keys.len() as u64;
-                if skip >= n && page.cursor.is_some() {
-                    skip -= n;
-                    after = page.cursor;
-                    continue;
-                }
-                let start = skip.min(n) as usize;
-                let keys: Vec<String> = page.keys.into_iter().skip(start).map(|k| k.name).collect();
-                let returned = cursor.unwrap_or(0) + keys.len() as u64;
-                let next = page.cursor.map(|_| returned);
-                return Ok(store::KeyResponse { keys, cursor: next });
+        let page_size = access.store.limits().unwrap_or_default().max_page;
+        let mut skip = cursor.unwrap_or(0);
+        let mut after: Option<String> = None;
+        loop {
+            let page = access
+                .store
+                .list(&ns, "", after.as_deref(), page_size)
+                .await?;
+            let n = page.keys.len() as u64;
+            if skip >= n && page.cursor.is_some() {
+                skip -= n;
+                after = page.cursor;
+                continue;
             }
-        })
-        .await
+            let start = skip.min(n) as usize;
+            let keys: Vec<String> = page.keys.into_iter().skip(start).map(|k| k.name).collect();
+            let returned = cursor.unwrap_or(0) + keys.len() as u64;
+            let next = page.cursor.map(|_| returned);
+            return Ok(store::KeyResponse { keys, cursor: next });
+        }
     }
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -310,15 +304,12 @@ impl batch::Host for KvHost<'_> {
     ) -> GResult<Vec<Option<(String, Vec<u8>)>>> {
         let access = self.charge(keys.len().max(1))?;
         let ns = self.bucket_ns(&bucket)?;
-        blocking(move || {
-            let entries = access.backend.get_many(&ns, &keys)?;
-            Ok(keys
-                .into_iter()
-                .zip(entries)
-                .map(|(k, e)| e.map(|e| (k, e.value)))
-                .collect())
-        })
-        .await
+        let entries = access.store.get_many(&ns, &keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(entries)
+            .map(|(k, e)| e.map(|e| (k, e.value)))
+            .collect())
     }
 
     async fn set_many(
@@ -357,11 +348,6 @@ impl ext::Host for KvHost<'_> {
     ) -> GResult<()> {
         if ttl_ms == Some(0) {
             return Err(GuestError::Other("ttl must be positive".into()));
-        }
-        if let Some(m) = &metadata
-            && serde_json::from_str::<serde_json::Value>(m).is_err()
-        {
-            return Err(GuestError::Other("metadata must be valid JSON".into()));
         }
         let options = PutOptions {
             ttl: ttl_ms.map(Duration::from_millis),
@@ -402,12 +388,10 @@ impl ext::Host for KvHost<'_> {
     ) -> GResult<ext::Page> {
         let access = self.charge(1)?;
         let ns = self.bucket_ns(&bucket)?;
-        let page = blocking(move || {
-            access
-                .backend
-                .list(&ns, &prefix, cursor.as_deref(), limit as usize)
-        })
-        .await?;
+        let page = access
+            .store
+            .list(&ns, &prefix, cursor.as_deref(), limit as usize)
+            .await?;
         Ok(ext::Page {
             keys: page
                 .keys
@@ -445,3 +429,4 @@ impl ext::Host for KvHost<'_> {
         }
     }
 }
+
