@@ -17,8 +17,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// The wasmtime host.
     pub runtime: Arc<Runtime>,
-    /// The key-value store.
-    pub kv: Arc<perch_kv::RedbKv>,
+    /// The key-value store, its limits checked.
+    pub kv: Arc<dyn perch_kv::KvStore>,
     /// Counters (shared with the data plane).
     pub metrics: Arc<Metrics>,
     /// SHA-256 (hex) of the admin token.

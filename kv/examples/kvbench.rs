@@ -8,14 +8,17 @@
 //! - raw redb: 64 puts per durable commit, one writer (the best case a
 //!   single redb file allows: the reference for group commit);
 //! - `RedbKv` durable puts from 64 concurrent writers (group commit): OS
-//!   threads blocking on `write`, and tokio tasks awaiting `write_async`
+//!   threads each blocking on its `write`, and tokio tasks awaiting theirs
 //!   (how guests' KV writes reach it in the server);
 //! - `RedbKv` durable puts from one writer (one commit per put);
 //! - `RedbKv` hot gets (read cache) and cold gets (redb).
+//!
+//! `RedbKv` is used as the server uses it: behind the checks, as
+//! `Arc<dyn KvStore>`.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use perch_kv::{KvBackend, KvLimits, NamespaceId, PutOptions, RedbKv, WriteOp};
+use perch_kv::{CheckedKv, KvLimits, KvStore, NamespaceId, PutOptions, RedbKv, WriteOp};
 use redb::{Database, TableDefinition};
 
 const RAW: TableDefinition<&[u8], &[u8]> = TableDefinition::new("raw");
@@ -49,25 +52,38 @@ fn raw_batched(dir: &std::path::Path, spread: bool) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The store in `file` as the server opens it, and its redb backend (for
+/// the counters).
+fn open(file: std::path::PathBuf, cache_bytes: u64) -> (Arc<RedbKv>, Arc<dyn KvStore>) {
+    let db = Arc::new(Database::create(file).unwrap());
+    let redb = Arc::new(RedbKv::open_with(db, Duration::from_secs(1), cache_bytes).unwrap());
+    let kv = Arc::new(CheckedKv::new(redb.clone(), KvLimits::default()));
+    (redb, kv)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn kv_puts(dir: &std::path::Path, writers: usize) -> (f64, f64) {
-    let db = Arc::new(Database::create(dir.join(format!("kv{writers}.redb"))).unwrap());
-    let kv = Arc::new(RedbKv::open(db, KvLimits::default()).unwrap());
+    let (redb, kv) = open(dir.join(format!("kv{writers}.redb")), 64 << 20);
     let ns = NamespaceId::new("bench", "default");
+    let rt = runtime();
     let start = Instant::now();
     let total: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = (0..writers)
             .map(|w| {
-                let (kv, ns) = (kv.clone(), ns.clone());
+                let (kv, ns, rt) = (kv.clone(), ns.clone(), rt.handle().clone());
                 s.spawn(move || {
                     let mut n = 0u64;
                     while start.elapsed() < RUN {
-                        kv.put(
-                            &ns,
-                            &format!("w{w}-{n}"),
-                            vec![7u8; 100],
-                            PutOptions::default(),
-                        )
-                        .unwrap();
+                        let key = format!("w{w}-{n}");
+                        rt.block_on(kv.put(&ns, &key, vec![7u8; 100], PutOptions::default()))
+                            .unwrap();
                         n += 1;
                     }
                     n
@@ -76,7 +92,7 @@ fn kv_puts(dir: &std::path::Path, writers: usize) -> (f64, f64) {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
-    rate_and_batching(&kv, total, start)
+    rate_and_batching(&redb, total, start)
 }
 
 /// Puts per second since `start`, and write jobs per commit.
@@ -92,14 +108,9 @@ fn rate_and_batching(kv: &RedbKv, total: u64, start: Instant) -> (f64, f64) {
 }
 
 fn kv_puts_async(dir: &std::path::Path, writers: usize) -> (f64, f64) {
-    let db = Arc::new(Database::create(dir.join(format!("kva{writers}.redb"))).unwrap());
-    let kv = Arc::new(RedbKv::open(db, KvLimits::default()).unwrap());
+    let (redb, kv) = open(dir.join(format!("kva{writers}.redb")), 64 << 20);
     let ns = NamespaceId::new("bench", "default");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let start = Instant::now();
     let total: u64 = rt.block_on(async {
         let tasks: Vec<_> = (0..writers)
@@ -113,7 +124,7 @@ fn kv_puts_async(dir: &std::path::Path, writers: usize) -> (f64, f64) {
                             value: vec![7u8; 100],
                             options: PutOptions::default(),
                         };
-                        kv.write_async(&ns, vec![op]).await.unwrap();
+                        kv.write(&ns, vec![op]).await.unwrap();
                         n += 1;
                     }
                     n
@@ -126,25 +137,28 @@ fn kv_puts_async(dir: &std::path::Path, writers: usize) -> (f64, f64) {
         }
         total
     });
-    rate_and_batching(&kv, total, start)
+    rate_and_batching(&redb, total, start)
 }
 
 fn kv_gets(dir: &std::path::Path, hot: bool) -> f64 {
-    let db = Arc::new(Database::create(dir.join(format!("get{hot}.redb"))).unwrap());
     let cache = if hot { 64 << 20 } else { 0 };
-    let kv = RedbKv::open_with(db, KvLimits::default(), Duration::from_secs(60), cache).unwrap();
+    let (_, kv) = open(dir.join(format!("get{hot}.redb")), cache);
     let ns = NamespaceId::new("bench", "default");
-    for i in 0..1000 {
-        kv.put(&ns, &format!("k{i}"), vec![7u8; 100], PutOptions::default())
-            .unwrap();
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < RUN {
-        assert!(kv.get(&ns, &format!("k{}", n % 1000)).unwrap().is_some());
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
+    runtime().block_on(async {
+        for i in 0..1000 {
+            kv.put(&ns, &format!("k{i}"), vec![7u8; 100], PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < RUN {
+            let key = format!("k{}", n % 1000);
+            assert!(kv.get(&ns, &key).await.unwrap().is_some());
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

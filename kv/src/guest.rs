@@ -5,7 +5,8 @@
 //! `open("")` and `open("default")` give the tenant's `default` namespace;
 //! other identifiers must be bound in the function's settings. Request limits
 //! (sizes, operations per invocation) are errors the guest sees; nothing here
-//! traps except a bug or a missing resource.
+//! traps except a bug or a missing resource. The store's own failures reach
+//! the guest as a bare "storage error"; their detail goes to the server log.
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,19 +15,30 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::bindings::perch::kv::ext;
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
-use crate::{Entry, KvBackend, KvError, NamespaceId, PutOptions, RedbKv, WriteOp, WriteResult};
+use crate::{Entry, KvError, KvStore, NamespaceId, PutOptions, WriteOp, WriteResult};
 
 /// What one function may reach: its tenant's namespaces by binding.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KvAccess {
-    /// The store.
-    pub backend: Arc<RedbKv>,
+    /// The store (with its limits checked in front, e.g. a
+    /// [`CheckedKv`](crate::CheckedKv)).
+    pub store: Arc<dyn KvStore>,
     /// Owning tenant.
     pub tenant: String,
     /// Identifier → namespace, from the function's settings.
     pub bindings: HashMap<String, String>,
     /// Operations allowed per invocation.
     pub max_ops: u32,
+}
+
+impl std::fmt::Debug for KvAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvAccess")
+            .field("tenant", &self.tenant)
+            .field("bindings", &self.bindings)
+            .field("max_ops", &self.max_ops)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Per-instance KV state.
@@ -75,10 +87,19 @@ pub enum GuestError {
     Trap(wasmtime::Error),
 }
 
+/// The message a guest gets for a failure of the store itself.
+const STORAGE_ERROR: &str = "storage error";
+
 impl From<KvError> for GuestError {
+    /// A request error keeps its text (the guest can act on it); a storage
+    /// failure's detail goes to the log, never to the guest.
     fn from(e: KvError) -> Self {
         match e {
             KvError::NoSuchNamespace => GuestError::NoSuchStore,
+            KvError::Storage(detail) => {
+                tracing::error!(error = %detail, "KV storage failure in a guest call");
+                GuestError::Other(STORAGE_ERROR.into())
+            }
             other => GuestError::Other(other.to_string()),
         }
     }
@@ -111,17 +132,6 @@ pub fn add_to_linker<T: KvView + 'static>(linker: &mut Linker<T>) -> wasmtime::R
     batch::add_to_linker::<T, HasKv>(linker, get::<T>)?;
     ext::add_to_linker::<T, HasKv>(linker, get::<T>)?;
     Ok(())
-}
-
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, KvError> + Send + 'static,
-) -> GResult<R> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(GuestError::from),
-        Err(e) => Err(GuestError::Trap(wasmtime::format_err!(
-            "KV task failed: {e}"
-        ))),
-    }
 }
 
 impl KvHost<'_> {
@@ -158,10 +168,11 @@ impl KvHost<'_> {
     ) -> GResult<Option<Entry>> {
         let access = self.charge(1)?;
         let ns = self.bucket_ns(bucket)?;
-        if let Some(hit) = access.backend.get_cached(&ns, &key) {
+        // A cache hit answers inline, without a thread hop.
+        if let Some(hit) = access.store.get_cached(&ns, &key) {
             return Ok(hit);
         }
-        blocking(move || access.backend.get(&ns, &key)).await
+        Ok(access.store.get(&ns, &key).await?)
     }
 
     async fn write(
@@ -171,12 +182,7 @@ impl KvHost<'_> {
     ) -> GResult<Vec<WriteResult>> {
         let access = self.charge(ops.len().max(1))?;
         let ns = self.bucket_ns(bucket)?;
-        // Awaits the writer's group commit without holding a blocking thread.
-        access
-            .backend
-            .write_async(&ns, ops)
-            .await
-            .map_err(GuestError::from)
+        Ok(access.store.write(&ns, ops).await?)
     }
 }
 
@@ -193,10 +199,8 @@ impl store::Host for KvHost<'_> {
         };
         let ns = NamespaceId::new(&access.tenant, &name);
         // Namespaces are created on first use; once known, no disk access.
-        if !access.backend.namespace_known(&ns) {
-            let check = ns.clone();
-            let backend = access.backend.clone();
-            blocking(move || backend.create_namespace(&check)).await?;
+        if !access.store.namespace_known(&ns) {
+            access.store.create_namespace(&ns).await?;
         }
         let (_, table) = self.parts()?;
         Ok(table.push(Bucket { ns })?)
@@ -248,26 +252,26 @@ impl store::HostBucket for KvHost<'_> {
         // The draft's cursor is a number: the count of keys already returned.
         let access = self.charge(1)?;
         let ns = self.bucket_ns(&bucket)?;
-        let page_size = access.backend.limits().max_page;
-        blocking(move || {
-            let mut skip = cursor.unwrap_or(0);
-            let mut after: Option<String> = None;
-            loop {
-                let page = access.backend.list(&ns, "", after.as_deref(), page_size)?;
-                let n = page.keys.len() as u64;
-                if skip >= n && page.cursor.is_some() {
-                    skip -= n;
-                    after = page.cursor;
-                    continue;
-                }
-                let start = skip.min(n) as usize;
-                let keys: Vec<String> = page.keys.into_iter().skip(start).map(|k| k.name).collect();
-                let returned = cursor.unwrap_or(0) + keys.len() as u64;
-                let next = page.cursor.map(|_| returned);
-                return Ok(store::KeyResponse { keys, cursor: next });
+        let page_size = access.store.limits().unwrap_or_default().max_page;
+        let mut skip = cursor.unwrap_or(0);
+        let mut after: Option<String> = None;
+        loop {
+            let page = access
+                .store
+                .list(&ns, "", after.as_deref(), page_size)
+                .await?;
+            let n = page.keys.len() as u64;
+            if skip >= n && page.cursor.is_some() {
+                skip -= n;
+                after = page.cursor;
+                continue;
             }
-        })
-        .await
+            let start = skip.min(n) as usize;
+            let keys: Vec<String> = page.keys.into_iter().skip(start).map(|k| k.name).collect();
+            let returned = cursor.unwrap_or(0) + keys.len() as u64;
+            let next = page.cursor.map(|_| returned);
+            return Ok(store::KeyResponse { keys, cursor: next });
+        }
     }
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -310,15 +314,12 @@ impl batch::Host for KvHost<'_> {
     ) -> GResult<Vec<Option<(String, Vec<u8>)>>> {
         let access = self.charge(keys.len().max(1))?;
         let ns = self.bucket_ns(&bucket)?;
-        blocking(move || {
-            let entries = access.backend.get_many(&ns, &keys)?;
-            Ok(keys
-                .into_iter()
-                .zip(entries)
-                .map(|(k, e)| e.map(|e| (k, e.value)))
-                .collect())
-        })
-        .await
+        let entries = access.store.get_many(&ns, &keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(entries)
+            .map(|(k, e)| e.map(|e| (k, e.value)))
+            .collect())
     }
 
     async fn set_many(
@@ -357,11 +358,6 @@ impl ext::Host for KvHost<'_> {
     ) -> GResult<()> {
         if ttl_ms == Some(0) {
             return Err(GuestError::Other("ttl must be positive".into()));
-        }
-        if let Some(m) = &metadata
-            && serde_json::from_str::<serde_json::Value>(m).is_err()
-        {
-            return Err(GuestError::Other("metadata must be valid JSON".into()));
         }
         let options = PutOptions {
             ttl: ttl_ms.map(Duration::from_millis),
@@ -402,12 +398,10 @@ impl ext::Host for KvHost<'_> {
     ) -> GResult<ext::Page> {
         let access = self.charge(1)?;
         let ns = self.bucket_ns(&bucket)?;
-        let page = blocking(move || {
-            access
-                .backend
-                .list(&ns, &prefix, cursor.as_deref(), limit as usize)
-        })
-        .await?;
+        let page = access
+            .store
+            .list(&ns, &prefix, cursor.as_deref(), limit as usize)
+            .await?;
         Ok(ext::Page {
             keys: page
                 .keys
@@ -443,5 +437,139 @@ impl ext::Host for KvHost<'_> {
                 "unexpected swap result"
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::Page;
+
+    const DETAIL: &str = "redb: I/O error reading page 42 of /srv/perch/perch.redb";
+
+    /// A store whose every call fails inside the storage layer.
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl KvStore for Broken {
+        async fn get(&self, _: &NamespaceId, _: &str) -> Result<Option<Entry>, KvError> {
+            Err(KvError::Storage(DETAIL.into()))
+        }
+        async fn write(
+            &self,
+            _: &NamespaceId,
+            _: Vec<WriteOp>,
+        ) -> Result<Vec<WriteResult>, KvError> {
+            Err(KvError::Storage(DETAIL.into()))
+        }
+        async fn list(
+            &self,
+            _: &NamespaceId,
+            _: &str,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Page, KvError> {
+            Err(KvError::Storage(DETAIL.into()))
+        }
+        async fn create_namespace(&self, _: &NamespaceId) -> Result<bool, KvError> {
+            Err(KvError::Storage(DETAIL.into()))
+        }
+        async fn namespace_exists(&self, _: &NamespaceId) -> Result<bool, KvError> {
+            Err(KvError::Storage(DETAIL.into()))
+        }
+        async fn list_namespaces(&self, _: &str) -> Result<Vec<String>, KvError> {
+            Err(KvError::Storage(DETAIL.into()))
+        }
+        async fn delete_tenant(&self, _: &str) -> Result<(), KvError> {
+            Err(KvError::Storage(DETAIL.into()))
+        }
+        fn namespace_known(&self, ns: &NamespaceId) -> bool {
+            ns.name == "default"
+        }
+    }
+
+    /// The server log, as text.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What the guest receives for `r`'s error.
+    fn guest_sees<T>(host: &mut KvHost<'_>, r: GResult<T>) -> String {
+        let Err(e) = r else {
+            panic!("the call succeeded")
+        };
+        match store::Host::convert_error(host, e) {
+            Ok(store::Error::Other(m)) => m,
+            Ok(other) => panic!("unexpected guest error {other:?}"),
+            Err(trap) => panic!("trapped: {trap}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn storage_failures_reach_the_guest_without_their_detail() {
+        let log = Log::default();
+        let writer = log.clone();
+        let _log = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        let access = KvAccess {
+            store: Arc::new(Broken),
+            tenant: "t".into(),
+            bindings: HashMap::from([("OTHER".into(), "other".into())]),
+            max_ops: 100,
+        };
+        let mut ctx = KvCtx::new(Arc::new(access));
+        let mut table = ResourceTable::new();
+        let mut host = KvHost(Some(KvCtxView {
+            ctx: &mut ctx,
+            table: &mut table,
+        }));
+        let bucket = store::Host::open(&mut host, "default".into())
+            .await
+            .unwrap_or_else(|_| panic!("a known namespace opens without the store"));
+        let b = || Resource::<Bucket>::new_borrow(bucket.rep());
+
+        let mut seen = Vec::new();
+        let r = store::Host::open(&mut host, "OTHER".into()).await;
+        seen.push(guest_sees(&mut host, r));
+        let r = store::HostBucket::get(&mut host, b(), "k".into()).await;
+        seen.push(guest_sees(&mut host, r));
+        let r = store::HostBucket::set(&mut host, b(), "k".into(), b"v".to_vec()).await;
+        seen.push(guest_sees(&mut host, r));
+        let r = store::HostBucket::list_keys(&mut host, b(), None).await;
+        seen.push(guest_sees(&mut host, r));
+        let r = atomics::Host::increment(&mut host, b(), "n".into(), 1).await;
+        seen.push(guest_sees(&mut host, r));
+        let r = batch::Host::get_many(&mut host, b(), vec!["k".into()]).await;
+        seen.push(guest_sees(&mut host, r));
+        let r = ext::Host::scan(&mut host, b(), String::new(), None, 10).await;
+        seen.push(guest_sees(&mut host, r));
+        assert_eq!(seen, vec!["storage error"; 7]);
+
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.matches(DETAIL).count(), 7, "{log}");
+    }
+
+    #[test]
+    fn request_errors_keep_their_text() {
+        let e = GuestError::from(KvError::KeyTooLong(600, 512));
+        assert!(matches!(e, GuestError::Other(m) if m == "key is 600 bytes; the limit is 512"));
+        let e = GuestError::from(KvError::InvalidMetadata);
+        assert!(matches!(e, GuestError::Other(m) if m == "metadata must be valid JSON"));
     }
 }

@@ -1,9 +1,11 @@
-//! The redb implementation of [`KvBackend`].
+//! The redb implementation of [`KvStore`].
 //!
-//! Reads go through a moka cache; misses read redb directly. All writes go
+//! Reads go through a moka cache; misses read redb on a blocking thread. All
+//! writes go
 //! through one writer thread that takes every job queued at that moment,
 //! applies them in one transaction and commits once (group commit), then
-//! invalidates the cache for the keys it touched and answers the callers.
+//! invalidates the cache for the keys it touched and answers the callers,
+//! whose tasks await the answer without holding a thread.
 //! A cache fill racing a write is dropped (a write sequence number tells), so
 //! a read after a write on this node never sees the old value.
 use std::collections::{HashMap, HashSet};
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use moka::sync::Cache;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
@@ -21,8 +24,7 @@ use crate::encoding::{
     tenant_prefix,
 };
 use crate::{
-    Entry, KeyInfo, KvBackend, KvError, KvLimits, NamespaceId, Page, PutOptions, WriteOp,
-    WriteResult, now_ms,
+    Entry, KeyInfo, KvError, KvStore, NamespaceId, Page, PutOptions, WriteOp, WriteResult, now_ms,
 };
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -85,11 +87,11 @@ struct Shared {
     namespaces: Mutex<HashSet<NamespaceId>>,
 }
 
-/// The redb-backed store.
+/// The redb-backed store. It checks no sizes: put a
+/// [`CheckedKv`](crate::CheckedKv) in front of it.
 pub struct RedbKv {
     shared: Arc<Shared>,
     writer: Option<mpsc::Sender<Job>>,
-    limits: KvLimits,
     /// Dropping it stops the purge thread.
     stop_purge: Option<mpsc::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -98,14 +100,13 @@ pub struct RedbKv {
 impl RedbKv {
     /// Opens the KV tables in `db` (creating them) and starts the writer and
     /// purge threads.
-    pub fn open(db: Arc<Database>, limits: KvLimits) -> Result<RedbKv, KvError> {
-        RedbKv::open_with(db, limits, Duration::from_secs(1), 64 << 20)
+    pub fn open(db: Arc<Database>) -> Result<RedbKv, KvError> {
+        RedbKv::open_with(db, Duration::from_secs(1), 64 << 20)
     }
 
     /// Like [`open`](Self::open) with a purge interval and cache size (bytes).
     pub fn open_with(
         db: Arc<Database>,
-        limits: KvLimits,
         purge_every: Duration,
         cache_bytes: u64,
     ) -> Result<RedbKv, KvError> {
@@ -160,7 +161,6 @@ impl RedbKv {
         Ok(RedbKv {
             shared,
             writer: Some(tx),
-            limits,
             stop_purge: Some(stop_tx),
             threads: vec![purger, writer],
         })
@@ -171,55 +171,22 @@ impl RedbKv {
         &self.shared.stats
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> KvLimits {
-        self.limits
-    }
-
-    /// The cached value of a key, without touching the disk: `None` on a
-    /// cache miss, `Some(None)` for a key known to be absent or expired.
-    pub fn get_cached(&self, ns: &NamespaceId, key: &str) -> Option<Option<Entry>> {
-        if key.is_empty() || key.len() > self.limits.max_key {
-            return None;
-        }
-        let hit = self.shared.cache.get(&full_key(ns, key))?;
-        self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-        Some(live(hit.as_ref().clone(), now_ms()))
-    }
-
-    /// True when `ns` is known to exist, without touching the disk
-    /// (namespaces are only removed with their tenant).
-    pub fn namespace_known(&self, ns: &NamespaceId) -> bool {
-        self.known_namespaces().contains(ns)
-    }
-
     fn known_namespaces(&self) -> std::sync::MutexGuard<'_, HashSet<NamespaceId>> {
-        self.shared
-            .namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shared.known_namespaces()
     }
 
     /// Removes expired keys now; returns how many.
-    pub fn purge_expired(&self) -> Result<usize, KvError> {
+    pub async fn purge_expired(&self) -> Result<usize, KvError> {
         self.submit(|reply| Job::Purge {
             now: now_ms(),
             reply: Some(reply),
         })
+        .await
     }
 
-    fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, KvError> {
-        self.enqueue(job)?
-            .blocking_recv()
-            .map_err(|_| KvError::Storage("KV writer stopped".into()))?
-    }
-
-    /// Queues a job for the writer thread; the receiver gets its answer
+    /// Queues a job for the writer thread and awaits its answer, which comes
     /// after the commit that includes it.
-    fn enqueue<T>(
-        &self,
-        job: impl FnOnce(Reply<T>) -> Job,
-    ) -> Result<oneshot::Receiver<Result<T, KvError>>, KvError> {
+    async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, KvError> {
         let (tx, rx) = oneshot::channel();
         let writer = self
             .writer
@@ -228,111 +195,49 @@ impl RedbKv {
         writer
             .send(job(tx))
             .map_err(|_| KvError::Storage("KV writer stopped".into()))?;
-        Ok(rx)
-    }
-
-    /// Like [`KvBackend::write`], but awaits the group commit instead of
-    /// blocking a thread. Under concurrent writers most of a shared commit's
-    /// cost is waking the writers; waking tasks is far cheaper than waking
-    /// one parked OS thread per writer.
-    pub async fn write_async(
-        &self,
-        ns: &NamespaceId,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<WriteResult>, KvError> {
-        self.check_ops(&ops)?;
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ns = ns.clone();
-        self.enqueue(|reply| Job::Write { ns, ops, reply })?
-            .await
+        rx.await
             .map_err(|_| KvError::Storage("KV writer stopped".into()))?
     }
 
-    fn check_ops(&self, ops: &[WriteOp]) -> Result<(), KvError> {
-        for op in ops {
-            self.check_key(op.key())?;
-            match op {
-                WriteOp::Put { value, options, .. } => self.check_put(value, options)?,
-                WriteOp::CompareAndSwap {
-                    new: Some((value, options)),
-                    ..
-                } => self.check_put(value, options)?,
-                _ => {}
+    /// Runs a read on a blocking thread: redb reads may wait on the disk.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T, KvError> + Send + 'static,
+    ) -> Result<T, KvError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| KvError::Storage(format!("KV read task failed: {e}")))?
+    }
+}
+
+impl Shared {
+    fn known_namespaces(&self) -> std::sync::MutexGuard<'_, HashSet<NamespaceId>> {
+        self.namespaces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stored entries (expired ones too) of full keys, from one read
+    /// transaction; fills the cache unless a commit raced the read.
+    fn read_through(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Entry>>, KvError> {
+        self.stats
+            .cache_misses
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let before = self.seq.load(Ordering::Acquire);
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(KV).map_err(storage)?;
+        let mut entries = Vec::with_capacity(keys.len());
+        for k in &keys {
+            entries.push(match table.get(k.as_slice()).map_err(storage)? {
+                Some(v) => Some(decode_entry(v.value())?),
+                None => None,
+            });
+        }
+        if self.seq.load(Ordering::Acquire) == before {
+            for (k, e) in keys.into_iter().zip(&entries) {
+                self.cache.insert(k, Arc::new(e.clone()));
             }
         }
-        Ok(())
-    }
-
-    fn check_key(&self, key: &str) -> Result<(), KvError> {
-        if key.is_empty() {
-            return Err(KvError::EmptyKey);
-        }
-        if key.len() > self.limits.max_key {
-            return Err(KvError::KeyTooLong(key.len(), self.limits.max_key));
-        }
-        Ok(())
-    }
-
-    fn check_put(&self, value: &[u8], options: &PutOptions) -> Result<(), KvError> {
-        if value.len() > self.limits.max_value {
-            return Err(KvError::ValueTooLarge(value.len(), self.limits.max_value));
-        }
-        if let Some(m) = &options.metadata
-            && m.len() > self.limits.max_metadata
-        {
-            return Err(KvError::MetadataTooLarge(m.len(), self.limits.max_metadata));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for RedbKv {
-    /// Stops the purge thread, lets the writer finish queued jobs, and joins
-    /// both, so the database is released when this returns.
-    fn drop(&mut self) {
-        self.stop_purge.take();
-        self.writer.take();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-fn live(entry: Option<Entry>, now: u64) -> Option<Entry> {
-    entry.filter(|e| e.expires_at_ms.is_none_or(|t| t > now))
-}
-
-impl KvBackend for RedbKv {
-    fn get(&self, ns: &NamespaceId, key: &str) -> Result<Option<Entry>, KvError> {
-        self.check_key(key)?;
-        if let Some(hit) = self.get_cached(ns, key) {
-            return Ok(hit);
-        }
-        let k = full_key(ns, key);
-        let s = &self.shared;
-        s.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let before = s.seq.load(Ordering::Acquire);
-        let txn = s.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(KV).map_err(storage)?;
-        let entry = match table.get(k.as_slice()).map_err(storage)? {
-            Some(v) => Some(decode_entry(v.value())?),
-            None => None,
-        };
-        if s.seq.load(Ordering::Acquire) == before {
-            s.cache.insert(k, Arc::new(entry.clone()));
-        }
-        Ok(live(entry, now_ms()))
-    }
-
-    fn write(&self, ns: &NamespaceId, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, KvError> {
-        self.check_ops(&ops)?;
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ns = ns.clone();
-        self.submit(|reply| Job::Write { ns, ops, reply })
+        Ok(entries)
     }
 
     fn list(
@@ -342,9 +247,6 @@ impl KvBackend for RedbKv {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Page, KvError> {
-        if limit == 0 || limit > self.limits.max_page {
-            return Err(KvError::BadLimit(self.limits.max_page));
-        }
         let base = ns_prefix(ns);
         let mut scan_prefix = base.clone();
         scan_prefix.extend_from_slice(prefix.as_bytes());
@@ -356,7 +258,7 @@ impl KvBackend for RedbKv {
             }
             None => Bound::Included(scan_prefix.clone()),
         };
-        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(KV).map_err(storage)?;
         let range = table
             .range::<&[u8]>((start.as_ref().map(Vec::as_slice), Bound::Unbounded))
@@ -396,18 +298,8 @@ impl KvBackend for RedbKv {
         Ok(Page { keys, cursor })
     }
 
-    fn create_namespace(&self, ns: &NamespaceId) -> Result<bool, KvError> {
-        if self.namespace_exists(ns)? {
-            return Ok(false);
-        }
-        let id = ns.clone();
-        let created = self.submit(|reply| Job::CreateNamespace { ns: id, reply })?;
-        self.known_namespaces().insert(ns.clone());
-        Ok(created)
-    }
-
     fn list_namespaces(&self, tenant: &str) -> Result<Vec<String>, KvError> {
-        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(KV_NAMESPACES).map_err(storage)?;
         let start = format!("{tenant}/");
         let mut out = Vec::new();
@@ -422,10 +314,7 @@ impl KvBackend for RedbKv {
     }
 
     fn namespace_exists(&self, ns: &NamespaceId) -> Result<bool, KvError> {
-        if self.namespace_known(ns) {
-            return Ok(true);
-        }
-        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(KV_NAMESPACES).map_err(storage)?;
         let exists = table
             .get(format!("{}/{}", ns.tenant, ns.name).as_str())
@@ -436,12 +325,134 @@ impl KvBackend for RedbKv {
         }
         Ok(exists)
     }
+}
 
-    fn delete_tenant(&self, tenant: &str) -> Result<(), KvError> {
+impl Drop for RedbKv {
+    /// Stops the purge thread, lets the writer finish queued jobs, and joins
+    /// both, so the database is released when this returns.
+    fn drop(&mut self) {
+        self.stop_purge.take();
+        self.writer.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn live(entry: Option<Entry>, now: u64) -> Option<Entry> {
+    entry.filter(|e| e.expires_at_ms.is_none_or(|t| t > now))
+}
+
+#[async_trait]
+impl KvStore for RedbKv {
+    async fn get(&self, ns: &NamespaceId, key: &str) -> Result<Option<Entry>, KvError> {
+        if let Some(hit) = self.get_cached(ns, key) {
+            return Ok(hit);
+        }
+        let k = full_key(ns, key);
+        let mut entries = self.read(move |s| s.read_through(vec![k])).await?;
+        Ok(live(entries.pop().flatten(), now_ms()))
+    }
+
+    async fn write(
+        &self,
+        ns: &NamespaceId,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<WriteResult>, KvError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ns = ns.clone();
+        // Awaits the writer's group commit without holding a blocking
+        // thread: under concurrent writers most of a shared commit's cost is
+        // waking the writers, and waking tasks is far cheaper than waking
+        // one parked OS thread per writer.
+        self.submit(|reply| Job::Write { ns, ops, reply }).await
+    }
+
+    async fn list(
+        &self,
+        ns: &NamespaceId,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, KvError> {
+        let (ns, prefix, cursor) = (ns.clone(), prefix.to_string(), cursor.map(str::to_string));
+        self.read(move |s| s.list(&ns, &prefix, cursor.as_deref(), limit))
+            .await
+    }
+
+    async fn create_namespace(&self, ns: &NamespaceId) -> Result<bool, KvError> {
+        if self.namespace_exists(ns).await? {
+            return Ok(false);
+        }
+        let id = ns.clone();
+        let created = self
+            .submit(|reply| Job::CreateNamespace { ns: id, reply })
+            .await?;
+        self.known_namespaces().insert(ns.clone());
+        Ok(created)
+    }
+
+    async fn namespace_exists(&self, ns: &NamespaceId) -> Result<bool, KvError> {
+        if self.namespace_known(ns) {
+            return Ok(true);
+        }
+        let ns = ns.clone();
+        self.read(move |s| s.namespace_exists(&ns)).await
+    }
+
+    async fn list_namespaces(&self, tenant: &str) -> Result<Vec<String>, KvError> {
+        let tenant = tenant.to_string();
+        self.read(move |s| s.list_namespaces(&tenant)).await
+    }
+
+    async fn delete_tenant(&self, tenant: &str) -> Result<(), KvError> {
         let t = tenant.to_string();
-        let result = self.submit(|reply| Job::DeleteTenant { tenant: t, reply });
+        let result = self
+            .submit(|reply| Job::DeleteTenant { tenant: t, reply })
+            .await;
         self.known_namespaces().retain(|ns| ns.tenant != tenant);
         result
+    }
+
+    fn get_cached(&self, ns: &NamespaceId, key: &str) -> Option<Option<Entry>> {
+        let hit = self.shared.cache.get(&full_key(ns, key))?;
+        self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(live(hit.as_ref().clone(), now_ms()))
+    }
+
+    /// Namespaces are only removed with their tenant, so one seen to exist
+    /// is known until then.
+    fn namespace_known(&self, ns: &NamespaceId) -> bool {
+        self.known_namespaces().contains(ns)
+    }
+
+    /// Cache hits inline, the misses from one read transaction.
+    async fn get_many(
+        &self,
+        ns: &NamespaceId,
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, KvError> {
+        let mut out: Vec<Option<Option<Entry>>> =
+            keys.iter().map(|k| self.get_cached(ns, k)).collect();
+        let misses: Vec<Vec<u8>> = keys
+            .iter()
+            .zip(&out)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(k, _)| full_key(ns, k))
+            .collect();
+        if !misses.is_empty() {
+            let mut read = self
+                .read(move |s| s.read_through(misses))
+                .await?
+                .into_iter();
+            let now = now_ms();
+            for slot in out.iter_mut().filter(|hit| hit.is_none()) {
+                *slot = Some(live(read.next().flatten(), now));
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
     }
 }
 
@@ -813,8 +824,6 @@ fn purge(
 
 impl std::fmt::Debug for RedbKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedbKv")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("RedbKv").finish_non_exhaustive()
     }
 }

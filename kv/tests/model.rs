@@ -1,13 +1,47 @@
-//! The redb backend against an in-memory model: random sequences of put,
-//! get, delete, list, increment, compare-and-swap and TTL, seeded so a
-//! failure reproduces (`PERCH_KV_SEED=<n>`).
+//! Every backend, behind the checks as the server runs it, against an
+//! in-memory model: random sequences of put, get, delete, list, increment,
+//! compare-and-swap and TTL, seeded so a failure reproduces
+//! (`PERCH_KV_SEED=<n>`).
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use perch_kv::{
-    Entry, KvBackend, KvError, KvLimits, NamespaceId, PutOptions, RedbKv, WriteOp, WriteResult,
+    CheckedKv, Entry, KvError, KvLimits, KvStore, NamespaceId, PutOptions, RedbKv, WriteOp,
+    WriteResult,
 };
+
+/// A store under test, opened on the data in a directory.
+struct Opened {
+    kv: Arc<dyn KvStore>,
+    /// Runs the backend's purge of expired keys now.
+    purge: Box<dyn Fn() -> Purging>,
+}
+
+type Purging = Pin<Box<dyn Future<Output = Result<usize, KvError>> + Send>>;
+
+/// Opens (or, after a simulated crash, reopens) a store on a directory.
+type Open = fn(&Path) -> Opened;
+
+/// The backends under test. Add a backend here with one line.
+const BACKENDS: &[(&str, Open)] = &[("redb", open_redb)];
+
+fn open_redb(dir: &Path) -> Opened {
+    let db = Arc::new(redb::Database::create(dir.join("kv.redb")).unwrap());
+    // A long purge interval: expiry must hold on reads alone.
+    let redb = Arc::new(RedbKv::open_with(db, Duration::from_secs(3600), 1 << 20).unwrap());
+    let purger = redb.clone();
+    Opened {
+        kv: Arc::new(CheckedKv::new(redb, KvLimits::default())),
+        purge: Box::new(move || {
+            let redb = purger.clone();
+            Box::pin(async move { redb.purge_expired().await })
+        }),
+    }
+}
 
 struct Rng(u64);
 impl Rng {
@@ -23,12 +57,6 @@ impl Rng {
 }
 
 type Model = BTreeMap<(String, String), (Vec<u8>, Option<String>)>;
-
-fn open(dir: &tempfile::TempDir) -> RedbKv {
-    let db = Arc::new(redb::Database::create(dir.path().join("kv.redb")).unwrap());
-    // A long purge interval: expiry must hold on reads alone.
-    RedbKv::open_with(db, KvLimits::default(), Duration::from_secs(3600), 1 << 20).unwrap()
-}
 
 fn key(rng: &mut Rng) -> String {
     const PARTS: [&str; 5] = ["a", "b", "user/", "user/1", "z"];
@@ -51,12 +79,18 @@ fn rounds() -> (u64, Option<Duration>) {
     }
 }
 
-#[test]
-fn random_operations_agree_with_the_model() {
+#[tokio::test]
+async fn random_operations_agree_with_the_model() {
     let seed: u64 = std::env::var("PERCH_KV_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_1234_abcd);
+    for (backend, open) in BACKENDS {
+        agree_with_the_model(backend, *open, seed).await;
+    }
+}
+
+async fn agree_with_the_model(backend: &str, open: Open, seed: u64) {
     let started = std::time::Instant::now();
     let (max_rounds, budget) = rounds();
     let mut done = 0u64;
@@ -67,7 +101,8 @@ fn random_operations_agree_with_the_model() {
         done += 1;
         let mut rng = Rng(seed.wrapping_add(round * 7919) | 1);
         let dir = tempfile::tempdir().unwrap();
-        let mut kv = open(&dir);
+        let mut store = open(dir.path());
+        let mut kv = store.kv.clone();
         let namespaces = [
             NamespaceId::new("t1", "default"),
             NamespaceId::new("t1", "other"),
@@ -78,7 +113,7 @@ fn random_operations_agree_with_the_model() {
             let ns = &namespaces[rng.below(3) as usize];
             let mk = |k: &str| (format!("{}/{}", ns.tenant, ns.name), k.to_string());
             let k = key(&mut rng);
-            let ctx = format!("seed {seed} round {round} step {step}");
+            let ctx = format!("{backend}: seed {seed} round {round} step {step}");
             match rng.below(10) {
                 0 | 1 => {
                     let value = format!("v{}", rng.below(1000)).into_bytes();
@@ -101,26 +136,28 @@ fn random_operations_agree_with_the_model() {
                             metadata: metadata.clone(),
                         },
                     )
+                    .await
                     .unwrap();
                     if short_ttl {
-                        std::thread::sleep(Duration::from_millis(3));
+                        tokio::time::sleep(Duration::from_millis(3)).await;
                         model.remove(&mk(&k));
                     } else {
                         model.insert(mk(&k), (value, metadata));
                     }
                 }
                 2 => {
-                    kv.delete(ns, &k).unwrap();
+                    kv.delete(ns, &k).await.unwrap();
                     model.remove(&mk(&k));
                 }
                 3 | 4 => {
                     let got = kv
                         .get(ns, &k)
+                        .await
                         .unwrap()
                         .map(|e: Entry| (e.value, e.metadata));
                     assert_eq!(got, model.get(&mk(&k)).cloned(), "{ctx}: get {k}");
                     assert_eq!(
-                        kv.exists(ns, &k).unwrap(),
+                        kv.exists(ns, &k).await.unwrap(),
                         model.contains_key(&mk(&k)),
                         "{ctx}"
                     );
@@ -136,7 +173,7 @@ fn random_operations_agree_with_the_model() {
                             .map(|n| n + delta)
                             .ok_or(()),
                     };
-                    let got = kv.increment(ns, &k, delta);
+                    let got = kv.increment(ns, &k, delta).await;
                     match expected {
                         Ok(n) => {
                             assert_eq!(got, Ok(n), "{ctx}: increment");
@@ -164,6 +201,7 @@ fn random_operations_agree_with_the_model() {
                     });
                     let swapped = kv
                         .compare_and_swap(ns, &k, guess.clone(), new.clone())
+                        .await
                         .unwrap();
                     assert_eq!(swapped, guess == cur, "{ctx}: cas");
                     if swapped {
@@ -181,29 +219,28 @@ fn random_operations_agree_with_the_model() {
                     // A batch that fails part-way applies nothing.
                     let k2 = key(&mut rng);
                     kv.put(ns, &k2, b"not a number".to_vec(), PutOptions::default())
+                        .await
                         .unwrap();
                     model.insert(mk(&k2), (b"not a number".to_vec(), None));
-                    let r = kv.write(
-                        ns,
-                        vec![
-                            WriteOp::Put {
-                                key: k.clone(),
-                                value: b"batched".to_vec(),
-                                options: PutOptions::default(),
-                            },
-                            WriteOp::Increment {
-                                key: k2.clone(),
-                                delta: 1,
-                            },
-                        ],
-                    );
+                    let batch = vec![
+                        WriteOp::Put {
+                            key: k.clone(),
+                            value: b"batched".to_vec(),
+                            options: PutOptions::default(),
+                        },
+                        WriteOp::Increment {
+                            key: k2.clone(),
+                            delta: 1,
+                        },
+                    ];
+                    let r = kv.write(ns, batch).await;
                     if k == k2 {
                         // The put replaced the text: the increment sees "batched", still not a number.
                         assert!(r.is_err());
                     } else {
                         assert!(matches!(r, Err(KvError::NotACounter(_))), "{ctx}: {r:?}");
                     }
-                    let got = kv.get(ns, &k).unwrap().map(|e| (e.value, e.metadata));
+                    let got = kv.get(ns, &k).await.unwrap().map(|e| (e.value, e.metadata));
                     assert_eq!(
                         got,
                         model.get(&mk(&k)).cloned(),
@@ -216,7 +253,7 @@ fn random_operations_agree_with_the_model() {
                     let mut cursor: Option<String> = None;
                     let mut all = Vec::new();
                     loop {
-                        let page = kv.list(ns, prefix, cursor.as_deref(), limit).unwrap();
+                        let page = kv.list(ns, prefix, cursor.as_deref(), limit).await.unwrap();
                         assert!(page.keys.len() <= limit);
                         all.extend(page.keys.into_iter().map(|k| k.name));
                         match page.cursor {
@@ -233,143 +270,167 @@ fn random_operations_agree_with_the_model() {
                     assert_eq!(all, expected, "{ctx}: list {prefix:?} limit {limit}");
                 }
                 _ => {
-                    // Reopen: everything acknowledged is on disk.
-                    drop(kv);
-                    kv = open(&dir);
+                    // Reopen: everything acknowledged is stored.
+                    drop((kv, store));
+                    store = open(dir.path());
+                    kv = store.kv.clone();
                 }
             }
         }
         // Final full comparison, after a purge pass.
-        kv.purge_expired().unwrap();
+        (store.purge)().await.unwrap();
         for ((nsname, k), (v, m)) in &model {
             let (t, n) = nsname.split_once('/').unwrap();
-            let got = kv.get(&NamespaceId::new(t, n), k).unwrap().unwrap();
-            assert_eq!((&got.value, &got.metadata), (v, m));
+            let got = kv.get(&NamespaceId::new(t, n), k).await.unwrap().unwrap();
+            assert_eq!(
+                (&got.value, &got.metadata),
+                (v, m),
+                "{backend}: {nsname} {k}"
+            );
         }
     }
     eprintln!(
-        "kv model: {done} rounds of 600 operations in {:.1} s, no failure (PERCH_KV_SEED={seed})",
+        "kv model ({backend}): {done} rounds of 600 operations in {:.1} s, no failure (PERCH_KV_SEED={seed})",
         started.elapsed().as_secs_f64()
     );
 }
 
-#[test]
-fn limits_are_errors_not_panics() {
-    let dir = tempfile::tempdir().unwrap();
-    let kv = open(&dir);
-    let ns = NamespaceId::new("t", "default");
-    assert_eq!(
-        kv.put(&ns, &"k".repeat(513), vec![], PutOptions::default()),
-        Err(KvError::KeyTooLong(513, 512))
-    );
-    assert_eq!(
-        kv.put(&ns, "", vec![], PutOptions::default()),
-        Err(KvError::EmptyKey)
-    );
-    let big = vec![0u8; (25 << 20) + 1];
-    assert!(matches!(
-        kv.put(&ns, "k", big, PutOptions::default()),
-        Err(KvError::ValueTooLarge(..))
-    ));
-    let meta = Some("x".repeat(1025));
-    assert!(matches!(
-        kv.put(
-            &ns,
-            "k",
-            vec![],
-            PutOptions {
-                ttl: None,
-                metadata: meta
-            }
-        ),
-        Err(KvError::MetadataTooLarge(..))
-    ));
-    assert_eq!(kv.list(&ns, "", None, 1001), Err(KvError::BadLimit(1000)));
-    assert_eq!(kv.list(&ns, "", Some("zz"), 10), Err(KvError::BadCursor));
-    assert!(kv.get(&ns, "k").unwrap().is_none());
+#[tokio::test]
+async fn limits_are_errors_not_panics() {
+    for (backend, open) in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = open(dir.path()).kv;
+        let ns = NamespaceId::new("t", "default");
+        assert_eq!(
+            kv.put(&ns, &"k".repeat(513), vec![], PutOptions::default())
+                .await,
+            Err(KvError::KeyTooLong(513, 512)),
+            "{backend}"
+        );
+        assert_eq!(
+            kv.put(&ns, "", vec![], PutOptions::default()).await,
+            Err(KvError::EmptyKey),
+            "{backend}"
+        );
+        let big = vec![0u8; (25 << 20) + 1];
+        assert!(
+            matches!(
+                kv.put(&ns, "k", big, PutOptions::default()).await,
+                Err(KvError::ValueTooLarge(..))
+            ),
+            "{backend}"
+        );
+        let metadata = Some("x".repeat(1025));
+        let options = PutOptions {
+            ttl: None,
+            metadata,
+        };
+        assert!(
+            matches!(
+                kv.put(&ns, "k", vec![], options).await,
+                Err(KvError::MetadataTooLarge(..))
+            ),
+            "{backend}"
+        );
+        assert_eq!(
+            kv.list(&ns, "", None, 1001).await,
+            Err(KvError::BadLimit(1000)),
+            "{backend}"
+        );
+        assert_eq!(
+            kv.list(&ns, "", Some("zz"), 10).await,
+            Err(KvError::BadCursor),
+            "{backend}"
+        );
+        assert!(kv.get(&ns, "k").await.unwrap().is_none(), "{backend}");
+    }
 }
 
-#[test]
-fn counters_are_decimal_text_and_namespaces_are_separate() {
-    let dir = tempfile::tempdir().unwrap();
-    let kv = open(&dir);
+#[tokio::test]
+async fn counters_are_decimal_text_and_namespaces_are_separate() {
+    for (backend, open) in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = open(dir.path()).kv;
+        counters_and_namespaces(kv.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+    }
+}
+
+async fn counters_and_namespaces(kv: &dyn KvStore) -> Result<(), KvError> {
     let a = NamespaceId::new("a", "default");
     let b = NamespaceId::new("b", "default");
-    assert_eq!(kv.increment(&a, "hits", 40).unwrap(), 40);
-    assert_eq!(kv.increment(&a, "hits", 2).unwrap(), 42);
-    assert_eq!(kv.get(&a, "hits").unwrap().unwrap().value, b"42");
-    assert!(kv.get(&b, "hits").unwrap().is_none());
-    assert_eq!(kv.list(&b, "", None, 10).unwrap().keys.len(), 0);
-    assert!(kv.create_namespace(&a).unwrap());
-    assert!(!kv.create_namespace(&a).unwrap());
-    kv.create_namespace(&NamespaceId::new("a", "zeta")).unwrap();
-    kv.create_namespace(&NamespaceId::new("ab", "x")).unwrap();
-    assert_eq!(kv.list_namespaces("a").unwrap(), vec!["default", "zeta"]);
-    kv.delete_tenant("a").unwrap();
-    assert!(kv.get(&a, "hits").unwrap().is_none());
-    assert!(kv.list_namespaces("a").unwrap().is_empty());
-    assert_eq!(kv.list_namespaces("ab").unwrap(), vec!["x"]);
-    let r = kv.write(
-        &a,
-        vec![
-            WriteOp::Increment {
-                key: "n".into(),
-                delta: i64::MAX,
-            },
-            WriteOp::Increment {
-                key: "n".into(),
-                delta: 1,
-            },
-        ],
-    );
-    assert!(matches!(r, Err(KvError::NotACounter(_))));
+    assert_eq!(kv.increment(&a, "hits", 40).await?, 40);
+    assert_eq!(kv.increment(&a, "hits", 2).await?, 42);
+    assert_eq!(kv.get(&a, "hits").await?.unwrap().value, b"42");
+    assert!(kv.get(&b, "hits").await?.is_none());
+    assert_eq!(kv.list(&b, "", None, 10).await?.keys.len(), 0);
+    let many = kv
+        .get_many(&a, &["hits".into(), "none".into(), "hits".into()])
+        .await?;
+    let values: Vec<_> = many.into_iter().map(|e| e.map(|e| e.value)).collect();
     assert_eq!(
-        kv.write(
-            &a,
-            vec![WriteOp::Increment {
-                key: "n".into(),
-                delta: 1
-            }]
-        )
-        .unwrap(),
-        vec![WriteResult::Counter(1)]
+        values,
+        vec![Some(b"42".to_vec()), None, Some(b"42".to_vec())]
     );
+    assert!(kv.create_namespace(&a).await?);
+    assert!(!kv.create_namespace(&a).await?);
+    assert!(kv.namespace_exists(&a).await?);
+    assert!(!kv.namespace_exists(&b).await?);
+    kv.create_namespace(&NamespaceId::new("a", "zeta")).await?;
+    kv.create_namespace(&NamespaceId::new("ab", "x")).await?;
+    assert_eq!(kv.list_namespaces("a").await?, vec!["default", "zeta"]);
+    kv.delete_tenant("a").await?;
+    assert!(kv.get(&a, "hits").await?.is_none());
+    assert!(kv.list_namespaces("a").await?.is_empty());
+    assert!(!kv.namespace_exists(&a).await?);
+    assert_eq!(kv.list_namespaces("ab").await?, vec!["x"]);
+    let overflow = vec![
+        WriteOp::Increment {
+            key: "n".into(),
+            delta: i64::MAX,
+        },
+        WriteOp::Increment {
+            key: "n".into(),
+            delta: 1,
+        },
+    ];
+    assert!(matches!(
+        kv.write(&a, overflow).await,
+        Err(KvError::NotACounter(_))
+    ));
+    let one = vec![WriteOp::Increment {
+        key: "n".into(),
+        delta: 1,
+    }];
+    assert_eq!(kv.write(&a, one).await?, vec![WriteResult::Counter(1)]);
+    Ok(())
 }
 
-#[test]
-fn expired_keys_vanish_from_get_and_list_and_are_purged() {
+#[tokio::test]
+async fn expired_keys_vanish_from_get_and_list_and_are_purged() {
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(redb::Database::create(dir.path().join("kv.redb")).unwrap());
-    let kv =
-        RedbKv::open_with(db, KvLimits::default(), Duration::from_millis(50), 1 << 20).unwrap();
+    let kv = RedbKv::open_with(db, Duration::from_millis(50), 1 << 20).unwrap();
     let ns = NamespaceId::new("t", "default");
-    kv.put(
-        &ns,
-        "short",
-        b"x".to_vec(),
-        PutOptions {
-            ttl: Some(Duration::from_millis(200)),
-            metadata: None,
-        },
-    )
-    .unwrap();
-    kv.put(
-        &ns,
-        "long",
-        b"y".to_vec(),
-        PutOptions {
-            ttl: Some(Duration::from_secs(60)),
-            metadata: None,
-        },
-    )
-    .unwrap();
-    let e = kv.get(&ns, "short").unwrap().unwrap();
+    let ttl = |d| PutOptions {
+        ttl: Some(d),
+        metadata: None,
+    };
+    kv.put(&ns, "short", b"x".to_vec(), ttl(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    kv.put(&ns, "long", b"y".to_vec(), ttl(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let e = kv.get(&ns, "short").await.unwrap().unwrap();
     let now = perch_kv::now_ms();
     assert!(e.expires_at_ms.unwrap() > now && e.expires_at_ms.unwrap() <= now + 200);
-    std::thread::sleep(Duration::from_millis(400));
-    assert!(kv.get(&ns, "short").unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(kv.get(&ns, "short").await.unwrap().is_none());
     let names: Vec<_> = kv
         .list(&ns, "", None, 10)
+        .await
         .unwrap()
         .keys
         .into_iter()

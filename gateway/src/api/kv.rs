@@ -4,19 +4,18 @@
 //! lists them, `GET …/kv/{ns}/keys?prefix=&cursor=&limit=` lists keys, and
 //! `GET`/`PUT`/`DELETE …/kv/{ns}/values/{key}` reads and writes values (the
 //! key is the rest of the path, percent-decoded once; metadata travels in the
-//! `Perch-KV-Metadata` header, TTL as `?ttl=SECONDS`).
-use std::sync::Arc;
+//! `Perch-KV-Metadata` header, TTL as `?ttl=SECONDS`). Sizes, metadata and
+//! listing limits are checked by the store (`perch_kv::CheckedKv`); its
+//! errors map to answers in [`kv_error`].
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use perch_kv::{KvBackend, KvError, NamespaceId, PutOptions};
+use perch_kv::{KvError, KvStore, NamespaceId, PutOptions};
 use serde_json::{Value, json};
 
 use super::common::{BodyError, Resp, TenantCall, invalid_name, query_params, read_limited};
-use crate::http::{
-    error, full, internal_error, json, method_not_allowed, no_content, off_thread, tri,
-};
+use crate::http::{error, full, internal_error, json, method_not_allowed, no_content, tri};
 use crate::names::valid_name;
 
 /// Header carrying a value's JSON metadata (requests and answers).
@@ -34,6 +33,9 @@ pub fn kv_error(e: KvError) -> Resp {
             "value_too_large",
             &e.to_string(),
         ),
+        KvError::InvalidMetadata => {
+            error(StatusCode::BAD_REQUEST, "invalid_metadata", &e.to_string())
+        }
         KvError::BadLimit(_) => error(StatusCode::BAD_REQUEST, "invalid_limit", &e.to_string()),
         KvError::BadCursor => error(StatusCode::BAD_REQUEST, "invalid_cursor", &e.to_string()),
         KvError::NoSuchNamespace => error(
@@ -47,12 +49,6 @@ pub fn kv_error(e: KvError) -> Resp {
             internal_error()
         }
     }
-}
-
-async fn run<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, KvError> + Send + 'static,
-) -> Result<R, Resp> {
-    off_thread(f, kv_error).await
 }
 
 fn expires_secs(ms: Option<u64>) -> Value {
@@ -79,7 +75,7 @@ pub async fn handle(call: TenantCall, rest: &[&str]) -> Resp {
     match rest {
         [] => match method {
             Method::GET => {
-                let names = tri!(run(move || kv.list_namespaces(&tenant)).await);
+                let names = tri!(kv.list_namespaces(&tenant).await.map_err(kv_error));
                 json(StatusCode::OK, &json!({ "namespaces": names }))
             }
             _ => method_not_allowed("GET"),
@@ -91,7 +87,7 @@ pub async fn handle(call: TenantCall, rest: &[&str]) -> Resp {
             match method {
                 Method::PUT => {
                     let id = NamespaceId::new(&tenant, ns);
-                    let created = tri!(run(move || kv.create_namespace(&id)).await);
+                    let created = tri!(kv.create_namespace(&id).await.map_err(kv_error));
                     let status = if created {
                         StatusCode::CREATED
                     } else {
@@ -107,10 +103,7 @@ pub async fn handle(call: TenantCall, rest: &[&str]) -> Resp {
                 return invalid_name("namespace", ns);
             }
             let id = NamespaceId::new(&tenant, ns);
-            let exists = {
-                let (kv, id) = (kv.clone(), id.clone());
-                tri!(run(move || kv.namespace_exists(&id)).await)
-            };
+            let exists = tri!(kv.namespace_exists(&id).await.map_err(kv_error));
             if !exists {
                 return error(
                     StatusCode::NOT_FOUND,
@@ -120,11 +113,11 @@ pub async fn handle(call: TenantCall, rest: &[&str]) -> Resp {
             }
             match (*sub, key) {
                 ("keys", []) => match method {
-                    Method::GET => list_keys(kv, id, &req).await,
+                    Method::GET => list_keys(kv.as_ref(), id, &req).await,
                     _ => method_not_allowed("GET"),
                 },
                 ("values", key) if !key.is_empty() => {
-                    value(kv, method, req, id, key.join("/")).await
+                    value(kv.as_ref(), method, req, id, key.join("/")).await
                 }
                 _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
             }
@@ -132,26 +125,26 @@ pub async fn handle(call: TenantCall, rest: &[&str]) -> Resp {
     }
 }
 
-async fn list_keys(kv: Arc<perch_kv::RedbKv>, id: NamespaceId, req: &Request<Incoming>) -> Resp {
-    let (mut prefix, mut cursor, mut limit) = (String::new(), None, 1000usize);
+async fn list_keys(kv: &dyn KvStore, id: NamespaceId, req: &Request<Incoming>) -> Resp {
+    let max_page = kv.limits().unwrap_or_default().max_page;
+    let (mut prefix, mut cursor, mut limit) = (String::new(), None, max_page);
     for (k, v) in query_params(req) {
         match k.as_str() {
             "prefix" => prefix = v,
             "cursor" => cursor = Some(v),
+            // The store checks the range.
             "limit" => match v.parse::<usize>() {
-                Ok(n) if (1..=1000).contains(&n) => limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_limit",
-                        "limit must be between 1 and 1000",
-                    );
-                }
+                Ok(n) => limit = n,
+                Err(_) => return kv_error(KvError::BadLimit(max_page)),
             },
             _ => {}
         }
     }
-    let page = tri!(run(move || kv.list(&id, &prefix, cursor.as_deref(), limit)).await);
+    let page = tri!(
+        kv.list(&id, &prefix, cursor.as_deref(), limit)
+            .await
+            .map_err(kv_error)
+    );
     let keys: Vec<Value> = page
         .keys
         .iter()
@@ -164,38 +157,31 @@ async fn list_keys(kv: Arc<perch_kv::RedbKv>, id: NamespaceId, req: &Request<Inc
 }
 
 async fn value(
-    kv: Arc<perch_kv::RedbKv>,
+    kv: &dyn KvStore,
     method: Method,
     req: Request<Incoming>,
     id: NamespaceId,
     key: String,
 ) -> Resp {
-    let limits = kv.limits();
-    if key.len() > limits.max_key {
-        return kv_error(KvError::KeyTooLong(key.len(), limits.max_key));
-    }
     match method {
-        Method::GET => {
-            let k = key.clone();
-            match tri!(run(move || kv.get(&id, &k)).await) {
-                None => error(StatusCode::NOT_FOUND, "not_found", "no such key"),
-                Some(entry) => {
-                    let mut resp = Response::new(full(entry.value));
-                    let h = resp.headers_mut();
-                    h.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/octet-stream"),
-                    );
-                    if let Some(m) = entry.metadata.and_then(|m| HeaderValue::from_str(&m).ok()) {
-                        h.insert(METADATA_HEADER, m);
-                    }
-                    if let Some(ms) = entry.expires_at_ms {
-                        h.insert(EXPIRES_AT_HEADER, HeaderValue::from(ms.div_ceil(1000)));
-                    }
-                    resp
+        Method::GET => match tri!(kv.get(&id, &key).await.map_err(kv_error)) {
+            None => error(StatusCode::NOT_FOUND, "not_found", "no such key"),
+            Some(entry) => {
+                let mut resp = Response::new(full(entry.value));
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                if let Some(m) = entry.metadata.and_then(|m| HeaderValue::from_str(&m).ok()) {
+                    h.insert(METADATA_HEADER, m);
                 }
+                if let Some(ms) = entry.expires_at_ms {
+                    h.insert(EXPIRES_AT_HEADER, HeaderValue::from(ms.div_ceil(1000)));
+                }
+                resp
             }
-        }
+        },
         Method::PUT => {
             let mut ttl = None;
             for (k, v) in query_params(&req) {
@@ -212,51 +198,40 @@ async fn value(
                     }
                 }
             }
-            let metadata = match req.headers().get(METADATA_HEADER) {
+            let metadata = match req.headers().get(METADATA_HEADER).map(|v| v.to_str()) {
                 None => None,
-                Some(v) => {
-                    let text = match v.to_str() {
-                        Ok(t) => t.to_string(),
-                        Err(_) => {
-                            return error(
-                                StatusCode::BAD_REQUEST,
-                                "invalid_metadata",
-                                "metadata must be JSON text",
-                            );
-                        }
-                    };
-                    if text.len() > limits.max_metadata {
-                        return kv_error(KvError::MetadataTooLarge(
-                            text.len(),
-                            limits.max_metadata,
-                        ));
-                    }
-                    if serde_json::from_str::<Value>(&text).is_err() {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_metadata",
-                            "metadata must be valid JSON",
-                        );
-                    }
-                    Some(text)
+                Some(Ok(text)) => Some(text.to_string()),
+                Some(Err(_)) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_metadata",
+                        "metadata must be JSON text",
+                    );
                 }
             };
-            let body = match read_limited(req, limits.max_value as u64).await {
+            // Bounds the read; the store checks the value's size again.
+            let max_value = kv.limits().unwrap_or_default().max_value;
+            let body = match read_limited(req, max_value as u64).await {
                 Ok(b) => b,
                 Err(BodyError::TooLarge) => {
                     return error(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "value_too_large",
-                        &format!("value is over the {}-byte limit", limits.max_value),
+                        &format!("value is over the {max_value}-byte limit"),
                     );
                 }
                 Err(BodyError::Other(resp)) => return resp,
             };
-            tri!(run(move || kv.put(&id, &key, body.to_vec(), PutOptions { ttl, metadata })).await);
+            let options = PutOptions { ttl, metadata };
+            tri!(
+                kv.put(&id, &key, body.to_vec(), options)
+                    .await
+                    .map_err(kv_error)
+            );
             no_content()
         }
         Method::DELETE => {
-            tri!(run(move || kv.delete(&id, &key)).await);
+            tri!(kv.delete(&id, &key).await.map_err(kv_error));
             no_content()
         }
         _ => method_not_allowed("GET, PUT, DELETE"),

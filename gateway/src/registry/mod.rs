@@ -81,7 +81,7 @@ pub struct Registry {
     /// no commit after the load is missed).
     revisions: watch::Receiver<u64>,
     secrets: Arc<SecretBox>,
-    kv: std::sync::OnceLock<Arc<perch_kv::RedbKv>>,
+    kv: std::sync::OnceLock<Arc<dyn perch_kv::KvStore>>,
     inner: Mutex<Inner>,
     routes: ArcSwap<RouteTable>,
     gates: Mutex<HashMap<String, Arc<TenantGate>>>,
@@ -111,7 +111,7 @@ impl Registry {
 
     /// Connects the KV store that functions' buckets open, and republishes
     /// the routes so every target can reach it.
-    pub fn attach_kv(&self, kv: Arc<perch_kv::RedbKv>) {
+    pub fn attach_kv(&self, kv: Arc<dyn perch_kv::KvStore>) {
         let _ = self.kv.set(kv);
         let mut inner = self.lock();
         let (state, revision) = (inner.state.clone(), inner.revision);

@@ -148,7 +148,7 @@ impl Registry {
         inv.env = env;
         if let Some(kv) = self.kv.get() {
             inv.kv = Some(Arc::new(perch_runtime::KvAccess {
-                backend: kv.clone(),
+                store: kv.clone(),
                 tenant: function.tenant.clone(),
                 bindings: st.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 max_ops: KV_OPS_PER_INVOCATION,

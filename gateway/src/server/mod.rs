@@ -226,9 +226,12 @@ pub async fn serve(
         }
     }
 
-    let kv = perch_kv::RedbKv::open(db, perch_kv::KvLimits::default())
-        .map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
-    let kv = Arc::new(kv);
+    let redb =
+        perch_kv::RedbKv::open(db).map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
+    let kv: Arc<dyn perch_kv::KvStore> = Arc::new(perch_kv::CheckedKv::new(
+        Arc::new(redb),
+        perch_kv::KvLimits::default(),
+    ));
     registry.attach_kv(kv.clone());
     let registry = Arc::new(registry);
     let metrics = Arc::new(Metrics::default());

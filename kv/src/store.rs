@@ -1,5 +1,7 @@
-//! The backend trait and the types it speaks.
+//! The store trait and the types it speaks.
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 /// A tenant's namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,7 +146,8 @@ impl Default for KvLimits {
     }
 }
 
-/// KV failures. Size and validity errors are the caller's; `Storage` is ours.
+/// KV failures. Size and validity errors are the caller's; `Storage` is ours
+/// (its text is for the server log, not for clients).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KvError {
@@ -160,6 +163,9 @@ pub enum KvError {
     /// Metadata over the limit.
     #[error("metadata is {0} bytes; the limit is {1}")]
     MetadataTooLarge(usize, usize),
+    /// Metadata that is not JSON.
+    #[error("metadata must be valid JSON")]
+    InvalidMetadata,
     /// Listing limit out of range.
     #[error("limit must be between 1 and {0}")]
     BadLimit(usize),
@@ -177,20 +183,25 @@ pub enum KvError {
     Storage(String),
 }
 
-/// A key-value store with namespaces owned by tenants.
+/// A key-value store with namespaces owned by tenants: what the guest host
+/// calls, the admin API and tenant deletion all use, as `Arc<dyn KvStore>`.
 ///
-/// Every method is synchronous and may block on disk: async callers run it
-/// on a blocking thread. A write returns only once it is durable.
-pub trait KvBackend: Send + Sync + 'static {
+/// Backends implement persistence only; [`CheckedKv`](crate::CheckedKv) in
+/// front of one enforces the [`KvLimits`]. A write returns only once it is
+/// durable. Methods may wait on disk or network, never block the caller's
+/// async thread.
+#[async_trait]
+pub trait KvStore: Send + Sync + 'static {
     /// The value at `key`, unless absent or expired.
-    fn get(&self, ns: &NamespaceId, key: &str) -> Result<Option<Entry>, KvError>;
+    async fn get(&self, ns: &NamespaceId, key: &str) -> Result<Option<Entry>, KvError>;
 
     /// Applies `ops` atomically and durably; one result per op. If any op
     /// fails (e.g. increment of a non-number) none is applied.
-    fn write(&self, ns: &NamespaceId, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>, KvError>;
+    async fn write(&self, ns: &NamespaceId, ops: Vec<WriteOp>)
+    -> Result<Vec<WriteResult>, KvError>;
 
     /// Keys starting with `prefix`, sorted, after `cursor`, at most `limit`.
-    fn list(
+    async fn list(
         &self,
         ns: &NamespaceId,
         prefix: &str,
@@ -199,64 +210,71 @@ pub trait KvBackend: Send + Sync + 'static {
     ) -> Result<Page, KvError>;
 
     /// Creates a namespace (idempotent); returns whether it is new.
-    fn create_namespace(&self, ns: &NamespaceId) -> Result<bool, KvError>;
-
-    /// A tenant's namespaces, sorted.
-    fn list_namespaces(&self, tenant: &str) -> Result<Vec<String>, KvError>;
+    async fn create_namespace(&self, ns: &NamespaceId) -> Result<bool, KvError>;
 
     /// True when the namespace exists.
-    fn namespace_exists(&self, ns: &NamespaceId) -> Result<bool, KvError>;
+    async fn namespace_exists(&self, ns: &NamespaceId) -> Result<bool, KvError>;
+
+    /// A tenant's namespaces, sorted.
+    async fn list_namespaces(&self, tenant: &str) -> Result<Vec<String>, KvError>;
 
     /// Removes every namespace and key of a tenant.
-    fn delete_tenant(&self, tenant: &str) -> Result<(), KvError>;
+    async fn delete_tenant(&self, tenant: &str) -> Result<(), KvError>;
+
+    /// The limits enforced in front of this store, if any (a bare backend
+    /// enforces none).
+    fn limits(&self) -> Option<KvLimits> {
+        None
+    }
+
+    /// The value of `key` if it can be answered at once from memory: `None`
+    /// when that would need a lookup, `Some(None)` for a key known to be
+    /// absent or expired. Lets async callers skip a thread hop on hits.
+    fn get_cached(&self, _ns: &NamespaceId, _key: &str) -> Option<Option<Entry>> {
+        None
+    }
+
+    /// True when `ns` is known to exist without a lookup.
+    fn namespace_known(&self, _ns: &NamespaceId) -> bool {
+        false
+    }
 
     /// True when `key` holds a live value.
-    fn exists(&self, ns: &NamespaceId, key: &str) -> Result<bool, KvError> {
-        Ok(self.get(ns, key)?.is_some())
+    async fn exists(&self, ns: &NamespaceId, key: &str) -> Result<bool, KvError> {
+        Ok(self.get(ns, key).await?.is_some())
     }
 
     /// Stores a value.
-    fn put(
+    async fn put(
         &self,
         ns: &NamespaceId,
         key: &str,
         value: Vec<u8>,
         options: PutOptions,
     ) -> Result<(), KvError> {
-        self.write(
-            ns,
-            vec![WriteOp::Put {
-                key: key.to_string(),
-                value,
-                options,
-            }],
-        )
-        .map(drop)
+        let op = WriteOp::Put {
+            key: key.to_string(),
+            value,
+            options,
+        };
+        self.write(ns, vec![op]).await.map(drop)
     }
 
     /// Removes a key.
-    fn delete(&self, ns: &NamespaceId, key: &str) -> Result<(), KvError> {
-        self.write(
-            ns,
-            vec![WriteOp::Delete {
-                key: key.to_string(),
-            }],
-        )
-        .map(drop)
+    async fn delete(&self, ns: &NamespaceId, key: &str) -> Result<(), KvError> {
+        let op = WriteOp::Delete {
+            key: key.to_string(),
+        };
+        self.write(ns, vec![op]).await.map(drop)
     }
 
     /// Adds `delta` to a decimal counter; returns the new value.
-    fn increment(&self, ns: &NamespaceId, key: &str, delta: i64) -> Result<i64, KvError> {
-        match self
-            .write(
-                ns,
-                vec![WriteOp::Increment {
-                    key: key.to_string(),
-                    delta,
-                }],
-            )?
-            .pop()
-        {
+    async fn increment(&self, ns: &NamespaceId, key: &str, delta: i64) -> Result<i64, KvError> {
+        let op = WriteOp::Increment {
+            key: key.to_string(),
+            delta,
+        };
+        match self.write(ns, vec![op]).await?.pop() {
             Some(WriteResult::Counter(n)) => Ok(n),
             other => Err(KvError::Storage(format!(
                 "unexpected increment result {other:?}"
@@ -265,24 +283,19 @@ pub trait KvBackend: Send + Sync + 'static {
     }
 
     /// Compare-and-swap; returns whether it happened.
-    fn compare_and_swap(
+    async fn compare_and_swap(
         &self,
         ns: &NamespaceId,
         key: &str,
         expected: Option<Vec<u8>>,
         new: Option<(Vec<u8>, PutOptions)>,
     ) -> Result<bool, KvError> {
-        match self
-            .write(
-                ns,
-                vec![WriteOp::CompareAndSwap {
-                    key: key.to_string(),
-                    expected,
-                    new,
-                }],
-            )?
-            .pop()
-        {
+        let op = WriteOp::CompareAndSwap {
+            key: key.to_string(),
+            expected,
+            new,
+        };
+        match self.write(ns, vec![op]).await?.pop() {
             Some(WriteResult::Swapped(b)) => Ok(b),
             other => Err(KvError::Storage(format!(
                 "unexpected swap result {other:?}"
@@ -290,8 +303,16 @@ pub trait KvBackend: Send + Sync + 'static {
         }
     }
 
-    /// Values of several keys.
-    fn get_many(&self, ns: &NamespaceId, keys: &[String]) -> Result<Vec<Option<Entry>>, KvError> {
-        keys.iter().map(|k| self.get(ns, k)).collect()
+    /// Values of several keys, in order.
+    async fn get_many(
+        &self,
+        ns: &NamespaceId,
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>, KvError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.get(ns, k).await?);
+        }
+        Ok(out)
     }
 }
