@@ -11,6 +11,7 @@
 //! compatibility tag equals the parent's before writing anything, so the
 //! only bytes ever deserialized are this engine's own output.
 use std::ffi::OsString;
+use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Config, Engine};
 
-use crate::artifacts::{engine_tag, remove_temporaries_of, write_atomic};
+use crate::files::{remove_temporaries_of, write_atomic};
+use crate::rlimit::limit_child;
 
 /// Engine settings that shape compiled code. The server's engine and a
 /// compiler child's are built from the same values by [`engine_config`].
@@ -37,6 +39,14 @@ pub fn engine_config(settings: &EngineSettings) -> Config {
         .epoch_interruption(true)
         .max_wasm_stack(settings.max_wasm_stack);
     wasm
+}
+
+/// Hex of a hash of the engine's compatibility hash: two engines with the
+/// same tag read each other's precompiled files.
+pub(crate) fn engine_tag(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 /// An external compiler: a program run once per compilation, under rlimits.
@@ -229,56 +239,6 @@ fn classify(
         None => "the compiler stopped unexpectedly".to_string(),
     };
     Err(CompileError::Failed(message))
-}
-
-/// Applies the budgets in the child between fork and exec.
-fn limit_child(cmd: &mut Command, cpu_seconds: u64, address_space: u64) {
-    use std::os::unix::process::CommandExt;
-
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (getrlimit, setrlimit, prctl),
-    // touching no locks or allocations.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Soft limit: SIGXCPU; the hard limit a second later: SIGKILL.
-            set_limit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds.saturating_add(1))?;
-            set_limit(libc::RLIMIT_AS, address_space, address_space)?;
-            set_limit(libc::RLIMIT_CORE, 0, 0)?;
-            // Do not outlive a server that was killed mid-compilation.
-            #[cfg(target_os = "linux")]
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            Ok(())
-        });
-    }
-}
-
-#[cfg(target_os = "linux")]
-type Resource = libc::__rlimit_resource_t;
-#[cfg(not(target_os = "linux"))]
-type Resource = libc::c_int;
-
-/// Lowers a limit; never asks for more than the current hard limit (which
-/// an unprivileged process could not raise).
-fn set_limit(resource: Resource, soft: u64, hard: u64) -> std::io::Result<()> {
-    let mut current = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on a local struct.
-    unsafe {
-        if libc::getrlimit(resource, &mut current) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let max = current.rlim_max;
-        let wanted = libc::rlimit {
-            rlim_cur: (soft as libc::rlim_t).min(max),
-            rlim_max: (hard as libc::rlim_t).min(max),
-        };
-        if libc::setrlimit(resource, &wanted) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Why [`compile_child`] failed.

@@ -15,8 +15,8 @@ use perch_kv::guest::{KvCtx, KvCtxView, KvView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::{EgressConfig, OutboundPolicy};
-use crate::invoke::RequestState;
 use crate::limits::InstanceLimiter;
+use crate::meter::RequestState;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
 /// Store data of one instance (one request's, or a few sequential requests'

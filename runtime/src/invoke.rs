@@ -4,10 +4,9 @@
 //! whole exchange, and failures classified for the gateway.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -26,6 +25,8 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use crate::egress::OutboundPolicy;
 use crate::host::{GuestLog, Host, PerchHooks};
 use crate::limits::InstanceLimiter;
+use crate::meter::{CpuTimed, RequestState};
+use crate::pool::InstancePool;
 use crate::{Digest, InvokeError, Limits, Runtime};
 
 /// Bytes of stdout+stderr kept per request for the function's log.
@@ -91,172 +92,10 @@ impl Invocation {
 /// The streamed response body of a function.
 pub type ResponseBody = GuardedBody;
 
-/// Idle instances one function keeps for reuse (each holds a pool slot).
-const MAX_IDLE_PER_FUNCTION: usize = 8;
-/// An idle instance not reused within this time is dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// CPU time the guest has used for the current request, read by the epoch
-/// callback that enforces the CPU limit. Counted with the thread's own CPU
-/// clock while the guest's future is polled, so time the thread spends
-/// preempted on a busy host is not charged to the guest.
-pub(crate) struct RequestState {
-    cpu_limit: Duration,
-    spent_ns: AtomicU64,
-    /// The thread's CPU clock when the current poll began, 0 when idle.
-    poll_start_ns: AtomicU64,
-    cpu_hit: AtomicBool,
-    /// Shared with the instance's memory limiter.
-    memory_hit: Arc<AtomicBool>,
-}
-
-/// CPU time consumed by the calling thread, in nanoseconds (never 0).
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
-    // every Linux kernel supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 1;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-        .max(1)
-}
-
-impl RequestState {
-    fn new(cpu_limit: Duration, memory_hit: Arc<AtomicBool>) -> Self {
-        RequestState {
-            cpu_limit,
-            spent_ns: AtomicU64::new(0),
-            poll_start_ns: AtomicU64::new(0),
-            cpu_hit: AtomicBool::new(false),
-            memory_hit,
-        }
-    }
-
-    /// CPU time used so far. During a poll, only meaningful on the polling
-    /// thread (the epoch callback runs there).
-    fn cpu_used(&self) -> Duration {
-        let mut ns = self.spent_ns.load(Ordering::Relaxed);
-        let start = self.poll_start_ns.load(Ordering::Relaxed);
-        if start != 0 {
-            ns += thread_cpu_ns().saturating_sub(start);
-        }
-        Duration::from_nanos(ns)
-    }
-}
-
-/// Accumulates the CPU time spent inside `poll` of the wrapped future.
-struct CpuTimed<F> {
-    state: Arc<RequestState>,
-    fut: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for CpuTimed<F> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let start = thread_cpu_ns();
-        self.state.poll_start_ns.store(start, Ordering::Relaxed);
-        let out = self.fut.as_mut().poll(cx);
-        let end = thread_cpu_ns();
-        self.state.poll_start_ns.store(0, Ordering::Relaxed);
-        self.state
-            .spent_ns
-            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
-        out
-    }
-}
-
 struct InUse(Arc<crate::RuntimeStats>);
 impl Drop for InUse {
     fn drop(&mut self) {
         self.0.instances_in_use.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An instance waiting for its function's next request.
-struct Idle {
-    store: Store<Host>,
-    proxy: Proxy,
-    served: u32,
-    parked: Instant,
-}
-
-/// Idle instances of one function version that opted into reuse. Shared by
-/// the clones of its [`Invocation`]; dropped (with its instances) when the
-/// routing snapshot that holds the invocation goes away.
-#[derive(Default)]
-pub(crate) struct InstancePool {
-    idle: Mutex<Vec<Idle>>,
-    sweeper: AtomicBool,
-}
-
-impl InstancePool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The most recently parked instance, unless it has idled too long.
-    fn take(&self) -> Option<Idle> {
-        let mut idle = self.lock();
-        let last = idle.pop()?;
-        if last.parked.elapsed() < IDLE_TIMEOUT {
-            return Some(last);
-        }
-        // Parked in order: everything older is stale too.
-        let stale = std::mem::take(&mut *idle);
-        drop(idle);
-        drop((last, stale));
-        None
-    }
-
-    /// Parks an instance for reuse, unless enough are parked already.
-    fn put(self: &Arc<Self>, store: Store<Host>, proxy: Proxy, served: u32) {
-        let entry = Idle {
-            store,
-            proxy,
-            served,
-            parked: Instant::now(),
-        };
-        let mut idle = self.lock();
-        if idle.len() >= MAX_IDLE_PER_FUNCTION {
-            drop(idle);
-            drop(entry);
-            return;
-        }
-        idle.push(entry);
-        drop(idle);
-        if !self.sweeper.swap(true, Ordering::AcqRel) {
-            tokio::spawn(sweep(Arc::downgrade(self)));
-        }
-    }
-}
-
-/// Drops instances that idled past the timeout; ends when none are parked.
-async fn sweep(pool: std::sync::Weak<InstancePool>) {
-    loop {
-        tokio::time::sleep(IDLE_TIMEOUT).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let mut idle = pool.lock();
-        let fresh = idle
-            .iter()
-            .position(|i| i.parked.elapsed() < IDLE_TIMEOUT)
-            .unwrap_or(idle.len());
-        let stale: Vec<Idle> = idle.drain(..fresh).collect();
-        let empty = idle.is_empty();
-        if empty {
-            pool.sweeper.store(false, Ordering::Release);
-        }
-        drop(idle);
-        drop(stale);
-        if empty {
-            return;
-        }
     }
 }
 
@@ -520,27 +359,5 @@ impl Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_meter_charges_cpu_time_not_time_off_cpu() {
-        let state = Arc::new(RequestState::new(Duration::from_secs(1), Arc::default()));
-        let mut timed = CpuTimed {
-            state: state.clone(),
-            fut: Box::pin(async { std::thread::sleep(Duration::from_millis(200)) }),
-        };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(Pin::new(&mut timed).poll(&mut cx).is_ready());
-        // 200 ms inside poll, but asleep: (almost) nothing is charged.
-        assert!(
-            state.cpu_used() < Duration::from_millis(100),
-            "{:?}",
-            state.cpu_used()
-        );
     }
 }

@@ -19,13 +19,21 @@
 //! ```
 #![deny(missing_docs)]
 
-mod artifacts;
+// Modules depend on each other one way, roughly in this order (leaves
+// first): digest, error, files, meter, limits, egress, rlimit, compile,
+// cache, host, validate, pool, invoke.
+mod cache;
 mod compile;
+mod digest;
 mod egress;
 mod error;
+mod files;
 mod host;
 mod invoke;
 mod limits;
+mod meter;
+mod pool;
+mod rlimit;
 mod validate;
 
 use std::path::PathBuf;
@@ -37,10 +45,10 @@ use wasmtime::component::Linker;
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-pub use artifacts::Digest;
 pub use compile::{
     CompileChildError, CompilerCommand, EngineSettings, compile_child, engine_config,
 };
+pub use digest::Digest;
 pub use egress::{EgressConfig, OutboundPolicy, refused_ip};
 pub use error::{InvokeError, RuntimeError, ValidationError};
 pub use host::Host;
@@ -121,7 +129,7 @@ pub struct RuntimeStats {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
-    artifacts: artifacts::ArtifactStore,
+    artifacts: cache::ArtifactCache,
     cache: moka::sync::Cache<Digest, ProxyPre<Host>>,
     stats: Arc<RuntimeStats>,
     egress: Arc<EgressConfig>,
@@ -179,7 +187,7 @@ impl Runtime {
             settings,
             command: config.compiler,
         };
-        let artifacts = artifacts::ArtifactStore::open(&config.artifacts_dir, &engine, compiler)?;
+        let artifacts = cache::ArtifactCache::open(&config.artifacts_dir, &engine, compiler)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), config.epoch_tick, ticker_stop.clone());
 

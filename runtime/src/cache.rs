@@ -1,96 +1,35 @@
-//! Content-addressed storage of uploaded components and their precompiled
+//! The node's local store of uploaded components and their precompiled
 //! forms. Precompiled files are only ever written by this engine, through a
 //! temporary file renamed into place, and their name carries the engine's
 //! compatibility hash: after a wasmtime upgrade the old files are simply not
 //! found, and the component is recompiled from its stored bytes.
-use std::fmt;
 use std::fs;
-use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::compile::{CompileError, Compiler};
-use crate::{RuntimeError, ValidationError};
+use crate::compile::{CompileError, Compiler, engine_tag};
+use crate::files::{remove_temporaries, sync_dir, temporary_path, write_file};
+use crate::{Digest, RuntimeError, ValidationError};
 
-/// SHA-256 of a component's bytes; shown as lowercase hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(pub [u8; 32]);
-
-impl Digest {
-    /// Hashes `bytes`.
-    pub fn of(bytes: &[u8]) -> Digest {
-        let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        Digest(out)
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({self})")
-    }
-}
-
-impl FromStr for Digest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Digest, String> {
-        if s.len() != 64 {
-            return Err(format!("digest must be 64 hex characters, got {}", s.len()));
-        }
-        let mut out = [0u8; 32];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            let hex = std::str::from_utf8(chunk).map_err(|e| e.to_string())?;
-            out[i] = u8::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
-        }
-        Ok(Digest(out))
-    }
-}
-
-pub(crate) struct ArtifactStore {
+pub(crate) struct ArtifactCache {
     dir: PathBuf,
     /// Hex of the engine's compatibility hash, part of every precompiled file name.
     engine_tag: String,
     compiler: Compiler,
 }
 
-/// Hex of a hash of the engine's compatibility hash: two engines with the
-/// same tag read each other's precompiled files.
-pub(crate) fn engine_tag(engine: &Engine) -> String {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
-}
-
-impl ArtifactStore {
+impl ArtifactCache {
     pub(crate) fn open(
         dir: &Path,
         engine: &Engine,
         compiler: Compiler,
-    ) -> Result<ArtifactStore, RuntimeError> {
+    ) -> Result<ArtifactCache, RuntimeError> {
         fs::create_dir_all(dir).map_err(|e| RuntimeError::artifact("create artifacts dir", e))?;
         // Temporary files left by a crash (ours or a killed compiler's).
-        if let Ok(entries) = fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().contains(".tmp") {
-                    let _ = fs::remove_file(entry.path());
-                }
-            }
-        }
-        Ok(ArtifactStore {
+        remove_temporaries(dir);
+        Ok(ArtifactCache {
             dir: dir.to_path_buf(),
             engine_tag: engine_tag(engine),
             compiler,
@@ -191,59 +130,4 @@ fn deserialize(engine: &Engine, path: &Path) -> Result<Component, RuntimeError> 
     // never upload precompiled code.
     unsafe { Component::deserialize_file(engine, path) }
         .map_err(|e| RuntimeError::artifact(&format!("load {}", path.display()), e))
-}
-
-/// `<path minus extension>.tmp<pid>.<n>`: unique per process and write.
-fn temporary_path(path: &Path, pid: u32) -> PathBuf {
-    path.with_extension(format!(
-        "tmp{pid}.{}",
-        TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ))
-}
-
-/// Removes what [`write_atomic`] in process `pid` may have left of `path`
-/// (a compiler child writes only one file, as its first temporary).
-pub(crate) fn remove_temporaries_of(path: &Path, pid: u32) {
-    let _ = fs::remove_file(path.with_extension(format!("tmp{pid}.0")));
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-/// Writes `bytes` to a temporary file, fsyncs it and renames it to `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    let tmp = temporary_path(path, std::process::id());
-    let result = write_file(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| RuntimeError::artifact(&format!("write {}", path.display()), e))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), RuntimeError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| RuntimeError::artifact("sync artifacts dir", e))
-}
-
-static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digest_round_trips_through_hex() {
-        let d = Digest::of(b"hello");
-        let s = d.to_string();
-        assert_eq!(
-            s,
-            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
-        assert_eq!(s.parse::<Digest>().unwrap(), d);
-        assert!("zz".parse::<Digest>().is_err());
-    }
 }
