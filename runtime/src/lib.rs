@@ -20,8 +20,8 @@
 #![deny(missing_docs)]
 
 // Modules depend on each other one way, roughly in this order (leaves
-// first): digest, error, files, meter, limits, egress, rlimit, compile,
-// cache, host, validate, pool, invoke.
+// first): digest, error, files, meter, limits, egress, report, rlimit,
+// compile, cache, host, validate, pool, invoke.
 mod cache;
 mod compile;
 mod digest;
@@ -33,6 +33,7 @@ mod invoke;
 mod limits;
 mod meter;
 mod pool;
+mod report;
 mod rlimit;
 mod validate;
 
