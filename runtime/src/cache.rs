@@ -1,16 +1,20 @@
-//! The node's local store of uploaded components and their precompiled
-//! forms. Precompiled files are only ever written by this engine, through a
-//! temporary file renamed into place, and their name carries the engine's
-//! compatibility hash: after a wasmtime upgrade the old files are simply not
-//! found, and the component is recompiled from its stored bytes.
+//! The node's local artifacts directory, a cache in front of the
+//! [`ArtifactStore`]: component bytes fetched from the store
+//! (`<sha256>.wasm`) and their precompiled forms. Precompiled files are only
+//! ever written by this engine, through a temporary file renamed into
+//! place, and their name carries the engine's compatibility hash: after a
+//! wasmtime upgrade the old files are simply not found, and the component
+//! is recompiled from its bytes.
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::compile::{CompileError, Compiler, engine_tag};
-use crate::files::{remove_temporaries, sync_dir, temporary_path, write_file};
+use crate::files::{remove_temporaries, sync_dir, temporary_path, write_atomic, write_file};
+use crate::store::{ArtifactStore, component_path};
 use crate::{Digest, RuntimeError, ValidationError};
 
 pub(crate) struct ArtifactCache {
@@ -18,6 +22,7 @@ pub(crate) struct ArtifactCache {
     /// Hex of the engine's compatibility hash, part of every precompiled file name.
     engine_tag: String,
     compiler: Compiler,
+    store: Arc<dyn ArtifactStore>,
 }
 
 impl ArtifactCache {
@@ -25,6 +30,7 @@ impl ArtifactCache {
         dir: &Path,
         engine: &Engine,
         compiler: Compiler,
+        store: Arc<dyn ArtifactStore>,
     ) -> Result<ArtifactCache, RuntimeError> {
         fs::create_dir_all(dir).map_err(|e| RuntimeError::artifact("create artifacts dir", e))?;
         // Temporary files left by a crash (ours or a killed compiler's).
@@ -33,24 +39,41 @@ impl ArtifactCache {
             dir: dir.to_path_buf(),
             engine_tag: engine_tag(engine),
             compiler,
+            store,
         })
     }
 
     fn component_path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join(format!("{digest}.wasm"))
+        component_path(&self.dir, digest)
     }
 
     fn precompiled_path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(format!("{digest}.{}.cwasm", self.engine_tag))
     }
 
-    pub(crate) fn has_component(&self, digest: &Digest) -> bool {
+    /// Whether the component's bytes are in the local directory.
+    pub(crate) fn has_local(&self, digest: &Digest) -> bool {
         self.component_path(digest).exists()
     }
 
-    /// Compiles uploaded bytes and stores them with their precompiled form
-    /// (both durable) once `check` accepts the compiled component. Nothing
-    /// is left behind when compilation or the check fails.
+    /// Whether the component is kept: locally, or in the store.
+    pub(crate) fn has_component(&self, digest: &Digest) -> bool {
+        self.has_local(digest) || self.store.contains(digest).unwrap_or(false)
+    }
+
+    /// Makes sure the store holds `bytes` (an upload whose digest is
+    /// `digest`): durable there before the upload is acknowledged.
+    pub(crate) fn ensure_stored(&self, digest: &Digest, bytes: &[u8]) -> Result<(), RuntimeError> {
+        if self.store.contains(digest)? {
+            return Ok(());
+        }
+        self.store.put(digest, bytes)
+    }
+
+    /// Compiles uploaded bytes, keeps them with their precompiled form in
+    /// the local directory and puts them into the store (durable there)
+    /// once `check` accepts the compiled component. Nothing is left behind
+    /// locally when compilation or the check fails.
     pub(crate) fn compile_and_store<T>(
         &self,
         engine: &Engine,
@@ -61,7 +84,7 @@ impl ArtifactCache {
         let storage = ValidationError::Storage;
         let final_path = self.component_path(digest);
         // The compiler reads the component from a file; it becomes the
-        // stored component by a rename once everything passed.
+        // cached component by a rename once everything passed.
         let input = temporary_path(&final_path, std::process::id());
         write_file(&input, bytes)
             .map_err(|e| storage(RuntimeError::artifact("write upload", e)))?;
@@ -81,6 +104,9 @@ impl ArtifactCache {
             fs::rename(&input, &final_path)
                 .map_err(|e| storage(RuntimeError::artifact("store component", e)))?;
             sync_dir(&self.dir).map_err(storage)?;
+            // With the default store (this directory) the component is
+            // there already.
+            self.ensure_stored(digest, bytes).map_err(storage)?;
             Ok(checked)
         })();
         if result.is_err() {
@@ -90,7 +116,8 @@ impl ArtifactCache {
     }
 
     /// Loads the compiled component; returns whether it had to be compiled
-    /// (no precompiled file for this engine, e.g. after an upgrade).
+    /// (no precompiled file for this engine, e.g. after an upgrade, or a
+    /// component this node has not run before, fetched from the store).
     pub(crate) fn load(
         &self,
         engine: &Engine,
@@ -107,9 +134,7 @@ impl ArtifactCache {
         }
         let input = self.component_path(digest);
         if !input.exists() {
-            return Err(RuntimeError::Artifact(format!(
-                "component {digest} is missing"
-            )));
+            self.fetch(digest, &input)?;
         }
         self.compiler
             .precompile(engine, &input, &pre)
@@ -119,6 +144,22 @@ impl ArtifactCache {
                 }
             })?;
         Ok((deserialize(engine, &pre)?, true))
+    }
+
+    /// Copies a component from the store into the local directory.
+    fn fetch(&self, digest: &Digest, path: &Path) -> Result<(), RuntimeError> {
+        let bytes = self
+            .store
+            .get(digest)?
+            .ok_or_else(|| RuntimeError::Artifact(format!("component {digest} is missing")))?;
+        // What the store returns is compiled and run: it must be the
+        // component that was uploaded under this digest.
+        if Digest::of(&bytes) != *digest {
+            return Err(RuntimeError::Artifact(format!(
+                "the store returned other bytes for component {digest}"
+            )));
+        }
+        write_atomic(path, &bytes)
     }
 }
 

@@ -53,6 +53,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError
     result.map_err(|e| RuntimeError::artifact(&format!("write {}", path.display()), e))
 }
 
+/// [`write_atomic`], then fsyncs the directory so the rename survives a
+/// crash too.
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    write_atomic(path, bytes)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// Fsyncs a directory (its entries: creations and renames).
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), RuntimeError> {
     fs::File::open(dir)
