@@ -1,5 +1,6 @@
 //! perch-runtime's own tests with a real guest component (`tests/guest`,
-//! built for wasm32-wasip2 on first use): the artifact store seam.
+//! built for wasm32-wasip2 on first use): the artifact store seam and the
+//! compiler child's reasons.
 use std::path::Path;
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use perch_runtime::{ArtifactStore, Digest, Invocation, ResponseBody, Runtime, RuntimeConfig};
 
+mod compile;
 mod guest;
 mod store;
 
