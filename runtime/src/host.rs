@@ -1,7 +1,7 @@
 //! The per-request store data: WASI and wasi-http contexts, the resource
 //! table and the limiter, plus the guest's captured stdout/stderr.
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::{EgressConfig, OutboundPolicy};
 use crate::limits::InstanceLimiter;
+use crate::logs::{GuestOutput, LogStream};
 use crate::meter::RequestState;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
@@ -31,8 +32,8 @@ pub struct Host {
     pub(crate) hooks: PerchHooks,
     /// CPU accounting of the request being served; replaced per request.
     pub(crate) meter: Arc<RequestState>,
-    /// The guest's captured stdout and stderr, flushed after each request.
-    pub(crate) log: GuestLog,
+    /// The guest's captured stdout and stderr, taken after each request.
+    pub(crate) output: GuestOutput,
 }
 
 impl WasiView for Host {
@@ -101,54 +102,26 @@ impl WasiHttpHooks for PerchHooks {
     }
 }
 
-/// Bounded capture of a guest's stdout or stderr. Output past the capacity
-/// is dropped (and noted), never an error the guest could trip over.
+/// One of the guest's output streams, captured into its [`GuestOutput`].
 #[derive(Clone)]
-pub(crate) struct GuestLog {
-    inner: Arc<Mutex<LogBuf>>,
+pub(crate) struct GuestStream {
+    pub(crate) output: GuestOutput,
+    pub(crate) stream: LogStream,
 }
 
-struct LogBuf {
-    bytes: Vec<u8>,
-    capacity: usize,
-    truncated: bool,
-}
-
-impl GuestLog {
-    pub(crate) fn new(capacity: usize) -> Self {
-        GuestLog {
-            inner: Arc::new(Mutex::new(LogBuf {
-                bytes: Vec::new(),
-                capacity,
-                truncated: false,
-            })),
-        }
-    }
-
+impl GuestStream {
     fn append(&self, data: &[u8]) {
-        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let room = buf.capacity - buf.bytes.len();
-        if data.len() > room {
-            buf.truncated = true;
-        }
-        buf.bytes.extend_from_slice(&data[..data.len().min(room)]);
-    }
-
-    /// Takes what was captured so far, and whether some was dropped.
-    pub(crate) fn take(&self) -> (Vec<u8>, bool) {
-        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let truncated = std::mem::take(&mut buf.truncated);
-        (std::mem::take(&mut buf.bytes), truncated)
+        self.output.append(self.stream, data);
     }
 }
 
-impl IsTerminal for GuestLog {
+impl IsTerminal for GuestStream {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for GuestLog {
+impl StdoutStream for GuestStream {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
@@ -159,11 +132,11 @@ impl StdoutStream for GuestLog {
 }
 
 #[async_trait::async_trait]
-impl Pollable for GuestLog {
+impl Pollable for GuestStream {
     async fn ready(&mut self) {}
 }
 
-impl OutputStream for GuestLog {
+impl OutputStream for GuestStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         self.append(&bytes);
         Ok(())
@@ -176,7 +149,7 @@ impl OutputStream for GuestLog {
     }
 }
 
-impl tokio::io::AsyncWrite for GuestLog {
+impl tokio::io::AsyncWrite for GuestStream {
     fn poll_write(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,

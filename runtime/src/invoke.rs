@@ -1,7 +1,8 @@
 //! Running one request: a fresh store and instance per request (or an idle
 //! one for functions that opted into reuse), CPU time
 //! measured while the guest is being polled, a wall-clock deadline over the
-//! whole exchange, and failures classified for the gateway.
+//! whole exchange, failures classified for the gateway, and the
+//! invocation's record handed to its log sink at the end.
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,14 +24,13 @@ use perch_kv::guest::{KvAccess, KvCtx};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::OutboundPolicy;
-use crate::host::{GuestLog, Host, PerchHooks};
+use crate::host::{GuestStream, Host, PerchHooks};
 use crate::limits::InstanceLimiter;
+use crate::logs::{GuestOutput, LogSink, LogStream, TracingLogSink};
 use crate::meter::{CpuTimed, RequestState};
 use crate::pool::InstancePool;
+use crate::record::{Consumer, Ledger, TaskEnd, outcome_of};
 use crate::{Digest, InvokeError, Limits, Runtime};
-
-/// Bytes of stdout+stderr kept per request for the function's log.
-const GUEST_LOG_CAPACITY: usize = 64 * 1024;
 
 /// What to run for one request.
 #[derive(Clone)]
@@ -47,6 +47,9 @@ pub struct Invocation {
     pub kv: Option<Arc<KvAccess>>,
     /// Outbound HTTP allow-list and request budget.
     pub outbound: Arc<OutboundPolicy>,
+    /// Where the record of each request (the guest's output, the outcome)
+    /// goes; [`TracingLogSink`] by default.
+    pub log_sink: Arc<dyn LogSink>,
     /// Names the function in logs, e.g. `tenant/function@3`.
     pub label: Arc<str>,
     /// Requests one instance may serve in sequence. 1 (the default) is a
@@ -70,7 +73,8 @@ impl std::fmt::Debug for Invocation {
 }
 
 impl Invocation {
-    /// An invocation with no environment, config or KV.
+    /// An invocation with no environment, config or KV, logging to the
+    /// server log.
     pub fn new(digest: Digest, limits: Limits, label: &str) -> Self {
         Invocation {
             digest,
@@ -82,6 +86,7 @@ impl Invocation {
                 allow: Vec::new(),
                 max_requests: 50,
             }),
+            log_sink: Arc::new(TracingLogSink),
             label: label.into(),
             max_reuse: 1,
             pool: Arc::default(),
@@ -110,11 +115,15 @@ impl Runtime {
     /// memory limiter, the CPU-limit epoch callback.
     fn new_store(&self, inv: &Invocation) -> Store<Host> {
         let memory_hit = Arc::new(AtomicBool::new(false));
-        let log = GuestLog::new(GUEST_LOG_CAPACITY);
+        let output = GuestOutput::default();
+        let stream = |stream| GuestStream {
+            output: output.clone(),
+            stream,
+        };
         let wasi = WasiCtx::builder()
             .envs(&inv.env)
-            .stdout(log.clone())
-            .stderr(log.clone())
+            .stdout(stream(LogStream::Stdout))
+            .stderr(stream(LogStream::Stderr))
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(inv.limits.table_capacity);
@@ -132,7 +141,7 @@ impl Runtime {
                 sent: 0,
             },
             meter: Arc::new(RequestState::new(inv.limits.cpu, memory_hit)),
-            log,
+            output,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
@@ -169,26 +178,19 @@ impl Runtime {
         Ok(store)
     }
 
-    /// Runs `req` through an instance of the invocation's component: a fresh
-    /// one, or, when the function opted into reuse, an idle one that has
-    /// served fewer than `max_reuse` requests.
-    ///
-    /// Returns once the guest has set its response head; the body streams
-    /// from the still-running instance. If the guest fails after the head,
-    /// the body ends with an error (so the connection is aborted, not
-    /// finished cleanly). A failed instance is never reused.
-    pub async fn handle<B>(
+    /// The store and instance for one request: an idle instance of the
+    /// function if it opted into reuse and one is parked, else a fresh store
+    /// for the loaded component.
+    async fn prepare(
         self: &Arc<Self>,
         inv: &Invocation,
-        req: hyper::Request<B>,
-    ) -> Result<hyper::Response<ResponseBody>, InvokeError>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
-        let reuse = inv.max_reuse > 1;
-        let idle = if reuse { inv.pool.take() } else { None };
-        let (mut store, instance) = match idle {
+    ) -> Result<(Store<Host>, Instance), InvokeError> {
+        let idle = if inv.max_reuse > 1 {
+            inv.pool.take()
+        } else {
+            None
+        };
+        Ok(match idle {
             Some(idle) => {
                 let mut store = idle.store;
                 let host = store.data_mut();
@@ -207,23 +209,60 @@ impl Runtime {
                     .map_err(|e| InvokeError::Internal(e.to_string()))?;
                 (self.new_store(inv), Instance::Fresh(pre))
             }
+        })
+    }
+
+    /// Runs `req` through an instance of the invocation's component: a fresh
+    /// one, or, when the function opted into reuse, an idle one that has
+    /// served fewer than `max_reuse` requests.
+    ///
+    /// Returns once the guest has set its response head; the body streams
+    /// from the still-running instance. If the guest fails after the head,
+    /// the body ends with an error (so the connection is aborted, not
+    /// finished cleanly). A failed instance is never reused. Once both the
+    /// instance and the response are done (or dropped), the invocation's
+    /// record goes to its `log_sink`.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        inv: &Invocation,
+        req: hyper::Request<B>,
+    ) -> Result<hyper::Response<ResponseBody>, InvokeError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let ledger = Ledger::new(inv.log_sink.clone(), inv.label.clone());
+        let mut consumer = Consumer::new(ledger.clone());
+        // Hyper drops the body of these unread: no sign of a client gone.
+        let head_only = req.method() == http::Method::HEAD;
+
+        let (resp_tx, resp_rx) = oneshot::channel();
+        let prepared = self.prepare(inv).await.and_then(|(mut store, instance)| {
+            let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, req)
+                .map_err(internal)?;
+            let out = store
+                .data_mut()
+                .http()
+                .new_response_outparam(resp_tx)
+                .map_err(internal)?;
+            Ok((store, instance, req, out))
+        });
+        let (mut store, instance, req, out) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                ledger.task_ended(TaskEnd::host_failure());
+                consumer.refused();
+                consumer.done();
+                return Err(e);
+            }
         };
         store.set_epoch_deadline(1);
         let state = store.data().meter.clone();
-        let log = store.data().log.clone();
-
-        let (resp_tx, resp_rx) = oneshot::channel();
-        let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
-        let req = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .map_err(internal)?;
-        let out = store
-            .data_mut()
-            .http()
-            .new_response_outparam(resp_tx)
-            .map_err(internal)?;
+        let output = store.data().output.clone();
 
         self.stats.instances_in_use.fetch_add(1, Ordering::Relaxed);
         let in_use = InUse(self.stats.clone());
@@ -231,10 +270,9 @@ impl Runtime {
         let label = inv.label.clone();
         let wall = inv.limits.wall;
         let (pool, max_reuse) = (inv.pool.clone(), inv.max_reuse);
-        let task_state = state.clone();
         let task = tokio::spawn(async move {
             let run = CpuTimed {
-                state: task_state.clone(),
+                state: state.clone(),
                 fut: Box::pin(async move {
                     let (proxy, served) = match instance {
                         Instance::Fresh(pre) => (pre.instantiate_async(&mut store).await?, 0),
@@ -249,20 +287,26 @@ impl Runtime {
             };
             let result = match tokio::time::timeout(wall, run).await {
                 Ok(Ok(instance)) => Ok(instance),
-                Ok(Err(e)) => Err(classify(&task_state, e)),
+                Ok(Err(e)) => Err(classify(&state, e)),
                 Err(_) => Err(InvokeError::WallTimeout),
             };
             drop(in_use);
-            flush_guest_log(&label, &log);
+            let (logs, truncated) = output.take();
+            ledger.task_ended(TaskEnd {
+                failure: result.as_ref().err().map(outcome_of),
+                cpu: state.cpu_used(),
+                logs,
+                truncated,
+            });
             let result = match result {
                 Ok((store, proxy, served)) => {
-                    if reuse && served < max_reuse {
+                    if served < max_reuse {
                         pool.put(store, proxy, served);
                     }
                     Ok(())
                 }
                 Err(e) => {
-                    tracing::warn!(function = %label, error = %e, cpu_ms = task_state.cpu_used().as_millis() as u64, "function failed");
+                    tracing::warn!(function = %label, error = %e, cpu_ms = state.cpu_used().as_millis() as u64, "function failed");
                     Err(e)
                 }
             };
@@ -271,20 +315,37 @@ impl Runtime {
         });
 
         match resp_rx.await {
-            Ok(Ok(resp)) => Ok(resp.map(|body| GuardedBody {
-                inner: body,
-                done: Some(done_rx),
-            })),
-            Ok(Err(code)) => Err(InvokeError::FunctionError(format!(
-                "guest answered with error {code:?}"
-            ))),
-            Err(_) => match task.await {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Err(InvokeError::FunctionError(
-                    "returned without setting a response".into(),
-                )),
-                Err(e) => Err(InvokeError::Internal(format!("request task failed: {e}"))),
-            },
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                consumer.head(status.as_u16());
+                if head_only || status == 204 || status == 304 {
+                    consumer.done();
+                }
+                Ok(resp.map(|body| GuardedBody {
+                    inner: body,
+                    done: Some(done_rx),
+                    consumer,
+                }))
+            }
+            Ok(Err(code)) => {
+                consumer.refused();
+                consumer.done();
+                Err(InvokeError::FunctionError(format!(
+                    "guest answered with error {code:?}"
+                )))
+            }
+            Err(_) => {
+                // No response will come: the outcome is the task's.
+                consumer.refused();
+                consumer.done();
+                match task.await {
+                    Ok(Err(e)) => Err(e),
+                    Ok(Ok(())) => Err(InvokeError::FunctionError(
+                        "returned without setting a response".into(),
+                    )),
+                    Err(e) => Err(InvokeError::Internal(format!("request task failed: {e}"))),
+                }
+            }
         }
     }
 }
@@ -304,24 +365,12 @@ fn classify(state: &RequestState, e: wasmtime::Error) -> InvokeError {
     InvokeError::FunctionError(format!("{e:?}"))
 }
 
-fn flush_guest_log(label: &str, log: &GuestLog) {
-    let (bytes, truncated) = log.take();
-    if bytes.is_empty() {
-        return;
-    }
-    for line in String::from_utf8_lossy(&bytes).lines() {
-        tracing::info!(target: "perch_guest", function = %label, "{line}");
-    }
-    if truncated {
-        tracing::info!(target: "perch_guest", function = %label, "[output truncated at {GUEST_LOG_CAPACITY} bytes]");
-    }
-}
-
 /// The guest's response body, which turns "the instance failed after the
 /// head went out" into a body error instead of a clean end.
 pub struct GuardedBody {
     inner: HyperOutgoingBody,
     done: Option<oneshot::Receiver<bool>>,
+    consumer: Consumer,
 }
 
 impl Body for GuardedBody {
@@ -334,6 +383,11 @@ impl Body for GuardedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {}
+            Poll::Ready(Some(Err(e))) => {
+                // The guest's side broke the body: not the client leaving.
+                self.consumer.done();
+                return Poll::Ready(Some(Err(e)));
+            }
             other => return other,
         }
         // The body ended: clean only if the instance also finished cleanly.
@@ -344,6 +398,8 @@ impl Body for GuardedBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(failed) => {
                 self.done = None;
+                // The record goes out now, before the client sees the end.
+                self.consumer.done();
                 if failed.unwrap_or(true) {
                     Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpResponseIncomplete)))
                 } else {

@@ -8,10 +8,15 @@
 //! hostnames, tenants or the admin API: the gateway tells it which artifact to
 //! run and with which settings.
 //!
-//! Uploaded components are kept for good in an [`ArtifactStore`]
-//! (`RuntimeConfig::artifact_store`); the local artifacts directory is a
-//! cache in front of it (default: a [`LocalArtifactStore`] over that same
-//! directory).
+//! Seams let the gateway plug in what it knows:
+//! - [`ArtifactStore`] (`RuntimeConfig::artifact_store`): where uploaded
+//!   components are kept for good; the local artifacts directory is a
+//!   cache in front of it (default: a [`LocalArtifactStore`] over that
+//!   same directory).
+//! - [`LogSink`] (`Invocation::log_sink`): receives one
+//!   [`InvocationRecord`] per request: the guest's stdout/stderr lines, the
+//!   [`Outcome`], status, CPU and duration (default: [`TracingLogSink`],
+//!   the server log).
 //!
 //! ```no_run
 //! use perch_runtime::{Invocation, Limits, Runtime, RuntimeConfig};
@@ -25,8 +30,8 @@
 #![deny(missing_docs)]
 
 // Modules depend on each other one way, roughly in this order (leaves
-// first): digest, error, files, meter, limits, egress, store, report,
-// rlimit, compile, cache, host, validate, pool, invoke.
+// first): digest, error, files, meter, logs, limits, egress, store, report,
+// rlimit, compile, cache, host, validate, pool, record, invoke.
 mod cache;
 mod compile;
 mod digest;
@@ -36,8 +41,10 @@ mod files;
 mod host;
 mod invoke;
 mod limits;
+mod logs;
 mod meter;
 mod pool;
+mod record;
 mod report;
 mod rlimit;
 mod store;
@@ -61,6 +68,7 @@ pub use error::{InvokeError, RuntimeError, ValidationError};
 pub use host::Host;
 pub use invoke::{Invocation, ResponseBody};
 pub use limits::Limits;
+pub use logs::{InvocationRecord, LogLine, LogSink, LogStream, Outcome, TracingLogSink};
 pub use perch_kv::guest::KvAccess;
 pub use store::{ArtifactStore, LocalArtifactStore};
 pub use wasmtime_wasi_config::WasiConfigVariables;

@@ -1,6 +1,6 @@
 //! perch-runtime's own tests with a real guest component (`tests/guest`,
-//! built for wasm32-wasip2 on first use): the artifact store seam and the
-//! compiler child's reasons.
+//! built for wasm32-wasip2 on first use): the artifact store seam, the
+//! invocation log sink, and the compiler child's reasons.
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use perch_runtime::{ArtifactStore, Digest, Invocation, ResponseBody, Runtime, Ru
 
 mod compile;
 mod guest;
+mod logs;
 mod store;
 
 /// A small runtime (a few pool slots) over `dir`, with `store` as its
