@@ -1,5 +1,6 @@
 //! The per-request store data: WASI and wasi-http contexts, the resource
-//! table and the limiter, plus the guest's captured stdout/stderr.
+//! table and the limiter, the outbound hooks, and the guest's captured
+//! stdout/stderr.
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,6 +16,7 @@ use perch_kv::guest::{KvCtx, KvCtxView, KvView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::{EgressConfig, OutboundPolicy};
+use crate::internal::{InternalDestinations, Route};
 use crate::limits::InstanceLimiter;
 use crate::logs::{GuestOutput, LogStream};
 use crate::meter::RequestState;
@@ -65,11 +67,13 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Perch's wasi-http policy hooks: outbound requests go through the egress
-/// checks, at most `max_requests` per invocation.
+/// Perch's wasi-http policy hooks: at most `max_requests` outbound requests
+/// per invocation, each offered to the internal destinations first, else
+/// through the egress checks.
 pub(crate) struct PerchHooks {
     pub(crate) egress: Arc<EgressConfig>,
     pub(crate) policy: Arc<OutboundPolicy>,
+    pub(crate) internal: Option<Arc<dyn InternalDestinations>>,
     pub(crate) label: Arc<str>,
     pub(crate) sent: u32,
 }
@@ -96,6 +100,13 @@ impl WasiHttpHooks for PerchHooks {
             tracing::info!(function = %self.label, limit = self.policy.max_requests, "outbound request refused: per-invocation limit");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        let (request, options) = match &self.internal {
+            Some(internal) => match internal.route(request, options) {
+                Route::Internal(response) => return Box::new(response),
+                Route::External(request, options) => (request, options),
+            },
+            None => (request, options),
+        };
         let (egress, policy, label) =
             (self.egress.clone(), self.policy.clone(), self.label.clone());
         Box::new(crate::egress::send(egress, policy, label, request, options))

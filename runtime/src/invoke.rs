@@ -25,6 +25,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::OutboundPolicy;
 use crate::host::{GuestStream, Host, PerchHooks};
+use crate::internal::InternalDestinations;
 use crate::limits::InstanceLimiter;
 use crate::logs::{GuestOutput, LogSink, LogStream, TracingLogSink};
 use crate::meter::{CpuTimed, RequestState};
@@ -47,6 +48,9 @@ pub struct Invocation {
     pub kv: Option<Arc<KvAccess>>,
     /// Outbound HTTP allow-list and request budget.
     pub outbound: Arc<OutboundPolicy>,
+    /// Destinations Perch serves itself, asked before the egress policy
+    /// about each outbound request; `None`: there are none.
+    pub internal: Option<Arc<dyn InternalDestinations>>,
     /// Where the record of each request (the guest's output, the outcome)
     /// goes; [`TracingLogSink`] by default.
     pub log_sink: Arc<dyn LogSink>,
@@ -73,8 +77,8 @@ impl std::fmt::Debug for Invocation {
 }
 
 impl Invocation {
-    /// An invocation with no environment, config or KV, logging to the
-    /// server log.
+    /// An invocation with no environment, config, KV or internal
+    /// destinations, logging to the server log.
     pub fn new(digest: Digest, limits: Limits, label: &str) -> Self {
         Invocation {
             digest,
@@ -86,6 +90,7 @@ impl Invocation {
                 allow: Vec::new(),
                 max_requests: 50,
             }),
+            internal: None,
             log_sink: Arc::new(TracingLogSink),
             label: label.into(),
             max_reuse: 1,
@@ -137,6 +142,7 @@ impl Runtime {
             hooks: PerchHooks {
                 egress: self.egress.clone(),
                 policy: inv.outbound.clone(),
+                internal: inv.internal.clone(),
                 label: inv.label.clone(),
                 sent: 0,
             },

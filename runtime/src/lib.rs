@@ -8,7 +8,7 @@
 //! hostnames, tenants or the admin API: the gateway tells it which artifact to
 //! run and with which settings.
 //!
-//! Seams let the gateway plug in what it knows:
+//! Three seams let the gateway plug in what it knows:
 //! - [`ArtifactStore`] (`RuntimeConfig::artifact_store`): where uploaded
 //!   components are kept for good; the local artifacts directory is a
 //!   cache in front of it (default: a [`LocalArtifactStore`] over that
@@ -17,6 +17,8 @@
 //!   [`InvocationRecord`] per request: the guest's stdout/stderr lines, the
 //!   [`Outcome`], status, CPU and duration (default: [`TracingLogSink`],
 //!   the server log).
+//! - [`InternalDestinations`] (`Invocation::internal`): asked about each
+//!   outbound request before the egress policy, it may answer it itself.
 //!
 //! ```no_run
 //! use perch_runtime::{Invocation, Limits, Runtime, RuntimeConfig};
@@ -30,8 +32,8 @@
 #![deny(missing_docs)]
 
 // Modules depend on each other one way, roughly in this order (leaves
-// first): digest, error, files, meter, logs, limits, egress, store, report,
-// rlimit, compile, cache, host, validate, pool, record, invoke.
+// first): digest, error, files, meter, logs, internal, limits, egress, store,
+// report, rlimit, compile, cache, host, validate, pool, record, invoke.
 mod cache;
 mod compile;
 mod digest;
@@ -39,6 +41,7 @@ mod egress;
 mod error;
 mod files;
 mod host;
+mod internal;
 mod invoke;
 mod limits;
 mod logs;
@@ -66,12 +69,14 @@ pub use digest::Digest;
 pub use egress::{EgressConfig, OutboundPolicy, refused_ip};
 pub use error::{InvokeError, RuntimeError, ValidationError};
 pub use host::Host;
+pub use internal::{InternalDestinations, OutboundFuture, OutboundResponse, Route};
 pub use invoke::{Invocation, ResponseBody};
 pub use limits::Limits;
 pub use logs::{InvocationRecord, LogLine, LogSink, LogStream, Outcome, TracingLogSink};
 pub use perch_kv::guest::KvAccess;
 pub use store::{ArtifactStore, LocalArtifactStore};
 pub use wasmtime_wasi_config::WasiConfigVariables;
+pub use wasmtime_wasi_http::{RequestOptions, WasiBody};
 
 /// Bytes of each pooled linear memory kept resident between instances.
 const KEEP_RESIDENT: usize = 1 << 20;

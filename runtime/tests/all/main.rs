@@ -1,6 +1,7 @@
 //! perch-runtime's own tests with a real guest component (`tests/guest`,
 //! built for wasm32-wasip2 on first use): the artifact store seam, the
-//! invocation log sink, and the compiler child's reasons.
+//! invocation log sink, internal destinations, and the compiler child's
+//! reasons.
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use perch_runtime::{ArtifactStore, Digest, Invocation, ResponseBody, Runtime, Ru
 
 mod compile;
 mod guest;
+mod internal;
 mod logs;
 mod store;
 
