@@ -11,14 +11,16 @@
 //! compatibility tag equals the parent's before writing anything, so the
 //! only bytes ever deserialized are this engine's own output.
 use std::ffi::OsString;
-use std::io::Read;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Config, Engine};
 
-use crate::artifacts::{engine_tag, remove_temporaries_of, write_atomic};
+use crate::files::{remove_temporaries_of, write_atomic};
+use crate::report::{ChildReport, reason_line};
+use crate::rlimit::limit_child;
 
 /// Engine settings that shape compiled code. The server's engine and a
 /// compiler child's are built from the same values by [`engine_config`].
@@ -39,11 +41,21 @@ pub fn engine_config(settings: &EngineSettings) -> Config {
     wasm
 }
 
+/// Hex of a hash of the engine's compatibility hash: two engines with the
+/// same tag read each other's precompiled files.
+pub(crate) fn engine_tag(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// An external compiler: a program run once per compilation, under rlimits.
 ///
 /// It is run as `program args… --max-wasm-stack N --engine-tag HEX INPUT
-/// OUTPUT` and must call [`compile_child`] with those values, then exit with
-/// [`CompileChildError::exit_code`] (and the error on stderr) on failure.
+/// OUTPUT` and must call [`compile_child`] with those values, then, on
+/// failure, write [`CompileChildError::report_line`] as a line to stderr
+/// and exit with [`CompileChildError::exit_code`]. Only that line can reach
+/// the uploader; anything else on stderr goes to the server log.
 #[derive(Debug, Clone)]
 pub struct CompilerCommand {
     /// The executable (the server passes its own).
@@ -106,8 +118,9 @@ impl Compiler {
 const EXIT_INVALID: u8 = 2;
 /// Exit code of a compiler child that could not do its job (I/O, engine).
 const EXIT_SETUP: u8 = 3;
-/// Bytes of a child's stderr kept for the error message.
-const STDERR_CAP: u64 = 16 * 1024;
+/// What the uploader is told when a child refused a component without a
+/// reason line.
+const NO_REASON: &str = "the component could not be compiled";
 
 fn run_child(
     command: &CompilerCommand,
@@ -137,13 +150,10 @@ fn run_child(
         ))
     })?;
     let pid = child.id();
-    let stderr = child.stderr.take().map(|pipe| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.take(STDERR_CAP).read_to_string(&mut text);
-            text
-        })
-    });
+    let stderr = child
+        .stderr
+        .take()
+        .map(|pipe| std::thread::spawn(move || ChildReport::read(pipe)));
 
     // Poll for exit; kill the child once its wall-clock budget is spent.
     let mut pause = Duration::from_millis(2);
@@ -171,22 +181,27 @@ fn run_child(
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     };
-    let stderr = stderr
-        .and_then(|t| t.join().ok())
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let report = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
     if !status.success() {
         // A child that was stopped leaves its temporary file behind.
         remove_temporaries_of(output, pid);
     }
-    classify(status, timed_out, &stderr, command, started.elapsed())
+    if !report.other.is_empty() {
+        // Debug formatting escapes line breaks and control characters.
+        tracing::warn!(
+            compiler_output = ?report.other,
+            dropped_bytes = report.dropped,
+            status = %status,
+            "the compiler wrote to stderr"
+        );
+    }
+    classify(status, timed_out, &report, command, started.elapsed())
 }
 
 fn classify(
     status: ExitStatus,
     timed_out: bool,
-    stderr: &str,
+    report: &ChildReport,
     command: &CompilerCommand,
     elapsed: Duration,
 ) -> Result<(), CompileError> {
@@ -205,9 +220,15 @@ fn classify(
     let mib = command.address_space >> 20;
     if let Some(code) = status.code() {
         return match u8::try_from(code) {
-            Ok(EXIT_INVALID) => Err(CompileError::Invalid(stderr.to_string())),
-            Ok(EXIT_SETUP) => Err(CompileError::Internal(format!("compiler: {stderr}"))),
-            _ if stderr.contains("memory allocation") => Err(CompileError::Failed(format!(
+            Ok(EXIT_INVALID) => Err(CompileError::Invalid(
+                report.reason.clone().unwrap_or_else(|| NO_REASON.into()),
+            )),
+            Ok(EXIT_SETUP) => Err(CompileError::Internal(format!(
+                "compiler: {}",
+                report.reason.as_deref().unwrap_or("set-up failed")
+            ))),
+            // Rust's abort message when an allocation fails.
+            _ if report.other.contains("memory allocation") => Err(CompileError::Failed(format!(
                 "compilation ran out of its memory budget ({mib} MiB)"
             ))),
             _ => Err(CompileError::Failed(format!(
@@ -231,56 +252,6 @@ fn classify(
     Err(CompileError::Failed(message))
 }
 
-/// Applies the budgets in the child between fork and exec.
-fn limit_child(cmd: &mut Command, cpu_seconds: u64, address_space: u64) {
-    use std::os::unix::process::CommandExt;
-
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes async-signal-safe system calls (getrlimit, setrlimit, prctl),
-    // touching no locks or allocations.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Soft limit: SIGXCPU; the hard limit a second later: SIGKILL.
-            set_limit(libc::RLIMIT_CPU, cpu_seconds, cpu_seconds.saturating_add(1))?;
-            set_limit(libc::RLIMIT_AS, address_space, address_space)?;
-            set_limit(libc::RLIMIT_CORE, 0, 0)?;
-            // Do not outlive a server that was killed mid-compilation.
-            #[cfg(target_os = "linux")]
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-            Ok(())
-        });
-    }
-}
-
-#[cfg(target_os = "linux")]
-type Resource = libc::__rlimit_resource_t;
-#[cfg(not(target_os = "linux"))]
-type Resource = libc::c_int;
-
-/// Lowers a limit; never asks for more than the current hard limit (which
-/// an unprivileged process could not raise).
-fn set_limit(resource: Resource, soft: u64, hard: u64) -> std::io::Result<()> {
-    let mut current = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on a local struct.
-    unsafe {
-        if libc::getrlimit(resource, &mut current) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let max = current.rlim_max;
-        let wanted = libc::rlimit {
-            rlim_cur: (soft as libc::rlim_t).min(max),
-            rlim_max: (hard as libc::rlim_t).min(max),
-        };
-        if libc::setrlimit(resource, &wanted) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Why [`compile_child`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -301,6 +272,13 @@ impl CompileChildError {
             CompileChildError::Invalid(_) => EXIT_INVALID,
             CompileChildError::Setup(_) => EXIT_SETUP,
         }
+    }
+
+    /// The line the child writes to stderr (followed by a line break) for
+    /// the parent: a marker, then the message as one line of printable
+    /// ASCII, at most 1 KiB. The parent reads only this line as the reason.
+    pub fn report_line(&self) -> String {
+        reason_line(&self.to_string())
     }
 }
 
@@ -363,16 +341,74 @@ mod tests {
     #[test]
     fn child_outcomes_are_classified() {
         assert!(run(&shell("exit 0", 5, 5_000)).is_ok());
-        match run(&shell("echo 'bad magic' >&2; exit 2", 5, 5_000)) {
+        match run(&shell(
+            "echo 'perch-compile-reason: bad magic' >&2; exit 2",
+            5,
+            5_000,
+        )) {
             Err(CompileError::Invalid(m)) => assert_eq!(m, "bad magic"),
             other => panic!("{other:?}"),
         }
-        match run(&shell("echo 'tag mismatch' >&2; exit 3", 5, 5_000)) {
+        match run(&shell(
+            "echo 'perch-compile-reason: tag mismatch' >&2; exit 3",
+            5,
+            5_000,
+        )) {
             Err(CompileError::Internal(m)) => assert!(m.contains("tag mismatch"), "{m}"),
             other => panic!("{other:?}"),
         }
         match run(&shell("kill -ABRT $$", 5, 5_000)) {
             Err(CompileError::Failed(m)) => assert!(m.contains("memory budget"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusing_child_s_raw_output_never_becomes_the_reason() {
+        // Junk on stdout, 200 KiB of junk on stderr, no reason line.
+        let junk = "echo junk-on-stdout; i=0; while [ $i -lt 3200 ]; do \
+                    echo 'junk-on-stderr 0123456789012345678901234567890123456789012345678901234' >&2; \
+                    i=$((i+1)); done";
+        match run(&shell(&format!("{junk}; exit 2"), 5, 20_000)) {
+            Err(CompileError::Invalid(m)) => assert_eq!(m, NO_REASON),
+            other => panic!("{other:?}"),
+        }
+        // The same junk around a reason line: only the reason, bounded to
+        // one printable line of at most 1 KiB.
+        let long = "w".repeat(3000);
+        let script = format!(
+            "{junk}; printf 'perch-compile-reason: import `acme:x/y`\t{long}\n' >&2; \
+             echo 'more junk' >&2; exit 2"
+        );
+        match run(&shell(&script, 5, 20_000)) {
+            Err(CompileError::Invalid(m)) => {
+                assert!(m.starts_with("import `acme:x/y` www"), "{m}");
+                assert!(m.len() <= 1024 && !m.contains("junk"), "{m}");
+                assert!(m.chars().all(|c| (' '..='~').contains(&c)), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A real refusal: the child's own report of a truncated component.
+        let settings = EngineSettings {
+            max_wasm_stack: 512 * 1024,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("bad.wasm");
+        std::fs::write(&input, b"\0asm\x0d\0\x01\0\x07").unwrap();
+        let tag = engine_tag(&Engine::new(&engine_config(&settings)).unwrap());
+        let err = compile_child(&settings, &tag, &input, &dir.path().join("out")).unwrap_err();
+        let line = dir.path().join("line");
+        std::fs::write(&line, format!("{}\n", err.report_line())).unwrap();
+        let script = format!(
+            "echo 'thread main panicked' >&2; cat '{}' >&2; exit 2",
+            line.display()
+        );
+        match run(&shell(&script, 5, 5_000)) {
+            Err(CompileError::Invalid(m)) => {
+                assert_eq!(m, crate::report::bounded(&err.to_string()));
+                assert!(m.contains("unexpected end-of-file"), "{m}");
+                assert!(!m.contains("panicked"), "{m}");
+            }
             other => panic!("{other:?}"),
         }
     }

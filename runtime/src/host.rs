@@ -1,7 +1,8 @@
 //! The per-request store data: WASI and wasi-http contexts, the resource
-//! table and the limiter, plus the guest's captured stdout/stderr.
+//! table and the limiter, the outbound hooks, and the guest's captured
+//! stdout/stderr.
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,8 +16,10 @@ use perch_kv::guest::{KvCtx, KvCtxView, KvView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::{EgressConfig, OutboundPolicy};
-use crate::invoke::RequestState;
+use crate::internal::{InternalDestinations, Route};
 use crate::limits::InstanceLimiter;
+use crate::logs::{GuestOutput, LogStream};
+use crate::meter::RequestState;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
 /// Store data of one instance (one request's, or a few sequential requests'
@@ -31,8 +34,8 @@ pub struct Host {
     pub(crate) hooks: PerchHooks,
     /// CPU accounting of the request being served; replaced per request.
     pub(crate) meter: Arc<RequestState>,
-    /// The guest's captured stdout and stderr, flushed after each request.
-    pub(crate) log: GuestLog,
+    /// The guest's captured stdout and stderr, taken after each request.
+    pub(crate) output: GuestOutput,
 }
 
 impl WasiView for Host {
@@ -64,11 +67,13 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Perch's wasi-http policy hooks: outbound requests go through the egress
-/// checks, at most `max_requests` per invocation.
+/// Perch's wasi-http policy hooks: at most `max_requests` outbound requests
+/// per invocation, each offered to the internal destinations first, else
+/// through the egress checks.
 pub(crate) struct PerchHooks {
     pub(crate) egress: Arc<EgressConfig>,
     pub(crate) policy: Arc<OutboundPolicy>,
+    pub(crate) internal: Option<Arc<dyn InternalDestinations>>,
     pub(crate) label: Arc<str>,
     pub(crate) sent: u32,
 }
@@ -95,60 +100,39 @@ impl WasiHttpHooks for PerchHooks {
             tracing::info!(function = %self.label, limit = self.policy.max_requests, "outbound request refused: per-invocation limit");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        let (request, options) = match &self.internal {
+            Some(internal) => match internal.route(request, options) {
+                Route::Internal(response) => return Box::new(response),
+                Route::External(request, options) => (request, options),
+            },
+            None => (request, options),
+        };
         let (egress, policy, label) =
             (self.egress.clone(), self.policy.clone(), self.label.clone());
         Box::new(crate::egress::send(egress, policy, label, request, options))
     }
 }
 
-/// Bounded capture of a guest's stdout or stderr. Output past the capacity
-/// is dropped (and noted), never an error the guest could trip over.
+/// One of the guest's output streams, captured into its [`GuestOutput`].
 #[derive(Clone)]
-pub(crate) struct GuestLog {
-    inner: Arc<Mutex<LogBuf>>,
+pub(crate) struct GuestStream {
+    pub(crate) output: GuestOutput,
+    pub(crate) stream: LogStream,
 }
 
-struct LogBuf {
-    bytes: Vec<u8>,
-    capacity: usize,
-    truncated: bool,
-}
-
-impl GuestLog {
-    pub(crate) fn new(capacity: usize) -> Self {
-        GuestLog {
-            inner: Arc::new(Mutex::new(LogBuf {
-                bytes: Vec::new(),
-                capacity,
-                truncated: false,
-            })),
-        }
-    }
-
+impl GuestStream {
     fn append(&self, data: &[u8]) {
-        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let room = buf.capacity - buf.bytes.len();
-        if data.len() > room {
-            buf.truncated = true;
-        }
-        buf.bytes.extend_from_slice(&data[..data.len().min(room)]);
-    }
-
-    /// Takes what was captured so far, and whether some was dropped.
-    pub(crate) fn take(&self) -> (Vec<u8>, bool) {
-        let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let truncated = std::mem::take(&mut buf.truncated);
-        (std::mem::take(&mut buf.bytes), truncated)
+        self.output.append(self.stream, data);
     }
 }
 
-impl IsTerminal for GuestLog {
+impl IsTerminal for GuestStream {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for GuestLog {
+impl StdoutStream for GuestStream {
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
         Box::new(self.clone())
     }
@@ -159,11 +143,11 @@ impl StdoutStream for GuestLog {
 }
 
 #[async_trait::async_trait]
-impl Pollable for GuestLog {
+impl Pollable for GuestStream {
     async fn ready(&mut self) {}
 }
 
-impl OutputStream for GuestLog {
+impl OutputStream for GuestStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         self.append(&bytes);
         Ok(())
@@ -176,7 +160,7 @@ impl OutputStream for GuestLog {
     }
 }
 
-impl tokio::io::AsyncWrite for GuestLog {
+impl tokio::io::AsyncWrite for GuestStream {
     fn poll_write(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,

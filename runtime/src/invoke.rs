@@ -1,13 +1,13 @@
 //! Running one request: a fresh store and instance per request (or an idle
 //! one for functions that opted into reuse), CPU time
 //! measured while the guest is being polled, a wall-clock deadline over the
-//! whole exchange, and failures classified for the gateway.
+//! whole exchange, failures classified for the gateway, and the
+//! invocation's record handed to its log sink at the end.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -24,12 +24,14 @@ use perch_kv::guest::{KvAccess, KvCtx};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::OutboundPolicy;
-use crate::host::{GuestLog, Host, PerchHooks};
+use crate::host::{GuestStream, Host, PerchHooks};
+use crate::internal::InternalDestinations;
 use crate::limits::InstanceLimiter;
+use crate::logs::{GuestOutput, LogSink, LogStream, TracingLogSink};
+use crate::meter::{CpuTimed, RequestState};
+use crate::pool::InstancePool;
+use crate::record::{Consumer, Ledger, TaskEnd, outcome_of};
 use crate::{Digest, InvokeError, Limits, Runtime};
-
-/// Bytes of stdout+stderr kept per request for the function's log.
-const GUEST_LOG_CAPACITY: usize = 64 * 1024;
 
 /// What to run for one request.
 #[derive(Clone)]
@@ -46,6 +48,12 @@ pub struct Invocation {
     pub kv: Option<Arc<KvAccess>>,
     /// Outbound HTTP allow-list and request budget.
     pub outbound: Arc<OutboundPolicy>,
+    /// Destinations Perch serves itself, asked before the egress policy
+    /// about each outbound request; `None`: there are none.
+    pub internal: Option<Arc<dyn InternalDestinations>>,
+    /// Where the record of each request (the guest's output, the outcome)
+    /// goes; [`TracingLogSink`] by default.
+    pub log_sink: Arc<dyn LogSink>,
     /// Names the function in logs, e.g. `tenant/function@3`.
     pub label: Arc<str>,
     /// Requests one instance may serve in sequence. 1 (the default) is a
@@ -69,7 +77,8 @@ impl std::fmt::Debug for Invocation {
 }
 
 impl Invocation {
-    /// An invocation with no environment, config or KV.
+    /// An invocation with no environment, config, KV or internal
+    /// destinations, logging to the server log.
     pub fn new(digest: Digest, limits: Limits, label: &str) -> Self {
         Invocation {
             digest,
@@ -81,6 +90,8 @@ impl Invocation {
                 allow: Vec::new(),
                 max_requests: 50,
             }),
+            internal: None,
+            log_sink: Arc::new(TracingLogSink),
             label: label.into(),
             max_reuse: 1,
             pool: Arc::default(),
@@ -91,172 +102,10 @@ impl Invocation {
 /// The streamed response body of a function.
 pub type ResponseBody = GuardedBody;
 
-/// Idle instances one function keeps for reuse (each holds a pool slot).
-const MAX_IDLE_PER_FUNCTION: usize = 8;
-/// An idle instance not reused within this time is dropped.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// CPU time the guest has used for the current request, read by the epoch
-/// callback that enforces the CPU limit. Counted with the thread's own CPU
-/// clock while the guest's future is polled, so time the thread spends
-/// preempted on a busy host is not charged to the guest.
-pub(crate) struct RequestState {
-    cpu_limit: Duration,
-    spent_ns: AtomicU64,
-    /// The thread's CPU clock when the current poll began, 0 when idle.
-    poll_start_ns: AtomicU64,
-    cpu_hit: AtomicBool,
-    /// Shared with the instance's memory limiter.
-    memory_hit: Arc<AtomicBool>,
-}
-
-/// CPU time consumed by the calling thread, in nanoseconds (never 0).
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant
-    // every Linux kernel supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 1;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-        .max(1)
-}
-
-impl RequestState {
-    fn new(cpu_limit: Duration, memory_hit: Arc<AtomicBool>) -> Self {
-        RequestState {
-            cpu_limit,
-            spent_ns: AtomicU64::new(0),
-            poll_start_ns: AtomicU64::new(0),
-            cpu_hit: AtomicBool::new(false),
-            memory_hit,
-        }
-    }
-
-    /// CPU time used so far. During a poll, only meaningful on the polling
-    /// thread (the epoch callback runs there).
-    fn cpu_used(&self) -> Duration {
-        let mut ns = self.spent_ns.load(Ordering::Relaxed);
-        let start = self.poll_start_ns.load(Ordering::Relaxed);
-        if start != 0 {
-            ns += thread_cpu_ns().saturating_sub(start);
-        }
-        Duration::from_nanos(ns)
-    }
-}
-
-/// Accumulates the CPU time spent inside `poll` of the wrapped future.
-struct CpuTimed<F> {
-    state: Arc<RequestState>,
-    fut: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for CpuTimed<F> {
-    type Output = F::Output;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let start = thread_cpu_ns();
-        self.state.poll_start_ns.store(start, Ordering::Relaxed);
-        let out = self.fut.as_mut().poll(cx);
-        let end = thread_cpu_ns();
-        self.state.poll_start_ns.store(0, Ordering::Relaxed);
-        self.state
-            .spent_ns
-            .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
-        out
-    }
-}
-
 struct InUse(Arc<crate::RuntimeStats>);
 impl Drop for InUse {
     fn drop(&mut self) {
         self.0.instances_in_use.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An instance waiting for its function's next request.
-struct Idle {
-    store: Store<Host>,
-    proxy: Proxy,
-    served: u32,
-    parked: Instant,
-}
-
-/// Idle instances of one function version that opted into reuse. Shared by
-/// the clones of its [`Invocation`]; dropped (with its instances) when the
-/// routing snapshot that holds the invocation goes away.
-#[derive(Default)]
-pub(crate) struct InstancePool {
-    idle: Mutex<Vec<Idle>>,
-    sweeper: AtomicBool,
-}
-
-impl InstancePool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The most recently parked instance, unless it has idled too long.
-    fn take(&self) -> Option<Idle> {
-        let mut idle = self.lock();
-        let last = idle.pop()?;
-        if last.parked.elapsed() < IDLE_TIMEOUT {
-            return Some(last);
-        }
-        // Parked in order: everything older is stale too.
-        let stale = std::mem::take(&mut *idle);
-        drop(idle);
-        drop((last, stale));
-        None
-    }
-
-    /// Parks an instance for reuse, unless enough are parked already.
-    fn put(self: &Arc<Self>, store: Store<Host>, proxy: Proxy, served: u32) {
-        let entry = Idle {
-            store,
-            proxy,
-            served,
-            parked: Instant::now(),
-        };
-        let mut idle = self.lock();
-        if idle.len() >= MAX_IDLE_PER_FUNCTION {
-            drop(idle);
-            drop(entry);
-            return;
-        }
-        idle.push(entry);
-        drop(idle);
-        if !self.sweeper.swap(true, Ordering::AcqRel) {
-            tokio::spawn(sweep(Arc::downgrade(self)));
-        }
-    }
-}
-
-/// Drops instances that idled past the timeout; ends when none are parked.
-async fn sweep(pool: std::sync::Weak<InstancePool>) {
-    loop {
-        tokio::time::sleep(IDLE_TIMEOUT).await;
-        let Some(pool) = pool.upgrade() else { return };
-        let mut idle = pool.lock();
-        let fresh = idle
-            .iter()
-            .position(|i| i.parked.elapsed() < IDLE_TIMEOUT)
-            .unwrap_or(idle.len());
-        let stale: Vec<Idle> = idle.drain(..fresh).collect();
-        let empty = idle.is_empty();
-        if empty {
-            pool.sweeper.store(false, Ordering::Release);
-        }
-        drop(idle);
-        drop(stale);
-        if empty {
-            return;
-        }
     }
 }
 
@@ -271,11 +120,15 @@ impl Runtime {
     /// memory limiter, the CPU-limit epoch callback.
     fn new_store(&self, inv: &Invocation) -> Store<Host> {
         let memory_hit = Arc::new(AtomicBool::new(false));
-        let log = GuestLog::new(GUEST_LOG_CAPACITY);
+        let output = GuestOutput::default();
+        let stream = |stream| GuestStream {
+            output: output.clone(),
+            stream,
+        };
         let wasi = WasiCtx::builder()
             .envs(&inv.env)
-            .stdout(log.clone())
-            .stderr(log.clone())
+            .stdout(stream(LogStream::Stdout))
+            .stderr(stream(LogStream::Stderr))
             .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(inv.limits.table_capacity);
@@ -289,11 +142,12 @@ impl Runtime {
             hooks: PerchHooks {
                 egress: self.egress.clone(),
                 policy: inv.outbound.clone(),
+                internal: inv.internal.clone(),
                 label: inv.label.clone(),
                 sent: 0,
             },
             meter: Arc::new(RequestState::new(inv.limits.cpu, memory_hit)),
-            log,
+            output,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
@@ -330,26 +184,19 @@ impl Runtime {
         Ok(store)
     }
 
-    /// Runs `req` through an instance of the invocation's component: a fresh
-    /// one, or, when the function opted into reuse, an idle one that has
-    /// served fewer than `max_reuse` requests.
-    ///
-    /// Returns once the guest has set its response head; the body streams
-    /// from the still-running instance. If the guest fails after the head,
-    /// the body ends with an error (so the connection is aborted, not
-    /// finished cleanly). A failed instance is never reused.
-    pub async fn handle<B>(
+    /// The store and instance for one request: an idle instance of the
+    /// function if it opted into reuse and one is parked, else a fresh store
+    /// for the loaded component.
+    async fn prepare(
         self: &Arc<Self>,
         inv: &Invocation,
-        req: hyper::Request<B>,
-    ) -> Result<hyper::Response<ResponseBody>, InvokeError>
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<wasmtime_wasi_http::Error>,
-    {
-        let reuse = inv.max_reuse > 1;
-        let idle = if reuse { inv.pool.take() } else { None };
-        let (mut store, instance) = match idle {
+    ) -> Result<(Store<Host>, Instance), InvokeError> {
+        let idle = if inv.max_reuse > 1 {
+            inv.pool.take()
+        } else {
+            None
+        };
+        Ok(match idle {
             Some(idle) => {
                 let mut store = idle.store;
                 let host = store.data_mut();
@@ -368,23 +215,60 @@ impl Runtime {
                     .map_err(|e| InvokeError::Internal(e.to_string()))?;
                 (self.new_store(inv), Instance::Fresh(pre))
             }
+        })
+    }
+
+    /// Runs `req` through an instance of the invocation's component: a fresh
+    /// one, or, when the function opted into reuse, an idle one that has
+    /// served fewer than `max_reuse` requests.
+    ///
+    /// Returns once the guest has set its response head; the body streams
+    /// from the still-running instance. If the guest fails after the head,
+    /// the body ends with an error (so the connection is aborted, not
+    /// finished cleanly). A failed instance is never reused. Once both the
+    /// instance and the response are done (or dropped), the invocation's
+    /// record goes to its `log_sink`.
+    pub async fn handle<B>(
+        self: &Arc<Self>,
+        inv: &Invocation,
+        req: hyper::Request<B>,
+    ) -> Result<hyper::Response<ResponseBody>, InvokeError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let ledger = Ledger::new(inv.log_sink.clone(), inv.label.clone());
+        let mut consumer = Consumer::new(ledger.clone());
+        // Hyper drops the body of these unread: no sign of a client gone.
+        let head_only = req.method() == http::Method::HEAD;
+
+        let (resp_tx, resp_rx) = oneshot::channel();
+        let prepared = self.prepare(inv).await.and_then(|(mut store, instance)| {
+            let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, req)
+                .map_err(internal)?;
+            let out = store
+                .data_mut()
+                .http()
+                .new_response_outparam(resp_tx)
+                .map_err(internal)?;
+            Ok((store, instance, req, out))
+        });
+        let (mut store, instance, req, out) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                ledger.task_ended(TaskEnd::host_failure());
+                consumer.refused();
+                consumer.done();
+                return Err(e);
+            }
         };
         store.set_epoch_deadline(1);
         let state = store.data().meter.clone();
-        let log = store.data().log.clone();
-
-        let (resp_tx, resp_rx) = oneshot::channel();
-        let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
-        let req = store
-            .data_mut()
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .map_err(internal)?;
-        let out = store
-            .data_mut()
-            .http()
-            .new_response_outparam(resp_tx)
-            .map_err(internal)?;
+        let output = store.data().output.clone();
 
         self.stats.instances_in_use.fetch_add(1, Ordering::Relaxed);
         let in_use = InUse(self.stats.clone());
@@ -392,10 +276,9 @@ impl Runtime {
         let label = inv.label.clone();
         let wall = inv.limits.wall;
         let (pool, max_reuse) = (inv.pool.clone(), inv.max_reuse);
-        let task_state = state.clone();
         let task = tokio::spawn(async move {
             let run = CpuTimed {
-                state: task_state.clone(),
+                state: state.clone(),
                 fut: Box::pin(async move {
                     let (proxy, served) = match instance {
                         Instance::Fresh(pre) => (pre.instantiate_async(&mut store).await?, 0),
@@ -410,20 +293,26 @@ impl Runtime {
             };
             let result = match tokio::time::timeout(wall, run).await {
                 Ok(Ok(instance)) => Ok(instance),
-                Ok(Err(e)) => Err(classify(&task_state, e)),
+                Ok(Err(e)) => Err(classify(&state, e)),
                 Err(_) => Err(InvokeError::WallTimeout),
             };
             drop(in_use);
-            flush_guest_log(&label, &log);
+            let (logs, truncated) = output.take();
+            ledger.task_ended(TaskEnd {
+                failure: result.as_ref().err().map(outcome_of),
+                cpu: state.cpu_used(),
+                logs,
+                truncated,
+            });
             let result = match result {
                 Ok((store, proxy, served)) => {
-                    if reuse && served < max_reuse {
+                    if served < max_reuse {
                         pool.put(store, proxy, served);
                     }
                     Ok(())
                 }
                 Err(e) => {
-                    tracing::warn!(function = %label, error = %e, cpu_ms = task_state.cpu_used().as_millis() as u64, "function failed");
+                    tracing::warn!(function = %label, error = %e, cpu_ms = state.cpu_used().as_millis() as u64, "function failed");
                     Err(e)
                 }
             };
@@ -432,20 +321,37 @@ impl Runtime {
         });
 
         match resp_rx.await {
-            Ok(Ok(resp)) => Ok(resp.map(|body| GuardedBody {
-                inner: body,
-                done: Some(done_rx),
-            })),
-            Ok(Err(code)) => Err(InvokeError::FunctionError(format!(
-                "guest answered with error {code:?}"
-            ))),
-            Err(_) => match task.await {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Err(InvokeError::FunctionError(
-                    "returned without setting a response".into(),
-                )),
-                Err(e) => Err(InvokeError::Internal(format!("request task failed: {e}"))),
-            },
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                consumer.head(status.as_u16());
+                if head_only || status == 204 || status == 304 {
+                    consumer.done();
+                }
+                Ok(resp.map(|body| GuardedBody {
+                    inner: body,
+                    done: Some(done_rx),
+                    consumer,
+                }))
+            }
+            Ok(Err(code)) => {
+                consumer.refused();
+                consumer.done();
+                Err(InvokeError::FunctionError(format!(
+                    "guest answered with error {code:?}"
+                )))
+            }
+            Err(_) => {
+                // No response will come: the outcome is the task's.
+                consumer.refused();
+                consumer.done();
+                match task.await {
+                    Ok(Err(e)) => Err(e),
+                    Ok(Ok(())) => Err(InvokeError::FunctionError(
+                        "returned without setting a response".into(),
+                    )),
+                    Err(e) => Err(InvokeError::Internal(format!("request task failed: {e}"))),
+                }
+            }
         }
     }
 }
@@ -465,24 +371,12 @@ fn classify(state: &RequestState, e: wasmtime::Error) -> InvokeError {
     InvokeError::FunctionError(format!("{e:?}"))
 }
 
-fn flush_guest_log(label: &str, log: &GuestLog) {
-    let (bytes, truncated) = log.take();
-    if bytes.is_empty() {
-        return;
-    }
-    for line in String::from_utf8_lossy(&bytes).lines() {
-        tracing::info!(target: "perch_guest", function = %label, "{line}");
-    }
-    if truncated {
-        tracing::info!(target: "perch_guest", function = %label, "[output truncated at {GUEST_LOG_CAPACITY} bytes]");
-    }
-}
-
 /// The guest's response body, which turns "the instance failed after the
 /// head went out" into a body error instead of a clean end.
 pub struct GuardedBody {
     inner: HyperOutgoingBody,
     done: Option<oneshot::Receiver<bool>>,
+    consumer: Consumer,
 }
 
 impl Body for GuardedBody {
@@ -495,6 +389,11 @@ impl Body for GuardedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {}
+            Poll::Ready(Some(Err(e))) => {
+                // The guest's side broke the body: not the client leaving.
+                self.consumer.done();
+                return Poll::Ready(Some(Err(e)));
+            }
             other => return other,
         }
         // The body ended: clean only if the instance also finished cleanly.
@@ -505,6 +404,8 @@ impl Body for GuardedBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(failed) => {
                 self.done = None;
+                // The record goes out now, before the client sees the end.
+                self.consumer.done();
                 if failed.unwrap_or(true) {
                     Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpResponseIncomplete)))
                 } else {
@@ -520,27 +421,5 @@ impl Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_meter_charges_cpu_time_not_time_off_cpu() {
-        let state = Arc::new(RequestState::new(Duration::from_secs(1), Arc::default()));
-        let mut timed = CpuTimed {
-            state: state.clone(),
-            fut: Box::pin(async { std::thread::sleep(Duration::from_millis(200)) }),
-        };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(Pin::new(&mut timed).poll(&mut cx).is_ready());
-        // 200 ms inside poll, but asleep: (almost) nothing is charged.
-        assert!(
-            state.cpu_used() < Duration::from_millis(100),
-            "{:?}",
-            state.cpu_used()
-        );
     }
 }

@@ -8,6 +8,18 @@
 //! hostnames, tenants or the admin API: the gateway tells it which artifact to
 //! run and with which settings.
 //!
+//! Three seams let the gateway plug in what it knows:
+//! - [`ArtifactStore`] (`RuntimeConfig::artifact_store`): where uploaded
+//!   components are kept for good; the local artifacts directory is a
+//!   cache in front of it (default: a [`LocalArtifactStore`] over that
+//!   same directory).
+//! - [`LogSink`] (`Invocation::log_sink`): receives one
+//!   [`InvocationRecord`] per request: the guest's stdout/stderr lines, the
+//!   [`Outcome`], status, CPU and duration (default: [`TracingLogSink`],
+//!   the server log).
+//! - [`InternalDestinations`] (`Invocation::internal`): asked about each
+//!   outbound request before the egress policy, it may answer it itself.
+//!
 //! ```no_run
 //! use perch_runtime::{Invocation, Limits, Runtime, RuntimeConfig};
 //! # async fn demo(bytes: Vec<u8>, req: hyper::Request<http_body_util::Empty<bytes::Bytes>>) -> Result<(), Box<dyn std::error::Error>> {
@@ -19,13 +31,26 @@
 //! ```
 #![deny(missing_docs)]
 
-mod artifacts;
+// Modules depend on each other one way, roughly in this order (leaves
+// first): digest, error, files, meter, logs, internal, limits, egress, store,
+// report, rlimit, compile, cache, host, validate, pool, record, invoke.
+mod cache;
 mod compile;
+mod digest;
 mod egress;
 mod error;
+mod files;
 mod host;
+mod internal;
 mod invoke;
 mod limits;
+mod logs;
+mod meter;
+mod pool;
+mod record;
+mod report;
+mod rlimit;
+mod store;
 mod validate;
 
 use std::path::PathBuf;
@@ -37,17 +62,21 @@ use wasmtime::component::Linker;
 use wasmtime::{Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-pub use artifacts::Digest;
 pub use compile::{
     CompileChildError, CompilerCommand, EngineSettings, compile_child, engine_config,
 };
+pub use digest::Digest;
 pub use egress::{EgressConfig, OutboundPolicy, refused_ip};
 pub use error::{InvokeError, RuntimeError, ValidationError};
 pub use host::Host;
+pub use internal::{InternalDestinations, OutboundFuture, OutboundResponse, Route};
 pub use invoke::{Invocation, ResponseBody};
 pub use limits::Limits;
+pub use logs::{InvocationRecord, LogLine, LogSink, LogStream, Outcome, TracingLogSink};
 pub use perch_kv::guest::KvAccess;
+pub use store::{ArtifactStore, LocalArtifactStore};
 pub use wasmtime_wasi_config::WasiConfigVariables;
+pub use wasmtime_wasi_http::{RequestOptions, WasiBody};
 
 /// Bytes of each pooled linear memory kept resident between instances.
 const KEEP_RESIDENT: usize = 1 << 20;
@@ -55,8 +84,13 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// Engine-wide settings, fixed for the life of the process.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Where components and their precompiled forms are kept.
+    /// The node's cache of components (fetched from `artifact_store`) and
+    /// of their precompiled forms.
     pub artifacts_dir: PathBuf,
+    /// Where uploaded components are kept for good. [`RuntimeConfig::new`]
+    /// sets a [`LocalArtifactStore`] over `artifacts_dir`: the store and the
+    /// cache are then the same `<sha256>.wasm` files.
+    pub artifact_store: Arc<dyn ArtifactStore>,
     /// How often the epoch advances; the granularity of CPU-time accounting.
     pub epoch_tick: Duration,
     /// Largest memory any single instance may have (the operator maximum).
@@ -81,10 +115,12 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// Defaults from the design: 1 GiB maximum instance memory, 512 KiB
     /// stack, 1000 pooled instances (512 of them kept warm when idle), a
-    /// 5 ms epoch tick.
+    /// 5 ms epoch tick; components kept in `artifacts_dir` itself.
     pub fn new(artifacts_dir: impl Into<PathBuf>) -> Self {
+        let artifacts_dir = artifacts_dir.into();
         RuntimeConfig {
-            artifacts_dir: artifacts_dir.into(),
+            artifact_store: Arc::new(LocalArtifactStore::new(&artifacts_dir)),
+            artifacts_dir,
             epoch_tick: Duration::from_millis(5),
             max_instance_memory: 1 << 30,
             max_instances: 1000,
@@ -121,7 +157,7 @@ pub struct RuntimeStats {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<Host>,
-    artifacts: artifacts::ArtifactStore,
+    artifacts: cache::ArtifactCache,
     cache: moka::sync::Cache<Digest, ProxyPre<Host>>,
     stats: Arc<RuntimeStats>,
     egress: Arc<EgressConfig>,
@@ -179,7 +215,12 @@ impl Runtime {
             settings,
             command: config.compiler,
         };
-        let artifacts = artifacts::ArtifactStore::open(&config.artifacts_dir, &engine, compiler)?;
+        let artifacts = cache::ArtifactCache::open(
+            &config.artifacts_dir,
+            &engine,
+            compiler,
+            config.artifact_store,
+        )?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), config.epoch_tick, ticker_stop.clone());
 
@@ -205,24 +246,32 @@ impl Runtime {
     }
 
     /// Validates an uploaded component, compiles it (through the configured
-    /// compiler child, if any), and stores both the component and its
-    /// precompiled form under its SHA-256 digest.
+    /// compiler child, if any), puts it into the artifact store (durably)
+    /// and keeps it with its precompiled form in the local cache, under
+    /// its SHA-256 digest.
     ///
-    /// Blocking (cranelift, or waiting for the child): call it from a
-    /// blocking thread.
+    /// Blocking (cranelift, or waiting for the child; the store's I/O):
+    /// call it from a blocking thread.
     pub fn store_component(&self, bytes: &[u8]) -> Result<Digest, ValidationError> {
         let digest = Digest::of(bytes);
+        let stored = || {
+            self.artifacts
+                .ensure_stored(&digest, bytes)
+                .map_err(ValidationError::Storage)
+        };
         // Identical bytes were validated and compiled when first stored.
         if self.cache.contains_key(&digest) {
+            stored()?;
             return Ok(digest);
         }
-        if self.artifacts.has_component(&digest)
+        if self.artifacts.has_local(&digest)
             && let Ok((component, compiled)) = self.artifacts.load(&self.engine, &digest)
         {
             if compiled {
                 self.stats.compilations.fetch_add(1, Ordering::Relaxed);
             }
             let pre = validate::pre_instantiate(&self.linker, &component)?;
+            stored()?;
             self.cache.insert(digest, pre);
             return Ok(digest);
         }
@@ -237,13 +286,15 @@ impl Runtime {
         Ok(digest)
     }
 
-    /// True when the component for `digest` is stored on disk.
+    /// True when the component for `digest` is kept: in the local cache, or
+    /// in the artifact store. Blocking (the store's I/O).
     pub fn has_component(&self, digest: &Digest) -> bool {
         self.artifacts.has_component(digest)
     }
 
     /// The pre-instantiated component for `digest`, from memory, else from
-    /// its precompiled artifact, else compiled again from the stored component.
+    /// its precompiled artifact, else compiled from the component's bytes
+    /// (in the local cache, else fetched from the artifact store into it).
     /// Blocking on a miss.
     pub fn load(&self, digest: &Digest) -> Result<ProxyPre<Host>, RuntimeError> {
         if let Some(pre) = self.cache.get(digest) {

@@ -53,8 +53,8 @@ fn run_compile(args: CompileArgs) -> ExitCode {
     match perch_runtime::compile_child(&settings, &args.engine_tag, &args.input, &args.output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The server reads this (bounded) as the error's message.
-            eprintln!("{e}");
+            // The server reads only this line as the reason (bounded).
+            eprintln!("{}", e.report_line());
             ExitCode::from(e.exit_code())
         }
     }
