@@ -6,13 +6,15 @@
 //!
 //! | module | job | uses |
 //! |---|---|---|
-//! | [`cli`] | clap commands; a client of the admin API | `server` (for `perch serve`), `config` |
-//! | [`server`] | builds the [`app::App`] from the config, one accept loop for every listener, warm-up, drain | everything below |
-//! | [`api`] | the admin API: router + auth, one file per resource | `registry`, `telemetry`, `app` |
-//! | [`dataplane`] | request checks, the [`dataplane::Executor`] seam, error answers | `routing`, `telemetry`, `app` |
+//! | [`cli`] | clap commands; a client of the admin API | `server` (for `perch serve`), `api::kv` (header names), `registry` (scopes), `config` |
+//! | [`server`] | builds everything from the config, one accept loop for every listener, warm-up, drain | everything below |
+//! | [`api`] | the admin API: router + auth, one file per resource | `app`, `registry`, `limits`, `names`, `secrets` |
+//! | [`app`] | the admin API's shared state | `registry`, `telemetry`, `throttle`, `config` |
+//! | [`dataplane`] | request checks, the [`dataplane::Executor`] seam, error answers | `registry`, `routing`, `telemetry`, `config`, `names` |
+//! | [`registry`] | the records, their rules, the [`registry::RegistryStore`] trait and its redb implementation, the routing snapshot's construction | `routing`, `limits`, `secrets`, `names` |
 //! | [`routing`] | the route table snapshot and host matching | `names` |
-//! | [`registry`] | the records, their rules, the [`registry::RegistryStore`] trait and its redb implementation | `routing`, `config`, `secrets`, `names` |
 //! | [`telemetry`] | tracing set-up and Prometheus metrics | — |
+//! | [`config`], [`limits`], [`names`], [`secrets`], [`throttle`], [`http`] | configuration, the limit table, name rules, secret material, auth throttling, response helpers | — |
 //!
 //! ```no_run
 //! use perch_gateway::config::{Config, Overrides};
