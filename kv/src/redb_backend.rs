@@ -1,5 +1,10 @@
 //! The redb implementation of [`KvStore`].
 //!
+//! (One file of about 800 lines: the writer thread's group commit, the
+//! overlay that makes a failing batch leave nothing, the purge and the
+//! reads share the private job, outcome and cache types; split, they would
+//! need crate-wide visibility for no reader's benefit.)
+//!
 //! Reads go through a moka cache; misses read redb on a blocking thread. All
 //! writes go
 //! through one writer thread that takes every job queued at that moment,
