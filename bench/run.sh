@@ -19,6 +19,10 @@
 #                another tenant keeps infinite loops or hanging requests
 #                running (the end-to-end tests only assert that it happens)
 #   image        examples/image-resize throughput (when that example exists)
+#   ops          hello rps beside hello behind a 2-version split, with one
+#                log follower attached, and with a follower that stopped
+#                reading (goal: each ≥ 0.95 × plain); then the delay from a
+#                response to its event reaching a follower (goal ≤ 100 ms)
 #
 # It installs what is missing (wrk and h2load with apt-get, wasmtime-cli
 # 48.0.8 with cargo install, cached under ~/.cache/perch-bench), builds Perch
@@ -36,7 +40,10 @@
 # MANY_COMPONENTS (500), MANY_DATA (keep the many scenario's deployed data
 # directory there and reuse it on the next run), SPIN_CPU_MS (500, the
 # hostile tenant's CPU limit), SPINNERS (3), HANGERS (256, the tenant
-# concurrency cap), PERCH_BENCH_CACHE, SKIP_BUILD=1.
+# concurrency cap), PERCH_BENCH_CACHE, SKIP_BUILD=1, PERCH_BASELINE (the
+# path of another perch binary, e.g. a release build of an older commit:
+# the hello scenario then also runs it, alternating with the others, as
+# `perch-baseline`).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -57,7 +64,7 @@ SPINNERS=${SPINNERS:-3}
 HANGERS=${HANGERS:-256}
 TOKEN=perch-bench-admin-token
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv isolation image)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv isolation image ops)
 
 WORK=$(mktemp -d /tmp/perch-bench.XXXXXX)
 PIDS=()
@@ -331,9 +338,18 @@ scenario_hello() {
     start_wasmtime wtl -O pooling-allocator -S cli -W timeout=30s,max-memory-size=134217728
     local variants=(perch wasmtime wasmtime-limits)
     local addrs=("$PERCH_DATA" "$wt" "$wtl")
+    if [ -n "${PERCH_BASELINE:-}" ]; then
+        local main_data=$DATA main_admin=$ADMIN
+        PERCH=$PERCH_BASELINE start_perch "$WORK/baseline"
+        deploy bench hello "$HELLO" "$HELLO_HOST"
+        variants+=(perch-baseline)
+        addrs+=("$DATA")
+        DATA=$main_data ADMIN=$main_admin
+    fi
+    local n=${#variants[@]}
     for round in $(seq 1 "$ROUNDS"); do
-        for i in 0 1 2; do
-            local j=$(( (i + round) % 3 ))
+        for i in $(seq 0 $(( n - 1 ))); do
+            local j=$(( (i + round) % n ))
             wrk_run hello "${variants[$j]}" "$round" "${addrs[$j]}" "$HELLO_HOST"
         done
     done
@@ -648,6 +664,38 @@ EOF
     summary isolation hello-alone "9b. hello while another tenant keeps $SPINNERS infinite loops or $HANGERS hanging requests (wall limit 3 s) running"
 }
 
+scenario_ops() {
+    log "scenario ops: split, followed, stalled follower"
+    deploy bench hello-split "$HELLO" split.bench.test
+    settings bench hello-split '{"vars":{"V":"2"}}'
+    api PUT /v1/tenants/bench/functions/hello-split/deployment -H 'content-type: application/json' \
+        -d '{"versions":[{"version":1,"percent":50},{"version":2,"percent":50}]}' -o /dev/null
+    deploy bench hello-follow "$HELLO" follow.bench.test
+    deploy bench hello-stalled "$HELLO" stalled.bench.test
+    # One follower that reads everything, one that never reads.
+    curl -sN -H "Authorization: Bearer $TOKEN" \
+        "$ADMIN/v1/tenants/bench/logs?follow=1&function=hello-follow" >/dev/null &
+    PIDS+=($!)
+    python3 - "${ADMIN#http://}" "$TOKEN" <<'PY' &
+import socket, sys, time
+s = socket.create_connection(tuple(sys.argv[1].rsplit(":", 1)))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.sendall(f"GET /v1/tenants/bench/logs?follow=1&function=hello-stalled HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {sys.argv[2]}\r\n\r\n".encode())
+time.sleep(1e6)
+PY
+    PIDS+=($!)
+    local variants=(perch-plain perch-split perch-followed perch-stalled-follower)
+    local hosts=("$HELLO_HOST" split.bench.test follow.bench.test stalled.bench.test)
+    for round in $(seq 1 "$ROUNDS"); do
+        for i in 0 1 2 3; do
+            local j=$(( (i + round) % 4 ))
+            wrk_run ops "${variants[$j]}" "$round" "$PERCH_DATA" "${hosts[$j]}"
+        done
+    done
+    summary ops perch-plain "10. hello: plain, behind a 50/50 split of two versions, with a log follower, with a follower that stopped reading"
+    python3 "$ROOT/bench/logdelay.py" "${ADMIN#http://}" "$PERCH_DATA" "$TOKEN" follow.bench.test hello-follow | tee -a "$REPORT"
+}
+
 scenario_image() {
     if [ ! -f "$IMAGE" ]; then
         log "scenario image: examples/image-resize not built (the example does not exist yet); skipped"
@@ -694,7 +742,7 @@ if has_scenario isolation && [ ! -f "$FAULTY" ]; then log "missing $FAULTY"; exi
 } | tee -a "$REPORT"
 
 MAIN_ADMIN= PERCH_DATA=
-if has_scenario hello || has_scenario reuse || has_scenario latency || has_scenario kv || has_scenario image; then
+if has_scenario hello || has_scenario reuse || has_scenario latency || has_scenario kv || has_scenario image || has_scenario ops; then
     start_perch "$WORK/perch"
     PERCH_DATA=$DATA
     MAIN_ADMIN=$ADMIN
@@ -712,6 +760,7 @@ for s in "${SCENARIOS[@]}"; do
         kv) scenario_kv ;;
         isolation) scenario_isolation ;;
         image) scenario_image ;;
+        ops) scenario_ops ;;
         *) log "unknown scenario $s"; exit 2 ;;
     esac
 done

@@ -4,7 +4,10 @@ use std::sync::atomic::AtomicBool;
 
 use perch_runtime::Runtime;
 
+use crate::artifacts::Artifacts;
 use crate::config::Config;
+use crate::cron::Scheduler;
+use crate::logs::LogHub;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 use crate::throttle::Throttle;
@@ -17,6 +20,12 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// The wasmtime host.
     pub runtime: Arc<Runtime>,
+    /// Deletes components no version uses.
+    pub artifacts: Arc<Artifacts>,
+    /// Functions' logs (shared with the data plane).
+    pub logs: Arc<LogHub>,
+    /// Runs cron ticks (and the ones asked for over the API).
+    pub scheduler: Arc<Scheduler>,
     /// The key-value store, its limits checked.
     pub kv: Arc<dyn perch_kv::KvStore>,
     /// Counters (shared with the data plane).
@@ -29,4 +38,6 @@ pub struct App {
     pub compile_slots: tokio::sync::Semaphore,
     /// False once shutdown begins.
     pub ready: AtomicBool,
+    /// Turns true once shutdown begins (ends live log streams).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }

@@ -22,9 +22,9 @@ pub struct FileConfig {
     /// Default per-function limits.
     #[serde(default)]
     pub limits: LimitOverrides,
-    /// Operator maxima for per-function overrides.
+    /// Operator maxima for per-function overrides, and retention.
     #[serde(default)]
-    pub max: LimitOverrides,
+    pub max: MaxFile,
     /// Node-wide settings.
     #[serde(default)]
     pub node: NodeFile,
@@ -34,6 +34,39 @@ pub struct FileConfig {
     /// Budgets of the compiler child process.
     #[serde(default)]
     pub compile: CompileFile,
+}
+
+/// The `[max]` table: the operator maxima of the per-function limits,
+/// and `versions_per_function` (retention, not a per-function limit).
+#[derive(Debug, Default)]
+pub struct MaxFile {
+    /// Maxima of the per-function limits.
+    pub limits: LimitOverrides,
+    /// Versions kept per function.
+    pub versions_per_function: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for MaxFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let versions_per_function = match table.remove("versions_per_function") {
+            None => None,
+            Some(v) => Some(
+                v.as_integer()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        D::Error::custom("max.versions_per_function must be a positive integer")
+                    })?,
+            ),
+        };
+        let limits =
+            LimitOverrides::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+        Ok(MaxFile {
+            limits,
+            versions_per_function,
+        })
+    }
 }
 
 /// Budgets of the child process that compiles each upload, as written in
@@ -64,6 +97,8 @@ pub struct CompileBudget {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
+    /// The node's name in log events (default: the host name).
+    pub name: Option<String>,
     /// Concurrent requests per tenant.
     pub tenant_concurrency: Option<u32>,
     /// Open data-plane connections.
@@ -112,6 +147,10 @@ pub struct Config {
     pub limits: LimitSet,
     /// Operator maxima.
     pub max: LimitSet,
+    /// Versions kept per function (`max.versions_per_function`).
+    pub max_versions: u32,
+    /// The node's name in log events.
+    pub node_name: String,
     /// Concurrent requests per tenant.
     pub tenant_concurrency: u32,
     /// Open data-plane connections.
@@ -157,6 +196,19 @@ pub struct Overrides {
 /// Largest component upload the admin API takes.
 pub const MAX_UPLOAD_BYTES: u64 = 50 << 20;
 
+/// This machine's host name (`node` when it has none).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "node".to_string(),
+    }
+}
+
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|e| format!("{what}: `{s}` is not an IP:port address ({e})"))
@@ -187,7 +239,7 @@ impl Config {
             .admin_listen
             .or(file.admin_listen)
             .unwrap_or_else(|| "127.0.0.1:8081".into());
-        let max = DEFAULT_MAX.with(&file.max);
+        let max = DEFAULT_MAX.with(&file.max.limits);
         let limits = DEFAULT_LIMITS.with(&file.limits);
         let config = Config {
             data_dir: over
@@ -198,6 +250,11 @@ impl Config {
             admin_listen: parse_addr("admin_listen", &admin_listen)?,
             limits,
             max,
+            max_versions: file
+                .max
+                .versions_per_function
+                .unwrap_or(crate::registry::DEFAULT_MAX_VERSIONS),
+            node_name: file.node.name.unwrap_or_else(host_name),
             tenant_concurrency: file.node.tenant_concurrency.unwrap_or(256),
             max_connections: file.node.max_connections.unwrap_or(4096),
             max_body_bytes: file.node.max_body_bytes.unwrap_or(16 << 20),
@@ -240,6 +297,12 @@ impl Config {
                 "node.warm_slots ({}) may not exceed node.max_instances ({})",
                 self.warm_slots, self.max_instances
             ));
+        }
+        if self.max_versions == 0 {
+            return Err("max.versions_per_function must be positive".into());
+        }
+        if self.node_name.is_empty() || self.node_name.len() > 253 {
+            return Err("node.name must be 1 to 253 characters".into());
         }
         if self.header_read_timeout.is_zero() {
             return Err("node.header_read_timeout_seconds must be positive".into());
@@ -288,6 +351,29 @@ mod tests {
     }
 
     #[test]
+    fn max_holds_the_limit_maxima_and_retention() {
+        let file: FileConfig =
+            toml::from_str("[max]\ncpu_ms = 1000\nversions_per_function = 3\n").unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!((c.max.cpu_ms, c.max_versions), (1000, 3));
+        assert_eq!(
+            Config::resolve(FileConfig::default(), Overrides::default())
+                .unwrap()
+                .max_versions,
+            100
+        );
+        for bad in [
+            "[max]\nbogus = 1",
+            "[max]\nversions_per_function = -1",
+            "[max]\nversions_per_function = \"x\"",
+        ] {
+            assert!(toml::from_str::<FileConfig>(bad).is_err(), "{bad}");
+        }
+        let zero: FileConfig = toml::from_str("[max]\nversions_per_function = 0").unwrap();
+        assert!(Config::resolve(zero, Overrides::default()).is_err());
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
         let file: FileConfig = toml::from_str("[limits]\ncpu_ms = 99999999\n").unwrap();
@@ -317,6 +403,7 @@ mod example_file {
         let defaults = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
         assert_eq!(from_file.limits, defaults.limits);
         assert_eq!(from_file.max, defaults.max);
+        assert_eq!(from_file.max_versions, defaults.max_versions);
         assert_eq!(from_file.tenant_concurrency, defaults.tenant_concurrency);
         assert_eq!(from_file.max_body_bytes, defaults.max_body_bytes);
         assert_eq!(from_file.max_header_bytes, defaults.max_header_bytes);

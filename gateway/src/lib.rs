@@ -8,11 +8,14 @@
 //! |---|---|---|
 //! | [`cli`] | clap commands; a client of the admin API | `server` (for `perch serve`), `api::kv` (header names), `registry` (scopes), `config` |
 //! | [`server`] | builds everything from the config, one accept loop for every listener, warm-up, drain | everything below |
-//! | [`api`] | the admin API: router + auth, one file per resource | `app`, `registry`, `limits`, `names`, `secrets` |
-//! | [`app`] | the admin API's shared state | `registry`, `telemetry`, `throttle`, `config` |
-//! | [`dataplane`] | request checks, the [`dataplane::Executor`] seam, error answers | `registry`, `routing`, `telemetry`, `config`, `names` |
+//! | [`api`] | the admin API: router + auth, one file per resource | `app`, `registry`, `logs`, `cron`, `artifacts`, `limits`, `names`, `secrets` |
+//! | [`app`] | the admin API's shared state | `registry`, `logs`, `cron`, `artifacts`, `telemetry`, `throttle`, `config` |
+//! | [`cron`] | cron expressions, the scheduler and its [`cron::TickLease`] | `dataplane` (the executor), `registry`, `logs` |
+//! | [`dataplane`] | request checks, version pick, reserved headers, request ids, the [`dataplane::Executor`] seam, error answers | `registry`, `routing`, `logs`, `telemetry`, `config`, `names` |
+//! | [`artifacts`] | deleting components no kept version runs | `registry` |
+//! | [`logs`] | functions' logs: events, the hub of rings and followers, the per-request sink | — |
 //! | [`registry`] | the records, their rules, the [`registry::RegistryStore`] trait and its redb implementation, the routing snapshot's construction | `routing`, `limits`, `secrets`, `names` |
-//! | [`routing`] | the route table snapshot and host matching | `names` |
+//! | [`routing`] | the route table snapshot, host and path matching, the deployment split | `names` |
 //! | [`telemetry`] | tracing set-up and Prometheus metrics | — |
 //! | [`config`], [`limits`], [`names`], [`secrets`], [`throttle`], [`http`] | configuration, the limit table, name rules, secret material, auth throttling, response helpers | — |
 //!
@@ -27,11 +30,14 @@
 
 pub mod api;
 pub mod app;
+pub mod artifacts;
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod dataplane;
 pub mod http;
 pub mod limits;
+pub mod logs;
 pub mod names;
 pub mod registry;
 pub mod routing;

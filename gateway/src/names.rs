@@ -92,6 +92,90 @@ impl HostPattern {
     }
 }
 
+/// The path part of a route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    /// Only this path.
+    Exact(String),
+    /// This prefix (ending in `/`) and everything below it: `/api/*` is
+    /// stored as `/api/`.
+    Prefix(String),
+}
+
+impl PathPattern {
+    /// The pattern as text (`/health`, `/api/*`).
+    pub fn as_string(&self) -> String {
+        match self {
+            PathPattern::Exact(p) => p.clone(),
+            PathPattern::Prefix(p) => format!("{p}*"),
+        }
+    }
+}
+
+/// A route pattern: a host pattern, optionally followed by a path
+/// (`example.com/api/*`, `example.com/health`). `host/*` is the host-only
+/// route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    /// Which hosts.
+    pub host: HostPattern,
+    /// Which paths on them; `None`: all.
+    pub path: Option<PathPattern>,
+}
+
+/// Bytes a route pattern's path may have.
+const MAX_ROUTE_PATH: usize = 1024;
+
+impl RoutePattern {
+    /// Parses `host[/path]`; the error says what is wrong.
+    pub fn parse(raw: &str) -> Result<RoutePattern, String> {
+        let (host, path) = match raw.find('/') {
+            Some(i) => (&raw[..i], Some(&raw[i..])),
+            None => (raw, None),
+        };
+        let host = HostPattern::parse(host)?;
+        let path = match path {
+            None | Some("/*") => None,
+            Some(p) => Some(parse_path(p)?),
+        };
+        Ok(RoutePattern { host, path })
+    }
+
+    /// The normalised pattern as text: the host pattern, then the path.
+    pub fn as_string(&self) -> String {
+        match &self.path {
+            None => self.host.as_string(),
+            Some(p) => format!("{}{}", self.host.as_string(), p.as_string()),
+        }
+    }
+}
+
+fn parse_path(p: &str) -> Result<PathPattern, String> {
+    if p.len() > MAX_ROUTE_PATH {
+        return Err(format!("a route's path is at most {MAX_ROUTE_PATH} bytes"));
+    }
+    if let Some(bad) = p
+        .chars()
+        .find(|&c| !c.is_ascii_graphic() || c == '?' || c == '#')
+    {
+        return Err(format!(
+            "route path `{p}` may not contain {bad:?} (no spaces, query or fragment)"
+        ));
+    }
+    match p.strip_suffix('*') {
+        Some(prefix) if prefix.ends_with('/') && !prefix.contains('*') => {
+            Ok(PathPattern::Prefix(prefix.to_string()))
+        }
+        Some(_) => Err(format!(
+            "route path `{p}`: `*` may only end a path, after a `/` (like `/api/*`)"
+        )),
+        None if p.contains('*') => Err(format!(
+            "route path `{p}`: `*` may only end a path, after a `/` (like `/api/*`)"
+        )),
+        None => Ok(PathPattern::Exact(p.to_string())),
+    }
+}
+
 fn is_below(host: &str, suffix: &str) -> bool {
     host.len() > suffix.len() + 1
         && host.ends_with(suffix)
@@ -142,6 +226,33 @@ mod tests {
         assert_eq!(normalize_host("HELLO.a.test:8080"), "hello.a.test");
         assert_eq!(normalize_host("x.test."), "x.test");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn route_patterns() {
+        let p = |t: &str| RoutePattern::parse(t).map(|r| r.as_string());
+        assert_eq!(p("A.Test").unwrap(), "a.test");
+        assert_eq!(
+            p("a.test/*").unwrap(),
+            "a.test",
+            "host/* is the host-only route"
+        );
+        assert_eq!(p("a.test/api/*").unwrap(), "a.test/api/*");
+        assert_eq!(p("*.a.test/health").unwrap(), "*.a.test/health");
+        assert_eq!(p("a.test/").unwrap(), "a.test/");
+        let r = RoutePattern::parse("a.test/api/*").unwrap();
+        assert_eq!(r.path, Some(PathPattern::Prefix("/api/".into())));
+        for bad in [
+            "a.test/a*",
+            "a.test/*/x",
+            "a.test/a b",
+            "a.test/x?y",
+            "a..test/x",
+            "a.test/a#b",
+        ] {
+            assert!(RoutePattern::parse(bad).is_err(), "{bad}");
+        }
+        assert!(RoutePattern::parse(&format!("a.test/{}", "x".repeat(1100))).is_err());
     }
 
     #[test]

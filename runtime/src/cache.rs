@@ -61,6 +61,48 @@ impl ArtifactCache {
         self.has_local(digest) || self.store.contains(digest).unwrap_or(false)
     }
 
+    /// Forgets a component: its local files (precompiled forms for any
+    /// engine included) and its bytes in the store.
+    pub(crate) fn remove(&self, digest: &Digest) -> Result<(), RuntimeError> {
+        let prefix = format!("{digest}.");
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| RuntimeError::artifact("list artifacts", e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(&prefix) {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(RuntimeError::artifact(
+                            &format!("delete {}", entry.path().display()),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        self.store.delete(digest)
+    }
+
+    /// Digests of the components in the local directory (by file name:
+    /// `<sha256>.wasm` and its precompiled forms).
+    pub(crate) fn local_digests(&self) -> Result<Vec<Digest>, RuntimeError> {
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| RuntimeError::artifact("list artifacts", e))?;
+        let mut out: Vec<Digest> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                name.split('.').next()?.parse().ok()
+            })
+            .collect();
+        out.sort_by_key(|d| d.0);
+        out.dedup();
+        Ok(out)
+    }
+
     /// Makes sure the store holds `bytes` (an upload whose digest is
     /// `digest`): durable there before the upload is acknowledged.
     pub(crate) fn ensure_stored(&self, digest: &Digest, bytes: &[u8]) -> Result<(), RuntimeError> {

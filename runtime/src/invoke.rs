@@ -237,7 +237,23 @@ impl Runtime {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let ledger = Ledger::new(inv.log_sink.clone(), inv.label.clone());
+        self.handle_logged(inv, req, inv.log_sink.clone()).await
+    }
+
+    /// [`Runtime::handle`], with this request's record going to `sink`
+    /// instead of the invocation's `log_sink` (a sink that knows the
+    /// request: its id, method, path).
+    pub async fn handle_logged<B>(
+        self: &Arc<Self>,
+        inv: &Invocation,
+        req: hyper::Request<B>,
+        sink: Arc<dyn LogSink>,
+    ) -> Result<hyper::Response<ResponseBody>, InvokeError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let ledger = Ledger::new(sink, inv.label.clone());
         let mut consumer = Consumer::new(ledger.clone());
         // Hyper drops the body of these unread: no sign of a client gone.
         let head_only = req.method() == http::Method::HEAD;

@@ -292,6 +292,20 @@ impl Runtime {
         self.artifacts.has_component(digest)
     }
 
+    /// Forgets a component no version uses any more: out of memory, its
+    /// local files, its bytes in the artifact store. Blocking (I/O).
+    /// Callers make sure no upload of the same bytes is under way.
+    pub fn remove_component(&self, digest: &Digest) -> Result<(), RuntimeError> {
+        self.cache.invalidate(digest);
+        self.artifacts.remove(digest)
+    }
+
+    /// Digests of the components in the local artifacts directory.
+    /// Blocking (I/O).
+    pub fn local_components(&self) -> Result<Vec<Digest>, RuntimeError> {
+        self.artifacts.local_digests()
+    }
+
     /// The pre-instantiated component for `digest`, from memory, else from
     /// its precompiled artifact, else compiled from the component's bytes
     /// (in the local cache, else fetched from the artifact store into it).

@@ -68,7 +68,10 @@ fn auth_scopes_and_host_claims() {
             Some(json!({"function": "hello"})),
         )
         .expect_status(201);
-    assert_eq!(r, json!({"host": "hello.a.test", "function": "hello"}));
+    assert_eq!(
+        r,
+        json!({"pattern": "hello.a.test", "host": "hello.a.test", "path": null, "function": "hello"})
+    );
     a.put_json(
         "/v1/tenants/a/routes/hello.a.test",
         Some(json!({"function": "hello2"})),
@@ -129,12 +132,15 @@ fn auth_scopes_and_host_claims() {
     let routes = a.get("/v1/tenants/a/routes").ok();
     assert_eq!(
         routes,
-        json!({"routes": [{"host": "*.w.test", "function": "hello"}, {"host": "hello.a.test", "function": "hello"}]})
+        json!({"routes": [
+            {"pattern": "*.w.test", "host": "*.w.test", "path": null, "function": "hello"},
+            {"pattern": "hello.a.test", "host": "hello.a.test", "path": null, "function": "hello"}
+        ], "cursor": null})
     );
     let fns = a.get("/v1/tenants/a/functions").ok();
     assert_eq!(
         fns,
-        json!({"functions": [{"name": "hello", "active_version": 1}, {"name": "hello2", "active_version": 1}]})
+        json!({"functions": [{"name": "hello", "active_version": 1}, {"name": "hello2", "active_version": 1}], "cursor": null})
     );
     let detail = a.get("/v1/tenants/a/functions/hello").ok();
     assert_eq!(detail["versions"][0]["version"], 1);

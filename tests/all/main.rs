@@ -9,5 +9,6 @@ mod fuzz;
 mod hostile;
 mod kv;
 mod lifecycle;
+mod operations;
 mod settings;
 mod uploads;

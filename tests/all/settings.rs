@@ -15,7 +15,7 @@ fn settings_create_versions_and_secrets_stay_secret() {
             Some(json!({"vars": {"MODE": "blue"}, "secrets": {"API_KEY": "s3cr3t-value"}})),
         )
         .expect_status(201);
-    assert_eq!(v, json!({"function": "env", "version": 2}));
+    assert_eq!(v, json!({"function": "env", "version": 2, "active": true}));
     assert_eq!(perch.get("env.a.test", "/env?MODE").text().unwrap(), "blue");
     assert_eq!(
         perch.get("env.a.test", "/env?API_KEY").text().unwrap(),

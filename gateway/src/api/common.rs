@@ -67,6 +67,10 @@ pub(crate) fn registry_error(e: RegistryError) -> Resp {
         RegistryError::HostTaken(m) => error(StatusCode::CONFLICT, "host_taken", &m),
         RegistryError::HostNotAllowed(m) => error(StatusCode::FORBIDDEN, "host_not_allowed", &m),
         RegistryError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_request", &m),
+        RegistryError::InvalidDeployment(m) => {
+            error(StatusCode::BAD_REQUEST, "invalid_deployment", &m)
+        }
+        RegistryError::TooManyVersions(m) => error(StatusCode::CONFLICT, "too_many_versions", &m),
         other => {
             tracing::error!(error = %other, "registry failure");
             internal_error()
@@ -147,6 +151,107 @@ pub(crate) async fn read_json<T: for<'de> Deserialize<'de>>(
             &format!("invalid JSON body: {e}"),
         )
     })
+}
+
+/// One page of a listing: `limit` (default 100, at most 1000) items after
+/// `cursor`.
+pub(crate) struct PageQuery {
+    /// Items per page.
+    pub limit: usize,
+    /// The key of the last item of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Items a list endpoint returns unless `limit` says otherwise.
+pub(crate) const DEFAULT_PAGE: usize = 100;
+/// Items a list endpoint returns at most.
+pub(crate) const MAX_PAGE: usize = 1000;
+
+impl PageQuery {
+    /// Reads `limit` and `cursor` from the query (an empty cursor starts
+    /// at the beginning); a bad limit → 400 `invalid_limit`.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the answer, returned at once"
+    )]
+    pub(crate) fn of(req: &Request<Incoming>) -> Result<PageQuery, Resp> {
+        let mut page = PageQuery {
+            limit: DEFAULT_PAGE,
+            cursor: None,
+        };
+        for (k, v) in query_params(req) {
+            match k.as_str() {
+                "limit" => {
+                    page.limit = match v.parse::<usize>() {
+                        Ok(n @ 1..=MAX_PAGE) => n,
+                        _ => {
+                            return Err(error(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_limit",
+                                &format!(
+                                    "limit must be an integer from 1 to {MAX_PAGE}, not `{v}`"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                "cursor" if !v.is_empty() => page.cursor = Some(v),
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+
+    /// The page of `items` (in listing order, already past the cursor):
+    /// at most `limit` of them, and the cursor of the next page (the key
+    /// of the last one returned) when more follow.
+    pub(crate) fn cut<T>(
+        &self,
+        items: impl Iterator<Item = T>,
+        key: impl Fn(&T) -> String,
+    ) -> (Vec<T>, Option<String>) {
+        let mut page: Vec<T> = items.take(self.limit + 1).collect();
+        if page.len() > self.limit {
+            page.truncate(self.limit);
+            let next = page.last().map(key);
+            (page, next)
+        } else {
+            (page, None)
+        }
+    }
+}
+
+/// Deletes the components `dropped` versions ran that nothing uses any
+/// more (after the change that dropped them committed).
+pub(crate) async fn collect_garbage(app: &Arc<App>, dropped: Vec<String>) {
+    if dropped.is_empty() {
+        return;
+    }
+    let artifacts = app.artifacts.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || artifacts.collect(&dropped)).await {
+        tracing::error!(error = %e, "artifact collection failed");
+    }
+}
+
+/// A boolean query flag (`true`/`1`, `false`/`0`), `default` when absent;
+/// anything else → 400 `invalid_request`.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the answer, returned at once"
+)]
+pub(crate) fn query_flag(req: &Request<Incoming>, name: &str, default: bool) -> Result<bool, Resp> {
+    match query_params(req).into_iter().find(|(k, _)| k == name) {
+        None => Ok(default),
+        Some((_, v)) => match v.as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("`{name}` must be true or false, not `{v}`"),
+            )),
+        },
+    }
 }
 
 /// The query string's pairs, percent-decoded (`+` is a space in values).

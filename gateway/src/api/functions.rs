@@ -1,30 +1,51 @@
-//! A tenant's functions: list, upload a component as a new version (it is
-//! validated and compiled first), show versions and settings, delete.
+//! A tenant's functions: list (paged), upload a component as a new
+//! version (validated and compiled first; deployed alone, or staged with
+//! `?activate=false`), show one, delete one. Versions and the deployment
+//! have their own files (`versions.rs`, `deployment.rs`).
 use std::sync::Arc;
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::common::{Resp, TenantCall, blocking, invalid_name, read_body};
+use super::common::{
+    PageQuery, Resp, TenantCall, blocking, collect_garbage, invalid_name, query_flag, read_body,
+};
 use crate::app::App;
 use crate::http::{error, internal_error, json, method_not_allowed, no_content, tri};
 use crate::names::valid_name;
+use crate::registry::Function;
 
-/// `GET …/functions`.
-pub(super) async fn list(call: TenantCall) -> Resp {
-    let (app, method, _, tenant) = call.into_parts();
-    match method {
-        Method::GET => {
-            let list = tri!(blocking(move || app.registry.list_functions(&tenant)).await);
-            let list: Vec<_> = list
-                .iter()
-                .map(|f| json!({"name": f.name, "active_version": f.active_version}))
-                .collect();
-            json(StatusCode::OK, &json!({ "functions": list }))
-        }
-        _ => method_not_allowed("GET"),
+/// `active_version` as the API shows it: null while nothing is deployed.
+pub(super) fn active_version(f: &Function) -> Value {
+    match f.active_version {
+        0 => Value::Null,
+        n => json!(n),
     }
+}
+
+/// `GET …/functions?limit=&cursor=`, by name.
+pub(super) async fn list(call: TenantCall) -> Resp {
+    let (app, method, req, tenant) = call.into_parts();
+    if method != Method::GET {
+        return method_not_allowed("GET");
+    }
+    let page = tri!(PageQuery::of(&req));
+    let list = tri!(blocking(move || app.registry.list_functions(&tenant)).await);
+    let after = page.cursor.clone();
+    let (items, cursor) = page.cut(
+        list.iter()
+            .filter(|f| after.as_deref().is_none_or(|c| f.name.as_str() > c)),
+        |f| f.name.clone(),
+    );
+    let items: Vec<_> = items
+        .iter()
+        .map(|f| json!({"name": f.name, "active_version": active_version(f)}))
+        .collect();
+    json(
+        StatusCode::OK,
+        &json!({ "functions": items, "cursor": cursor }),
+    )
 }
 
 /// `PUT` (upload a version), `GET` and `DELETE` one function.
@@ -42,23 +63,20 @@ pub(super) async fn one(call: TenantCall, name: String) -> Resp {
                 .iter()
                 .map(|v| json!({"version": v.version, "digest": v.digest, "created_at": v.created_at}))
                 .collect();
-            let settings = f.active().map(|v| {
-                let st = &v.settings;
-                json!({
-                    "vars": st.vars,
-                    "secrets": st.secrets.keys().collect::<Vec<_>>(),
-                    "kv": st.kv,
-                    "limits": st.limits,
-                    "outbound": st.outbound,
-                })
-            });
+            let settings = f
+                .active()
+                .map(|v| super::versions::settings_json(&v.settings));
             json(
                 StatusCode::OK,
-                &json!({"name": f.name, "active_version": f.active_version, "versions": versions, "settings": settings}),
+                &json!({"name": f.name, "active_version": active_version(&f), "versions": versions, "settings": settings}),
             )
         }
         Method::DELETE => {
-            tri!(blocking(move || app.registry.delete_function(&tenant, &name)).await);
+            let (t, n) = (tenant.clone(), name.clone());
+            let registry = app.registry.clone();
+            let dropped = tri!(blocking(move || registry.delete_function(&t, &n)).await);
+            app.logs.forget_function(&tenant, &name);
+            collect_garbage(&app, dropped).await;
             no_content()
         }
         _ => method_not_allowed("PUT, GET, DELETE"),
@@ -73,6 +91,7 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
             &format!("tenant `{tenant}` does not exist"),
         );
     }
+    let activate = tri!(query_flag(&req, "activate", true));
     let bytes = tri!(read_body(req, app.config.max_upload_bytes).await);
     let Ok(_slot) = app.compile_slots.acquire().await else {
         return error(
@@ -81,6 +100,9 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
             "the server is shutting down",
         );
     };
+    // Held from before the bytes are written until the version committed,
+    // so no collection deletes them in between.
+    let _hold = app.artifacts.hold(perch_runtime::Digest::of(&bytes));
     let runtime = app.runtime.clone();
     let stored = tokio::task::spawn_blocking(move || runtime.store_component(&bytes)).await;
     let digest = match stored {
@@ -105,10 +127,11 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
     };
     let (t, n, d) = (tenant.clone(), name.clone(), digest.clone());
     let registry = app.registry.clone();
-    let version = tri!(blocking(move || registry.add_version(&t, &n, &d)).await);
-    tracing::info!(%tenant, function = %name, version, %digest, "deployed");
+    let added = tri!(blocking(move || registry.add_version(&t, &n, &d, activate)).await);
+    tracing::info!(%tenant, function = %name, version = added.version, %digest, active = added.active, "uploaded");
+    collect_garbage(&app, added.dropped).await;
     json(
         StatusCode::CREATED,
-        &json!({"function": name, "version": version, "digest": digest}),
+        &json!({"function": name, "version": added.version, "digest": digest, "active": added.active}),
     )
 }

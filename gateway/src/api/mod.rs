@@ -9,8 +9,12 @@
 //! | `GET /v1/tenants/{tenant}/functions` | `functions` | `functions.rs` |
 //! | `PUT`, `GET`, `DELETE /v1/tenants/{tenant}/functions/{name}` | `functions` | `functions.rs` |
 //! | `PUT /v1/tenants/{tenant}/functions/{name}/settings` | `functions` | `settings.rs` |
+//! | `GET …/functions/{name}/versions`, `GET …/versions/{v}` | `functions` | `versions.rs` |
+//! | `GET`, `PUT …/functions/{name}/deployment` | `functions` | `deployment.rs` |
+//! | `POST …/functions/{name}/scheduled?cron=EXPR` | `functions` | `scheduled.rs` |
+//! | `GET /v1/tenants/{tenant}/logs?function=&status=&limit=&follow=` | `logs` | `logs.rs` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
-//! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{host}` | `routes` | `routes.rs` |
+//! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{pattern}` (`host[/path]`) | `routes` | `routes.rs` |
 //! | `GET /v1/tenants/{tenant}/kv`, `PUT …/kv/{ns}` | `kv` | `kv.rs` |
 //! | `GET …/kv/{ns}/keys?prefix=&cursor=&limit=` | `kv` | `kv.rs` |
 //! | `GET`, `PUT`, `DELETE …/kv/{ns}/values/{key}` | `kv` | `kv.rs` |
@@ -31,13 +35,17 @@ use crate::app::App;
 
 pub mod auth;
 pub mod common;
+mod deployment;
 mod functions;
 mod health;
 pub mod kv;
+mod logs;
 mod routes;
+mod scheduled;
 mod settings;
 mod tenants;
 mod tokens;
+mod versions;
 
 use auth::Principal;
 use common::{Resp, TenantCall, invalid_name, not_found_endpoint, percent_decode};
@@ -66,7 +74,7 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
     let method = req.method().clone();
     match segs {
         ["v1", "tenants"] => match who {
-            Principal::Admin => tenants::list(app, method),
+            Principal::Admin => tenants::list(app, method, &req),
             Principal::Tenant(_) => common::forbidden(),
         },
         ["v1", "tenants", tenant, rest @ ..] => {
@@ -90,6 +98,14 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                 ["functions"] => functions::list(call).await,
                 ["functions", name] => functions::one(call, name.to_string()).await,
                 ["functions", name, "settings"] => settings::handle(call, name.to_string()).await,
+                ["functions", name, "versions", rest @ ..] => {
+                    versions::handle(call, name.to_string(), rest).await
+                }
+                ["functions", name, "deployment"] => {
+                    deployment::handle(call, name.to_string()).await
+                }
+                ["functions", name, "scheduled"] => scheduled::handle(call, name.to_string()).await,
+                ["logs"] => logs::handle(call).await,
                 ["routes", rest @ ..] => routes::handle(call, rest).await,
                 ["kv", rest @ ..] => kv::handle(call, rest).await,
                 _ => not_found_endpoint(),

@@ -1,13 +1,16 @@
 //! A function's settings: vars, write-only secrets (sealed before they are
 //! stored), KV bindings, limits within the operator maxima, the outbound
-//! allow-list. Each PUT creates a version on the same artifact.
+//! allow-list. Each PUT creates a version on the same artifact (deployed
+//! alone, or staged with `?activate=false`).
 use std::collections::BTreeMap;
 
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::common::{Resp, TenantCall, blocking, invalid_name, read_json};
+use super::common::{
+    Resp, TenantCall, blocking, collect_garbage, invalid_name, query_flag, read_json,
+};
 use crate::http::{error, json, method_not_allowed, tri};
 use crate::limits::{LimitOverrides, LimitSet};
 use crate::names::{NAME_RULE, valid_name};
@@ -29,6 +32,8 @@ struct SettingsBody {
     limits: LimitOverrides,
     #[serde(default)]
     outbound: Outbound,
+    #[serde(default)]
+    cron: Vec<String>,
 }
 
 /// Bytes of vars and secrets a version may carry.
@@ -36,6 +41,27 @@ const MAX_SETTINGS_BYTES: usize = 64 * 1024;
 
 fn invalid_settings(message: String) -> Resp {
     error(StatusCode::BAD_REQUEST, "invalid_settings", &message)
+}
+
+/// Schedules a version may list.
+const MAX_SCHEDULES: usize = 5;
+
+/// The schedules in their normal form, or why not.
+fn check_cron(list: &[String]) -> Result<Vec<String>, String> {
+    if list.len() > MAX_SCHEDULES {
+        return Err(format!(
+            "at most {MAX_SCHEDULES} schedules, not {}",
+            list.len()
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for text in list {
+        let expr = crate::cron::CronExpr::parse(text)?;
+        if !out.iter().any(|e| e == expr.text()) {
+            out.push(expr.text().to_string());
+        }
+    }
+    Ok(out)
 }
 
 fn check_settings(body: &SettingsBody, max: &LimitSet) -> Result<(), String> {
@@ -93,10 +119,15 @@ pub(super) async fn handle(call: TenantCall, name: String) -> Resp {
     if !valid_name(&name) {
         return invalid_name("function", &name);
     }
+    let activate = tri!(query_flag(&req, "activate", true));
     let body: SettingsBody = tri!(read_json(req, false).await).expect("required body");
     if let Err(m) = check_settings(&body, &app.config.max) {
         return invalid_settings(m);
     }
+    let cron = match check_cron(&body.cron) {
+        Ok(c) => c,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_cron", &m),
+    };
     // Sealed once: a commit that lost a race reapplies the same values.
     let sealer = app.registry.secrets().clone();
     let secrets: Option<Vec<(String, Option<String>)>> = body.secrets.map(|m| {
@@ -111,13 +142,14 @@ pub(super) async fn handle(call: TenantCall, name: String) -> Resp {
     let (vars, kv, limits, outbound) = (body.vars, body.kv, body.limits, body.outbound);
     let registry = app.registry.clone();
     let (t, n) = (tenant.clone(), name.clone());
-    let version = tri!(
+    let added = tri!(
         blocking(move || {
-            registry.put_settings(&t, &n, |st| {
+            registry.put_settings(&t, &n, activate, |st| {
                 st.vars = vars.clone();
                 st.kv = kv.clone();
                 st.limits = limits.clone();
                 st.outbound = outbound.clone();
+                st.cron = cron.clone();
                 for (secret, sealed) in secrets.iter().flatten() {
                     match sealed {
                         Some(v) => st.secrets.insert(secret.clone(), v.clone()),
@@ -132,9 +164,10 @@ pub(super) async fn handle(call: TenantCall, name: String) -> Resp {
         })
         .await
     );
-    tracing::info!(%tenant, function = %name, version, "settings updated");
+    tracing::info!(%tenant, function = %name, version = added.version, active = added.active, "settings updated");
+    collect_garbage(&app, added.dropped).await;
     json(
         StatusCode::CREATED,
-        &json!({"function": name, "version": version}),
+        &json!({"function": name, "version": added.version, "active": added.active}),
     )
 }

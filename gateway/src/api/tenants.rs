@@ -2,32 +2,40 @@
 //! everything the tenant owns.
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
 use perch_kv::KvStore;
 
-use super::common::{Resp, TenantCall, blocking, read_json};
+use super::common::{PageQuery, Resp, TenantCall, blocking, collect_garbage, read_json};
 use super::kv::kv_error;
 use crate::app::App;
 use crate::http::{json, method_not_allowed, no_content, tri};
 use crate::registry::{Registry, Tenant};
 
-/// `GET /v1/tenants`.
-pub(super) fn list(app: Arc<App>, method: Method) -> Resp {
-    match method {
-        Method::GET => {
-            let tenants: Vec<_> = app
-                .registry
-                .list_tenants()
-                .into_iter()
-                .map(|t| json!({"name": t.name, "domains": t.domains}))
-                .collect();
-            json(StatusCode::OK, &json!({ "tenants": tenants }))
-        }
-        _ => method_not_allowed("GET"),
+/// `GET /v1/tenants?limit=&cursor=`, by name.
+pub(super) fn list(app: Arc<App>, method: Method, req: &Request<Incoming>) -> Resp {
+    if method != Method::GET {
+        return method_not_allowed("GET");
     }
+    let page = tri!(PageQuery::of(req));
+    let all = app.registry.list_tenants();
+    let after = page.cursor.clone();
+    let (items, cursor) = page.cut(
+        all.iter()
+            .filter(|t| after.as_deref().is_none_or(|c| t.name.as_str() > c)),
+        |t| t.name.clone(),
+    );
+    let items: Vec<_> = items
+        .iter()
+        .map(|t| json!({"name": t.name, "domains": t.domains}))
+        .collect();
+    json(
+        StatusCode::OK,
+        &json!({ "tenants": items, "cursor": cursor }),
+    )
 }
 
 #[derive(Deserialize)]
@@ -53,7 +61,9 @@ pub(super) async fn one(call: TenantCall) -> Resp {
             json(status, &json!({"name": t.name, "domains": t.domains}))
         }
         Method::DELETE => {
-            tri!(delete(app.registry.clone(), app.kv.as_ref(), tenant).await);
+            let dropped = tri!(delete(app.registry.clone(), app.kv.as_ref(), tenant.clone()).await);
+            app.logs.forget_tenant(&tenant);
+            collect_garbage(&app, dropped).await;
             no_content()
         }
         _ => method_not_allowed("PUT, DELETE"),
@@ -80,10 +90,16 @@ async fn put(
 /// functions go at once and no new request reaches its data, then its KV
 /// data. If that fails the answer is a 500 (the purge happens again before
 /// a tenant of that name is created).
-async fn delete(registry: Arc<Registry>, kv: &dyn KvStore, tenant: String) -> Result<(), Resp> {
+/// Returns the digests the tenant's versions ran.
+async fn delete(
+    registry: Arc<Registry>,
+    kv: &dyn KvStore,
+    tenant: String,
+) -> Result<Vec<String>, Resp> {
     let name = tenant.clone();
-    blocking(move || registry.delete_tenant(&name)).await?;
-    kv.delete_tenant(&tenant).await.map_err(kv_error)
+    let dropped = blocking(move || registry.delete_tenant(&name)).await?;
+    kv.delete_tenant(&tenant).await.map_err(kv_error)?;
+    Ok(dropped)
 }
 
 #[cfg(test)]
@@ -169,7 +185,7 @@ mod tests {
             .await
             .unwrap();
         registry
-            .add_version("t", "f", &format!("{:064x}", 1))
+            .add_version("t", "f", &format!("{:064x}", 1), true)
             .unwrap();
         registry.put_route("t", "t.test", "f").unwrap();
         registry
@@ -187,7 +203,7 @@ mod tests {
         let refused = delete(registry.clone(), &kv, "t".into()).await.unwrap_err();
         assert_eq!(refused.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!registry.tenant_exists("t"));
-        assert!(registry.routes().lookup("t.test").is_none());
+        assert!(registry.routes().lookup("t.test", "/").is_none());
         assert!(registry.lookup_token("h").is_none());
 
         // A new tenant of the same name starts empty.

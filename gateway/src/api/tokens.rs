@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::common::{Resp, TenantCall, blocking, not_found_endpoint, read_json};
+use super::common::{PageQuery, Resp, TenantCall, blocking, not_found_endpoint, read_json};
 use crate::app::App;
 use crate::http::{error, json, method_not_allowed, no_content, tri};
 use crate::registry::{SCOPES, TokenRecord, now, scopes_text};
@@ -72,12 +72,24 @@ async fn collection(app: Arc<App>, method: Method, req: Request<Incoming>, tenan
             )
         }
         Method::GET => {
+            let page = tri!(PageQuery::of(&req));
             let list = tri!(blocking(move || app.registry.list_tokens(&tenant)).await);
-            let list: Vec<_> = list
+            // Oldest first; the cursor is `created_at.id` of the last one.
+            let key = |t: &&TokenRecord| format!("{:020}.{}", t.created_at, t.id);
+            let after = page.cursor.clone();
+            let (items, cursor) = page.cut(
+                list.iter()
+                    .filter(|t| after.as_deref().is_none_or(|c| key(t).as_str() > c)),
+                key,
+            );
+            let items: Vec<_> = items
                 .iter()
                 .map(|t| json!({"id": t.id, "scopes": t.scopes, "created_at": t.created_at}))
                 .collect();
-            json(StatusCode::OK, &json!({ "tokens": list }))
+            json(
+                StatusCode::OK,
+                &json!({ "tokens": items, "cursor": cursor }),
+            )
         }
         _ => method_not_allowed("POST, GET"),
     }

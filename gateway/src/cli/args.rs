@@ -31,6 +31,62 @@ pub(super) enum Command {
         /// Bind this host to the function after uploading.
         #[arg(long)]
         route: Option<String>,
+        /// Create the version without deploying it (staging).
+        #[arg(long)]
+        stage: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List a function's versions, newest first.
+    Versions {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Function name.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show or change which versions of a function serve traffic.
+    Deployments {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(subcommand)]
+        action: DeploymentAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Send a function's traffic back to its previous deployment (or to
+    /// one version).
+    Rollback {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Function name.
+        name: String,
+        /// All traffic to this version instead of the previous deployment.
+        #[arg(long)]
+        to: Option<u32>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a tenant's (or one function's) recent log events, or follow them.
+    Logs {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only this function.
+        name: Option<String>,
+        /// Keep printing new events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only events with this status: a class (`5xx`) or a code (`404`).
+        #[arg(long)]
+        status: Option<String>,
+        /// Recent events to print (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -144,6 +200,29 @@ pub(super) struct ApiArgs {
     /// Bearer token.
     #[arg(long, env = "PERCH_TOKEN", hide_env_values = true, global = true)]
     pub(super) token: Option<String>,
+    /// Print JSON (the default when stdout is not a terminal).
+    #[arg(long, global = true)]
+    pub(super) json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum DeploymentAction {
+    /// Show a function's deployment and the one it replaced.
+    Show {
+        /// Function name.
+        name: String,
+    },
+    /// Split traffic: `7=90 8=10` (version=percent, summing to 100).
+    Set {
+        /// Function name.
+        name: String,
+        /// `VERSION=PERCENT`, 1 to 4 of them.
+        #[arg(required = true, num_args = 1..)]
+        shares: Vec<String>,
+        /// Keep each client on one version: `cookie:NAME` or `header:NAME`.
+        #[arg(long)]
+        sticky: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -69,6 +69,56 @@ impl Client {
         })
     }
 
+    /// GETs `path` and hands each complete line of the streamed answer to
+    /// `line` until the stream ends or `line` returns false; an error
+    /// answer is returned as the API's error.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        mut line: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let uri = format!("{}{path}", self.base);
+        let mut builder = Request::builder().method(Method::GET).uri(&uri);
+        if let Some(t) = &self.token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError(format!("bad request to {uri}: {e}")))?;
+        self.rt.block_on(async {
+            let client = HyperClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| ClientError(format!("cannot reach {}: {e}", self.base)))?;
+            let (parts, mut body) = resp.into_parts();
+            if !parts.status.is_success() {
+                let bytes = body
+                    .collect()
+                    .await
+                    .map_err(|e| ClientError(format!("reading response: {e}")))?
+                    .to_bytes();
+                return check(parts.status, &bytes).map(drop);
+            }
+            let mut pending = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ClientError(format!("stream ended: {e}")))?;
+                let Some(data) = frame.data_ref() else {
+                    continue;
+                };
+                pending.extend_from_slice(data);
+                while let Some(n) = pending.iter().position(|&b| b == b'\n') {
+                    let text = String::from_utf8_lossy(&pending[..n]).into_owned();
+                    pending.drain(..=n);
+                    if !line(&text) {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Sends a request; returns the JSON body of a 2xx answer (Null for 204).
     pub fn call(
         &self,

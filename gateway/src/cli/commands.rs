@@ -8,6 +8,8 @@ use super::args::{
     ApiArgs, Command, FunctionAction, KvAction, RouteAction, TenantAction, TokenAction,
 };
 use super::client::{self, Client, ClientError};
+use super::ops;
+use super::output::{list_all, print_list};
 
 fn client(api: &ApiArgs) -> Result<Client, ClientError> {
     Client::new(&api.url, api.token.clone())
@@ -31,6 +33,7 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
             tenant,
             name,
             route,
+            stage,
             api,
         } => {
             let bytes = std::fs::read(&file)
@@ -47,13 +50,15 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
                 )));
             }
             let c = client(&api)?;
+            let query = if stage { "?activate=false" } else { "" };
             let v = c.call(
                 Method::PUT,
-                &format!("/v1/tenants/{tenant}/functions/{name}"),
+                &format!("/v1/tenants/{tenant}/functions/{name}{query}"),
                 Some((Bytes::from(bytes), "application/wasm")),
             )?;
             println!(
-                "deployed {tenant}/{name} version {} ({})",
+                "{} {tenant}/{name} version {} ({})",
+                if stage { "staged" } else { "deployed" },
                 v["version"],
                 v["digest"].as_str().unwrap_or("")
             );
@@ -70,7 +75,12 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
         Command::Tenants { action, api } => {
             let c = client(&api)?;
             match action {
-                TenantAction::List => print(&c.call(Method::GET, "/v1/tenants", None)?),
+                TenantAction::List => print_list(
+                    &api,
+                    &list_all(&c, "/v1/tenants", "tenants")?,
+                    "tenants",
+                    ops::TENANT_COLUMNS,
+                ),
                 TenantAction::Create { name, domains } => {
                     let b = if domains.is_empty() {
                         None
@@ -94,7 +104,12 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
             let c = client(&api)?;
             let base = format!("/v1/tenants/{tenant}/functions");
             match action {
-                FunctionAction::List => print(&c.call(Method::GET, &base, None)?),
+                FunctionAction::List => print_list(
+                    &api,
+                    &list_all(&c, &base, "functions")?,
+                    "functions",
+                    ops::FUNCTION_COLUMNS,
+                ),
                 FunctionAction::Show { name } => {
                     print(&c.call(Method::GET, &format!("{base}/{name}"), None)?)
                 }
@@ -123,7 +138,12 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
             let c = client(&api)?;
             let base = format!("/v1/tenants/{tenant}/routes");
             match action {
-                RouteAction::List => print(&c.call(Method::GET, &base, None)?),
+                RouteAction::List => print_list(
+                    &api,
+                    &list_all(&c, &base, "routes")?,
+                    "routes",
+                    ops::ROUTE_COLUMNS,
+                ),
                 RouteAction::Set { host, function } => print(&c.call(
                     Method::PUT,
                     &format!("{base}/{host}"),
@@ -141,6 +161,38 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
             action,
             api,
         } => run_kv(&client(&api)?, &tenant, action),
+        Command::Versions { tenant, name, api } => {
+            ops::versions(&client(&api)?, &api, &tenant, &name)
+        }
+        Command::Deployments {
+            tenant,
+            action,
+            api,
+        } => ops::deployments(&client(&api)?, &api, &tenant, action),
+        Command::Rollback {
+            tenant,
+            name,
+            to,
+            api,
+        } => ops::rollback(&client(&api)?, &api, &tenant, &name, to),
+        Command::Logs {
+            tenant,
+            name,
+            follow,
+            status,
+            limit,
+            api,
+        } => ops::logs(
+            &client(&api)?,
+            &api,
+            ops::LogsQuery {
+                tenant: &tenant,
+                name: name.as_deref(),
+                follow,
+                status: status.as_deref(),
+                limit,
+            },
+        ),
         Command::Tokens {
             tenant,
             action,
@@ -149,7 +201,12 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
             let c = client(&api)?;
             let base = format!("/v1/tenants/{tenant}/tokens");
             match action {
-                TokenAction::List => print(&c.call(Method::GET, &base, None)?),
+                TokenAction::List => print_list(
+                    &api,
+                    &list_all(&c, &base, "tokens")?,
+                    "tokens",
+                    ops::TOKEN_COLUMNS,
+                ),
                 TokenAction::Create { scopes } => {
                     print(&c.call(Method::POST, &base, body(json!({ "scopes": scopes })))?)
                 }

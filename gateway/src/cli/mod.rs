@@ -7,6 +7,8 @@ use clap::Parser;
 mod args;
 pub mod client;
 mod commands;
+mod ops;
+mod output;
 pub mod scaffold;
 
 pub use args::Cli;

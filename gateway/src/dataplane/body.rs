@@ -15,9 +15,21 @@ use crate::routing::GatePermit;
 
 /// The request body as the guest sees it: an error once it passes the limit.
 pub struct LimitedBody {
-    pub(super) inner: Incoming,
+    /// `None`: an empty body (a request Perch makes itself, e.g. a cron tick).
+    pub(super) inner: Option<Incoming>,
     pub(super) remaining: u64,
     pub(super) exceeded: Arc<AtomicBool>,
+}
+
+impl LimitedBody {
+    /// An empty body.
+    pub fn empty() -> LimitedBody {
+        LimitedBody {
+            inner: None,
+            remaining: 0,
+            exceeded: Arc::default(),
+        }
+    }
 }
 
 impl Body for LimitedBody {
@@ -28,7 +40,10 @@ impl Body for LimitedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -46,11 +61,14 @@ impl Body for LimitedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(b) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use perch_runtime::{InvokeError, Runtime};
+use perch_runtime::{InvokeError, LogSink, Runtime};
 
 use super::body::{LimitedBody, WithPermit};
 use super::errors::Failure;
@@ -18,16 +18,20 @@ use crate::routing::{GatePermit, Target};
 /// The future of one execution.
 pub type Execution = Pin<Box<dyn Future<Output = Result<Response<ResBody>, Failure>> + Send>>;
 
-/// Serves a routed request for the version `target` names.
+/// Serves a routed request for one deployed version of a target.
 pub trait Executor: Send + Sync + 'static {
-    /// Runs `req`; the response head is returned as soon as there is one,
-    /// its body may still be streaming. `permit` (the tenant's concurrency
-    /// slot) is held until the response body is done.
+    /// Runs `req` on `target.versions[version]`; the response head is
+    /// returned as soon as there is one, its body may still be streaming.
+    /// `permit` (the tenant's concurrency slot) is held until the response
+    /// body is done. The request's event goes to `log` once the execution
+    /// and the response are both done (the sink's `record`).
     fn execute(
         &self,
         target: &Arc<Target>,
+        version: usize,
         req: Request<LimitedBody>,
         permit: GatePermit,
+        log: Arc<dyn LogSink>,
     ) -> Execution;
 }
 
@@ -47,13 +51,16 @@ impl Executor for WasmExecutor {
     fn execute(
         &self,
         target: &Arc<Target>,
+        version: usize,
         req: Request<LimitedBody>,
         permit: GatePermit,
+        log: Arc<dyn LogSink>,
     ) -> Execution {
         let runtime = self.runtime.clone();
         let target = target.clone();
         Box::pin(async move {
-            match runtime.handle(&target.invocation, req).await {
+            let invocation = &target.versions[version].invocation;
+            match runtime.handle_logged(invocation, req, log).await {
                 Ok(resp) => Ok(resp.map(|body| {
                     WithPermit {
                         inner: body,

@@ -1,15 +1,19 @@
-//! The data plane: check the request's size limits, route by host, take
-//! the tenant's concurrency slot, hand the request to the [`Executor`] of
-//! the routed version, stream its response back.
+//! The data plane: check the request's size limits, route by host, pick
+//! the deployed version, strip Perch's reserved headers, take the tenant's
+//! concurrency slot, hand the request to the [`Executor`] of the version,
+//! stream its response back with its `Perch-Request-Id`; the request's
+//! event goes to the function's log.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use http::{Request, Response, header};
+use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::http::ResBody;
+use crate::logs::{LogHub, RequestEvent, RequestLog, request_id, unix_ms};
 use crate::names::normalize_host;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
@@ -23,7 +27,8 @@ pub use errors::Failure;
 pub use executor::{Execution, Executor, WasmExecutor};
 
 /// What the data plane needs: the limits, the routing snapshot (through
-/// the registry), the metrics, and what runs a routed version.
+/// the registry), the metrics, the functions' logs, and what runs a routed
+/// version.
 pub struct DataPlane {
     /// Resolved configuration (the request limits, the concurrency cap).
     pub config: Config,
@@ -31,13 +36,30 @@ pub struct DataPlane {
     pub registry: Arc<Registry>,
     /// Request counters.
     pub metrics: Arc<Metrics>,
+    /// Functions' logs.
+    pub logs: Arc<LogHub>,
+    /// The node's name in log events.
+    pub node: Arc<str>,
     /// Runs wasm versions.
     pub executor: Arc<dyn Executor>,
 }
 
-/// Handles one data-plane request.
+/// The header every data-plane answer carries.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("perch-request-id");
+
+/// Handles one data-plane request: every answer, Perch's own errors
+/// included, carries `Perch-Request-Id`.
 pub async fn handle(app: Arc<DataPlane>, req: Request<Incoming>) -> Response<ResBody> {
+    let id = request_id();
+    let value = HeaderValue::from_str(&id).expect("hex is a valid header value");
+    let mut resp = serve(&app, req, id).await;
+    resp.headers_mut().insert(REQUEST_ID, value);
+    resp
+}
+
+async fn serve(app: &Arc<DataPlane>, mut req: Request<Incoming>, id: String) -> Response<ResBody> {
     let start = Instant::now();
+    let arrived = unix_ms();
     let config = &app.config;
 
     let uri_len = req
@@ -69,11 +91,41 @@ pub async fn handle(app: Arc<DataPlane>, req: Request<Incoming>) -> Response<Res
         });
     let host = raw_host.as_deref().map(normalize_host).unwrap_or_default();
     let routes = app.registry.routes();
-    let Some(target) = routes.lookup(&host).cloned() else {
+    let Some(target) = routes.lookup(&host, req.uri().path()).cloned() else {
         app.metrics.record_no_route();
         return errors::no_route();
     };
     drop(routes);
+
+    // The version is picked (the override header read) before Perch's
+    // reserved headers are taken away from the guest.
+    let index = target
+        .split
+        .pick(&target.tenant, &target.function, req.headers());
+    let index = index.min(target.versions.len() - 1);
+    strip_reserved(req.headers_mut());
+
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let log = RequestLog {
+        hub: app.logs.clone(),
+        tenant: target.tenant.clone(),
+        event: RequestEvent {
+            time: arrived,
+            request_id: id,
+            node: app.node.clone(),
+            function: target.function.clone(),
+            version: target.versions[index].version,
+            method: req.method().as_str().to_string(),
+            path: req.uri().path().to_string(),
+            status: None,
+            outcome: "ok",
+            duration_ms: 0,
+            cpu_ms: 0,
+            logs: Vec::new(),
+            truncated: false,
+        },
+        body_exceeded: exceeded.clone(),
+    };
 
     let respond = |resp: Response<ResBody>| {
         app.metrics.record(
@@ -84,9 +136,13 @@ pub async fn handle(app: Arc<DataPlane>, req: Request<Incoming>) -> Response<Res
         );
         resp
     };
+    let reject = |log: RequestLog, resp: Response<ResBody>| {
+        log.rejected(resp.status().as_u16(), start.elapsed().as_millis() as u64);
+        respond(resp)
+    };
 
     let Some(permit) = target.gate.try_enter(config.tenant_concurrency) else {
-        return respond(errors::tenant_busy());
+        return reject(log, errors::tenant_busy());
     };
 
     let limit = config.max_body_bytes;
@@ -95,28 +151,44 @@ pub async fn handle(app: Arc<DataPlane>, req: Request<Incoming>) -> Response<Res
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return respond(errors::body_too_large());
+        return reject(log, errors::body_too_large());
     }
-    let exceeded = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| LimitedBody {
-        inner: body,
+        inner: Some(body),
         remaining: limit,
         exceeded: exceeded.clone(),
     });
 
-    match app.executor.execute(&target, req, permit).await {
+    match app
+        .executor
+        .execute(&target, index, req, permit, Arc::new(log))
+        .await
+    {
         Ok(resp) => respond(resp),
         Err(_) if exceeded.load(Ordering::Relaxed) => respond(errors::body_too_large()),
         Err(failure) => {
             tracing::warn!(
                 tenant = %target.tenant,
                 function = %target.function,
-                version = target.version,
+                version = target.versions[index].version,
                 error = %failure,
                 "request failed"
             );
             respond(errors::failure(&failure))
         }
+    }
+}
+
+/// Removes every request header whose name starts with `perch-`: the guest
+/// never sees Perch's reserved headers from a client.
+fn strip_reserved(headers: &mut HeaderMap) {
+    let reserved = |name: &HeaderName| name.as_str().starts_with("perch-");
+    if !headers.keys().any(reserved) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| reserved(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
     }
 }
 
@@ -144,5 +216,23 @@ mod tests {
                 .headers()
                 .contains_key(header::RETRY_AFTER)
         );
+    }
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+
+    #[test]
+    fn perch_headers_never_reach_the_guest() {
+        let mut h = HeaderMap::new();
+        h.insert("perch-cron", HeaderValue::from_static("* * * * *"));
+        h.append("Perch-Version-Override", HeaderValue::from_static("2"));
+        h.insert("x-perch", HeaderValue::from_static("kept"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        strip_reserved(&mut h);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "x-perch"]);
     }
 }

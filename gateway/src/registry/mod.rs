@@ -31,10 +31,11 @@ mod state;
 mod store;
 
 pub use model::{
-    Function, Outbound, Route, SCOPES, Settings, Tenant, TokenRecord, Version, now, scopes_text,
-    secret_context, var_secret_collision,
+    Deployment, Function, Outbound, Route, SCOPES, Settings, Split, Tenant, TokenRecord, Version,
+    VersionKind, WORLD_P2, now, scopes_text, secret_context, var_secret_collision,
 };
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
+pub use rules::{MAX_DEPLOYED, NewVersion};
 pub use snapshot::KV_OPS_PER_INVOCATION;
 pub use store::{Change, Kind, Loaded, Records, RegistryStore, StoreError};
 
@@ -57,6 +58,12 @@ pub enum RegistryError {
     /// A malformed value.
     #[error("{0}")]
     Invalid(String),
+    /// A deployment that breaks the rules (versions, percents, sticky key).
+    #[error("{0}")]
+    InvalidDeployment(String),
+    /// Retention could drop no version to make room for a new one.
+    #[error("{0}")]
+    TooManyVersions(String),
     /// The store failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -86,7 +93,12 @@ pub struct Registry {
     routes: ArcSwap<RouteTable>,
     gates: Mutex<HashMap<String, Arc<TenantGate>>>,
     defaults: LimitSet,
+    /// Versions kept per function (`max.versions_per_function`).
+    max_versions: u32,
 }
+
+/// Versions kept per function unless the config says otherwise.
+pub const DEFAULT_MAX_VERSIONS: u32 = 100;
 
 impl Registry {
     /// Loads the registry from `store`. Blocking.
@@ -104,9 +116,16 @@ impl Registry {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             gates: Mutex::new(HashMap::new()),
             defaults,
+            max_versions: DEFAULT_MAX_VERSIONS,
         };
         registry.reload(&mut registry.lock())?;
         Ok(registry)
+    }
+
+    /// Keeps at most `n` versions per function (retention).
+    pub fn with_max_versions(mut self, n: u32) -> Self {
+        self.max_versions = n.max(1);
+        self
     }
 
     /// Connects the KV store that functions' buckets open, and republishes

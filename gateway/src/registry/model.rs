@@ -50,11 +50,42 @@ impl TokenRecord {
     }
 }
 
+/// What a version runs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionKind {
+    /// A WebAssembly component.
+    #[default]
+    Wasm,
+}
+
+impl VersionKind {
+    /// `"wasm"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionKind::Wasm => "wasm",
+        }
+    }
+}
+
+/// The `wasi:http` world of the components Perch serves today.
+pub const WORLD_P2: &str = "wasi:http/proxy@0.2";
+
+fn world_p2() -> String {
+    WORLD_P2.to_string()
+}
+
 /// One immutable version of a function.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Version {
     /// 1, 2, …
     pub version: u32,
+    /// What it runs.
+    #[serde(default)]
+    pub kind: VersionKind,
+    /// The component's `wasi:http` world.
+    #[serde(default = "world_p2")]
+    pub world: String,
     /// Component digest (lowercase hex SHA-256).
     pub digest: String,
     /// Unix seconds.
@@ -82,6 +113,9 @@ pub struct Settings {
     /// Outbound policy.
     #[serde(default)]
     pub outbound: Outbound,
+    /// Cron schedules (five fields, UTC), at most 5.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cron: Vec<String>,
 }
 
 /// Hosts a function may call (narrowing the node's egress rules).
@@ -100,30 +134,152 @@ pub struct Function {
     pub tenant: String,
     /// Name.
     pub name: String,
-    /// The version that serves requests.
+    /// The deployed version with the largest percent (ties: the higher
+    /// number); 0 when nothing is deployed. Kept in step with `deployment`
+    /// by [`Function::deploy`].
     pub active_version: u32,
-    /// Every version, oldest first.
+    /// Every kept version, oldest first.
     pub versions: Vec<Version>,
+    /// The highest version number ever given (retention may have dropped
+    /// it): numbers are never reused.
+    #[serde(default)]
+    pub latest_version: u32,
+    /// Which versions serve traffic, in what share. Records written before
+    /// deployments existed have none and are read as 100 % of
+    /// `active_version` ([`Function::upgrade`]).
+    #[serde(default)]
+    pub deployment: Option<Deployment>,
 }
 
-impl Function {
-    /// The active version's record.
-    pub fn active(&self) -> Option<&Version> {
+/// One version's share of a deployment.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Split {
+    /// The version.
+    pub version: u32,
+    /// Its share of the requests, 1–100.
+    pub percent: u8,
+}
+
+/// Which versions of a function serve traffic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Deployment {
+    /// 1–4 distinct versions, ascending, percents summing to 100.
+    pub versions: Vec<Split>,
+    /// `cookie:NAME` or `header:NAME`: the request value that keeps a
+    /// client on one version.
+    #[serde(default)]
+    pub sticky: Option<String>,
+    /// Unix seconds.
+    pub updated_at: u64,
+    /// The deployment this one replaced (without its own `previous`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<Deployment>>,
+}
+
+impl Deployment {
+    /// All traffic to `version`.
+    pub fn single(version: u32) -> Deployment {
+        Deployment {
+            versions: vec![Split {
+                version,
+                percent: 100,
+            }],
+            sticky: None,
+            updated_at: now(),
+            previous: None,
+        }
+    }
+
+    /// Whether `version` gets traffic.
+    pub fn includes(&self, version: u32) -> bool {
+        self.versions.iter().any(|s| s.version == version)
+    }
+
+    /// The version with the largest percent (ties: the higher number).
+    pub fn primary(&self) -> u32 {
         self.versions
             .iter()
-            .find(|v| v.version == self.active_version)
+            .max_by_key(|s| (s.percent, s.version))
+            .map_or(0, |s| s.version)
     }
 }
 
-/// A host bound to a function.
+impl Function {
+    /// The active version's record (see `active_version`).
+    pub fn active(&self) -> Option<&Version> {
+        self.version(self.active_version)
+    }
+
+    /// Version `n`, if it is kept.
+    pub fn version(&self, n: u32) -> Option<&Version> {
+        self.versions.iter().find(|v| v.version == n)
+    }
+
+    /// The number the next version gets (never one given before).
+    pub fn next_version(&self) -> u32 {
+        self.versions
+            .last()
+            .map_or(0, |v| v.version)
+            .max(self.latest_version)
+            + 1
+    }
+
+    /// Makes `deployment` current; the one it replaces becomes its
+    /// `previous`.
+    pub fn deploy(&mut self, mut deployment: Deployment) {
+        deployment.versions.sort_by_key(|s| s.version);
+        deployment.previous = self.deployment.take().map(|mut old| {
+            old.previous = None;
+            Box::new(old)
+        });
+        self.active_version = deployment.primary();
+        self.deployment = Some(deployment);
+    }
+
+    /// Whether `version` is in the deployment or the one it replaced (such
+    /// a version is never dropped by retention).
+    pub fn is_deployed(&self, version: u32) -> bool {
+        self.deployment.as_ref().is_some_and(|d| {
+            d.includes(version) || d.previous.as_ref().is_some_and(|p| p.includes(version))
+        })
+    }
+
+    /// Fills in the deployment of a record written before deployments
+    /// existed: all traffic to its `active_version`.
+    pub fn upgrade(&mut self) {
+        if self.deployment.is_none() && self.active_version != 0 {
+            let updated_at = self.active().map_or(0, |v| v.created_at);
+            self.deployment = Some(Deployment {
+                updated_at,
+                ..Deployment::single(self.active_version)
+            });
+        }
+    }
+}
+
+/// A route pattern (a host, optionally with a path) bound to a function.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Route {
     /// Exact host or `*.suffix`.
     pub host: String,
+    /// `/exact` or `/prefix/*`; `None` for the host-only route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Owner.
     pub tenant: String,
     /// Function name within the tenant.
     pub function: String,
+}
+
+impl Route {
+    /// The pattern as text (`host` or `host/path`): how routes are keyed.
+    pub fn pattern(&self) -> String {
+        match &self.path {
+            None => self.host.clone(),
+            Some(p) => format!("{}{p}", self.host),
+        }
+    }
 }
 
 /// `tenant/name`: how functions are keyed.

@@ -5,11 +5,14 @@
 //! persist what these functions decided.
 use std::collections::HashSet;
 
-use super::model::{Function, Route, Settings, Tenant, TokenRecord, Version, fn_key, now};
+use super::model::{
+    Deployment, Function, Route, Settings, Split, Tenant, TokenRecord, Version, VersionKind,
+    WORLD_P2, fn_key, now,
+};
 use super::state::{State, overlapping, retain};
 use super::store::Change;
 use super::{Registry, RegistryError, Result};
-use crate::names::HostPattern;
+use crate::names::{HostPattern, RoutePattern};
 
 impl Registry {
     // ---- tenants ----
@@ -57,11 +60,13 @@ impl Registry {
         self.read(|s| s.tenants.contains_key(name))
     }
 
-    /// Deletes a tenant with its tokens, functions and routes.
-    pub fn delete_tenant(&self, name: &str) -> Result<()> {
+    /// Deletes a tenant with its tokens, functions and routes; returns the
+    /// digests its functions' versions ran.
+    pub fn delete_tenant(&self, name: &str) -> Result<Vec<String>> {
         self.change(|s, b| {
+            let mut dropped = Vec::new();
             if s.tenants.remove(name).is_none() {
-                return Ok(());
+                return Ok(dropped);
             }
             b.push(Change::DeleteTenant(name.to_string()));
             s.tokens.retain(|hash, t| {
@@ -74,6 +79,7 @@ impl Registry {
             retain(&mut s.functions, |key, f| {
                 let keep = f.tenant != name;
                 if !keep {
+                    dropped.extend(f.versions.iter().map(|v| v.digest.clone()));
                     b.push(Change::DeleteFunction(key.clone()));
                 }
                 keep
@@ -85,7 +91,7 @@ impl Registry {
                 }
                 keep
             });
-            Ok(())
+            Ok(dropped)
         })
     }
 
@@ -150,61 +156,143 @@ impl Registry {
 
     // ---- functions ----
 
-    /// Adds version N+1 with `digest` and activates it.
-    pub fn add_version(&self, tenant: &str, name: &str, digest: &str) -> Result<u32> {
+    /// Adds version N+1 running `digest`, with the settings of the active
+    /// version; `activate` deploys it alone (else it is staged). Retention
+    /// may drop the oldest undeployed version to make room.
+    pub fn add_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        digest: &str,
+        activate: bool,
+    ) -> Result<NewVersion> {
         self.change(|s, b| {
             Self::require_tenant(s, tenant)?;
             let key = fn_key(tenant, name);
-            let f = s.functions.entry(key.clone()).or_insert_with(|| Function {
+            let mut f = s.functions.get(&key).cloned().unwrap_or_else(|| Function {
                 tenant: tenant.to_string(),
                 name: name.to_string(),
                 active_version: 0,
                 versions: Vec::new(),
+                latest_version: 0,
+                deployment: None,
             });
-            let version = f.versions.last().map(|v| v.version).unwrap_or(0) + 1;
             // New code keeps the settings of the version it replaces.
             let settings = f.active().map(|v| v.settings.clone()).unwrap_or_default();
-            f.versions.push(Version {
-                version,
-                digest: digest.to_string(),
-                created_at: now(),
-                settings,
-            });
-            f.active_version = version;
+            let out = self.push_version(&mut f, digest.to_string(), settings, activate)?;
             b.push(Change::PutFunction(f.clone()));
-            Ok(version)
+            s.functions.insert(key, f);
+            Ok(out)
         })
     }
 
     /// Creates version N+1 with the active version's artifact and `edit`
-    /// applied to a copy of its settings, and activates it.
+    /// applied to a copy of its settings; `activate` deploys it alone.
     pub fn put_settings(
         &self,
         tenant: &str,
         name: &str,
+        activate: bool,
         edit: impl Fn(&mut Settings) -> Result<()>,
-    ) -> Result<u32> {
+    ) -> Result<NewVersion> {
         self.change(|s, b| {
             Self::require_tenant(s, tenant)?;
             let key = fn_key(tenant, name);
-            let f = s.functions.get_mut(&key).ok_or_else(|| {
+            let mut f = s.functions.get(&key).cloned().ok_or_else(|| {
                 RegistryError::NotFound(format!("function `{name}` does not exist"))
             })?;
-            let active = f.active().cloned().ok_or_else(|| {
-                RegistryError::NotFound(format!("function `{name}` has no active version"))
+            let base = f.active().or(f.versions.last()).cloned().ok_or_else(|| {
+                RegistryError::NotFound(format!("function `{name}` has no version"))
             })?;
-            let mut settings = active.settings.clone();
+            let mut settings = base.settings.clone();
             edit(&mut settings)?;
-            let version = f.versions.last().map(|v| v.version).unwrap_or(0) + 1;
-            f.versions.push(Version {
-                version,
-                digest: active.digest,
-                created_at: now(),
-                settings,
-            });
-            f.active_version = version;
+            let out = self.push_version(&mut f, base.digest, settings, activate)?;
             b.push(Change::PutFunction(f.clone()));
-            Ok(version)
+            s.functions.insert(key, f);
+            Ok(out)
+        })
+    }
+
+    /// Appends a version to `f`, dropping the oldest version that is not
+    /// deployed (nor in the previous deployment) when `f` would keep more
+    /// than `max_versions`.
+    fn push_version(
+        &self,
+        f: &mut Function,
+        digest: String,
+        settings: Settings,
+        activate: bool,
+    ) -> Result<NewVersion> {
+        let mut dropped = Vec::new();
+        while f.versions.len() >= self.max_versions.max(1) as usize {
+            // Activating moves today's deployment into `previous`: it stays
+            // protected, the one before it does not.
+            let protected = |v: u32| match activate {
+                true => f.deployment.as_ref().is_some_and(|d| d.includes(v)),
+                false => f.is_deployed(v),
+            };
+            let oldest = f.versions.iter().position(|v| !protected(v.version));
+            let Some(i) = oldest else {
+                return Err(RegistryError::TooManyVersions(format!(
+                    "function `{}` keeps at most {} versions and every one is deployed; \
+                     change the deployment first",
+                    f.name, self.max_versions
+                )));
+            };
+            dropped.push(f.versions.remove(i).digest);
+        }
+        let version = f.next_version();
+        f.latest_version = version;
+        f.versions.push(Version {
+            version,
+            kind: VersionKind::Wasm,
+            world: WORLD_P2.to_string(),
+            digest,
+            created_at: now(),
+            settings,
+        });
+        if activate {
+            f.deploy(Deployment::single(version));
+        }
+        Ok(NewVersion {
+            version,
+            active: activate,
+            dropped,
+        })
+    }
+
+    /// Replaces a function's deployment: 1–4 distinct versions it keeps,
+    /// integer percents 1–100 summing to 100, an optional sticky key.
+    /// Returns the function with its new deployment.
+    pub fn set_deployment(
+        &self,
+        tenant: &str,
+        name: &str,
+        versions: Vec<Split>,
+        sticky: Option<String>,
+    ) -> Result<Function> {
+        check_deployment(&versions, sticky.as_deref())?;
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let key = fn_key(tenant, name);
+            let mut f = s.functions.get(&key).cloned().ok_or_else(|| {
+                RegistryError::NotFound(format!("function `{name}` does not exist"))
+            })?;
+            if let Some(missing) = versions.iter().find(|v| f.version(v.version).is_none()) {
+                return Err(RegistryError::NotFound(format!(
+                    "function `{name}` has no version {}",
+                    missing.version
+                )));
+            }
+            f.deploy(Deployment {
+                versions: versions.clone(),
+                sticky: sticky.clone(),
+                updated_at: now(),
+                previous: None,
+            });
+            b.push(Change::PutFunction(f.clone()));
+            s.functions.insert(key, f.clone());
+            Ok(f)
         })
     }
 
@@ -268,12 +356,15 @@ impl Registry {
         })
     }
 
-    /// Deletes a function, its versions and its routes (absent is fine).
-    pub fn delete_function(&self, tenant: &str, name: &str) -> Result<()> {
+    /// Deletes a function, its versions and its routes (absent is fine);
+    /// returns the digests its versions ran.
+    pub fn delete_function(&self, tenant: &str, name: &str) -> Result<Vec<String>> {
         self.change(|s, b| {
             Self::require_tenant(s, tenant)?;
             let key = fn_key(tenant, name);
-            if s.functions.remove(&key).is_some() {
+            let mut dropped = Vec::new();
+            if let Some(f) = s.functions.remove(&key) {
+                dropped.extend(f.versions.into_iter().map(|v| v.digest));
                 b.push(Change::DeleteFunction(key.clone()));
             }
             retain(&mut s.routes, |host, r| {
@@ -283,16 +374,38 @@ impl Registry {
                 }
                 keep
             });
-            Ok(())
+            Ok(dropped)
+        })
+    }
+
+    /// Of `digests`, those no kept version of any function runs.
+    pub fn unreferenced(&self, digests: &[String]) -> Vec<String> {
+        self.read(|s| {
+            let mut left: HashSet<&str> = digests.iter().map(String::as_str).collect();
+            for f in s.functions.values() {
+                for v in &f.versions {
+                    left.remove(v.digest.as_str());
+                }
+                if left.is_empty() {
+                    break;
+                }
+            }
+            let mut out: Vec<String> = left.into_iter().map(str::to_string).collect();
+            out.sort();
+            out
         })
     }
 
     // ---- routes ----
 
-    /// Binds `host` to a function; returns the route and whether it is new.
-    pub fn put_route(&self, tenant: &str, host: &str, function: &str) -> Result<(Route, bool)> {
-        let pattern = HostPattern::parse(host).map_err(RegistryError::Invalid)?;
-        let host = pattern.as_string();
+    /// Binds a route pattern (`host` or `host/path`) to a function;
+    /// returns the route and whether it is new. Ownership is by host: every
+    /// pattern on a host (and on hosts overlapping it) is one tenant's.
+    pub fn put_route(&self, tenant: &str, pattern: &str, function: &str) -> Result<(Route, bool)> {
+        let parsed = RoutePattern::parse(pattern).map_err(RegistryError::Invalid)?;
+        let key = parsed.as_string();
+        let host_pattern = parsed.host.clone();
+        let host = host_pattern.as_string();
         self.change(|s, b| {
             let t = s.tenants.get(tenant).ok_or_else(|| {
                 RegistryError::NotFound(format!("tenant `{tenant}` does not exist"))
@@ -301,14 +414,14 @@ impl Registry {
                 && !t
                     .domains
                     .iter()
-                    .any(|d| HostPattern::parse(d).is_ok_and(|d| d.covers(&pattern)))
+                    .any(|d| HostPattern::parse(d).is_ok_and(|d| d.covers(&host_pattern)))
             {
                 return Err(RegistryError::HostNotAllowed(format!(
                     "host `{host}` is outside tenant `{tenant}`'s domains ({})",
                     t.domains.join(", ")
                 )));
             }
-            if overlapping(&s.routes, &pattern).any(|r| r.tenant != tenant) {
+            if overlapping(&s.routes, &host_pattern).any(|r| r.tenant != tenant) {
                 return Err(RegistryError::HostTaken(format!(
                     "host `{host}` overlaps a route held by another tenant"
                 )));
@@ -320,19 +433,20 @@ impl Registry {
             }
             let route = Route {
                 host: host.clone(),
+                path: parsed.path.as_ref().map(|p| p.as_string()),
                 tenant: tenant.to_string(),
                 function: function.to_string(),
             };
-            let created = !s.routes.contains_key(&host);
-            if s.routes.get(&host) != Some(&route) {
+            let created = !s.routes.contains_key(&key);
+            if s.routes.get(&key) != Some(&route) {
                 b.push(Change::PutRoute(route.clone()));
-                s.routes.insert(host.clone(), route.clone());
+                s.routes.insert(key.clone(), route.clone());
             }
             Ok((route, created))
         })
     }
 
-    /// A tenant's routes, by host.
+    /// A tenant's routes, by pattern.
     pub fn list_routes(&self, tenant: &str) -> Result<Vec<Route>> {
         self.read(|s| {
             Self::require_tenant(s, tenant)?;
@@ -344,11 +458,12 @@ impl Registry {
         })
     }
 
-    /// Unbinds a host (absent, or another tenant's, is a no-op).
-    pub fn delete_route(&self, tenant: &str, host: &str) -> Result<()> {
-        let host = HostPattern::parse(host)
+    /// Unbinds a route pattern (absent, or another tenant's, is a no-op);
+    /// `host` alone removes only the host-only route.
+    pub fn delete_route(&self, tenant: &str, pattern: &str) -> Result<()> {
+        let host = RoutePattern::parse(pattern)
             .map(|p| p.as_string())
-            .unwrap_or_else(|_| host.to_string());
+            .unwrap_or_else(|_| pattern.to_string());
         self.change(|s, b| {
             Self::require_tenant(s, tenant)?;
             if s.routes.get(&host).is_some_and(|r| r.tenant == tenant) {
@@ -358,4 +473,50 @@ impl Registry {
             Ok(())
         })
     }
+}
+
+/// What an upload or a settings change created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewVersion {
+    /// Its number.
+    pub version: u32,
+    /// Whether it was deployed (else staged).
+    pub active: bool,
+    /// Digests of the versions retention dropped to make room.
+    pub dropped: Vec<String>,
+}
+
+/// Versions a deployment may split traffic over.
+pub const MAX_DEPLOYED: usize = 4;
+
+/// The shape rules of a deployment (which versions exist is checked
+/// against the function).
+fn check_deployment(versions: &[Split], sticky: Option<&str>) -> Result<()> {
+    let bad = |m: String| Err(RegistryError::InvalidDeployment(m));
+    if versions.is_empty() || versions.len() > MAX_DEPLOYED {
+        return bad(format!(
+            "a deployment names 1 to {MAX_DEPLOYED} versions, not {}",
+            versions.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    for v in versions {
+        if !seen.insert(v.version) {
+            return bad(format!("version {} is named twice", v.version));
+        }
+        if !(1..=100).contains(&v.percent) {
+            return bad(format!(
+                "version {}: percent must be 1 to 100, not {}",
+                v.version, v.percent
+            ));
+        }
+    }
+    let sum: u32 = versions.iter().map(|v| u32::from(v.percent)).sum();
+    if sum != 100 {
+        return bad(format!("the percents add up to {sum}, not 100"));
+    }
+    if let Some(key) = sticky {
+        crate::routing::StickyKey::parse(key).map_err(RegistryError::InvalidDeployment)?;
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! Building the data plane's routing snapshot from the registry's state:
-//! each routed function's target (its active version as a runtime
+//! each routed function's target (its deployed versions, each as a runtime
 //! [`Invocation`](perch_runtime::Invocation): limits, environment with the
-//! unsealed secrets, `wasi:config` values, KV access) and the host table.
+//! unsealed secrets, `wasi:config` values, KV access; and the split
+//! between them) and the host table.
 //!
 //! A change rebuilds only the targets of the functions and hosts it wrote;
 //! every other entry of the new snapshot is shared with the last one.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use super::Registry;
 use super::model::{Function, Version, fn_key, secret_context};
 use super::state::{State, Touched};
-use crate::routing::{RouteTable, Target, TenantGate};
+use crate::routing::{Deployed, RouteTable, Split, StickyKey, Target, TenantGate};
 
 /// KV operations a guest may make per request.
 pub const KV_OPS_PER_INVOCATION: u32 = 1000;
@@ -23,7 +24,7 @@ pub(super) struct Inner {
     pub(super) state: State,
     /// The store revision `state` is at.
     pub(super) revision: u64,
-    /// `tenant/name` → the target of its active version.
+    /// `tenant/name` → the target of its deployment.
     targets: HashMap<String, Arc<Target>>,
     /// `tenant/name` → the host patterns routed to it.
     hosts: HashMap<String, BTreeSet<String>>,
@@ -77,7 +78,7 @@ impl Registry {
             let target = state
                 .functions
                 .get(key)
-                .and_then(|f| self.target(f))
+                .and_then(|f| self.build_target(f))
                 .map(Arc::new);
             match &target {
                 Some(t) => inner.targets.insert(key.clone(), t.clone()),
@@ -91,6 +92,25 @@ impl Registry {
         self.routes.store(Arc::new(table));
     }
 
+    /// The target of a function's deployment (routed or not).
+    pub fn target(&self, tenant: &str, function: &str) -> Option<Arc<Target>> {
+        self.lock().targets.get(&fn_key(tenant, function)).cloned()
+    }
+
+    /// Every deployed function's cron schedules (those of its primary
+    /// version) as `(tenant, function, expressions)`.
+    pub fn schedules(&self) -> Vec<(String, String, Vec<String>)> {
+        self.read(|s| {
+            s.functions
+                .values()
+                .filter_map(|f| {
+                    let cron = &f.active()?.settings.cron;
+                    (!cron.is_empty()).then(|| (f.tenant.clone(), f.name.clone(), cron.clone()))
+                })
+                .collect()
+        })
+    }
+
     fn gate(&self, tenant: &str) -> Arc<TenantGate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         gates
@@ -99,16 +119,37 @@ impl Registry {
             .clone()
     }
 
-    /// The target of a function's active version, if it has one.
-    fn target(&self, function: &Function) -> Option<Target> {
-        let version = function.active()?;
-        let digest = version.digest.parse().ok()?;
-        let label = format!("{}/{}@{}", function.tenant, function.name, version.version);
+    /// The target of a function's deployment, if it has one.
+    fn build_target(&self, function: &Function) -> Option<Target> {
+        let deployment = function.deployment.as_ref()?;
+        let mut versions = Vec::new();
+        let mut shares = Vec::new();
+        for split in &deployment.versions {
+            let Some(version) = function.version(split.version) else {
+                continue;
+            };
+            let Ok(digest) = version.digest.parse() else {
+                continue;
+            };
+            let label = format!("{}/{}@{}", function.tenant, function.name, version.version);
+            versions.push(Deployed {
+                version: version.version,
+                invocation: self.invocation(function, version, digest, &label),
+            });
+            shares.push((version.version, split.percent));
+        }
+        if versions.is_empty() {
+            return None;
+        }
+        let sticky = deployment
+            .sticky
+            .as_deref()
+            .and_then(|k| StickyKey::parse(k).ok());
         Some(Target {
             tenant: function.tenant.clone(),
             function: function.name.clone(),
-            version: version.version,
-            invocation: self.invocation(function, version, digest, &label),
+            versions,
+            split: Split::new(&shares, sticky),
             gate: self.gate(&function.tenant),
         })
     }

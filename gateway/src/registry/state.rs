@@ -17,7 +17,7 @@ pub(super) struct State {
     pub(super) tokens: imbl::HashMap<String, TokenRecord>,
     /// By `tenant/name`.
     pub(super) functions: OrdMap<String, Function>,
-    /// By host pattern text.
+    /// By route pattern text (`host` or `host/path`).
     pub(super) routes: OrdMap<String, Route>,
 }
 
@@ -31,11 +31,12 @@ impl State {
         for t in records.tokens {
             s.tokens.insert(t.hash.clone(), t);
         }
-        for f in records.functions {
+        for mut f in records.functions {
+            f.upgrade();
             s.functions.insert(fn_key(&f.tenant, &f.name), f);
         }
         for r in records.routes {
-            s.routes.insert(r.host.clone(), r);
+            s.routes.insert(r.pattern(), r);
         }
         s
     }
@@ -56,9 +57,11 @@ pub(super) fn retain<V: Clone>(
     }
 }
 
-/// The routes some host of `pattern` would also match. For an exact host
-/// these can only be the host itself and wildcards over its suffixes, so it
-/// costs a lookup per label; a wildcard is compared with every route.
+/// Routes whose host is some host `pattern` also matches (one per host
+/// pattern at least: every route on a host belongs to the same tenant).
+/// For an exact host these can only be on the host itself and on
+/// wildcards over its suffixes, so it costs two lookups per label; a
+/// wildcard is compared with every route.
 pub(super) fn overlapping<'a>(
     routes: &'a OrdMap<String, Route>,
     pattern: &'a HostPattern,
@@ -67,7 +70,15 @@ pub(super) fn overlapping<'a>(
         HostPattern::Exact(h) => Box::new(
             std::iter::once(h.clone())
                 .chain(h.match_indices('.').map(|(i, _)| format!("*{}", &h[i..])))
-                .filter_map(|k| routes.get(&k)),
+                .flat_map(move |k| {
+                    let with_path = format!("{k}/");
+                    let first_path = routes
+                        .range(with_path.clone()..)
+                        .next()
+                        .filter(|(key, _)| key.starts_with(&with_path))
+                        .map(|(_, r)| r);
+                    routes.get(&k).into_iter().chain(first_path)
+                }),
         ),
         HostPattern::Wildcard(_) => Box::new(
             routes

@@ -53,7 +53,7 @@ impl Change {
             Change::DeleteToken(k) => (Kind::Token, k.clone()),
             Change::PutFunction(f) => (Kind::Function, fn_key(&f.tenant, &f.name)),
             Change::DeleteFunction(k) => (Kind::Function, k.clone()),
-            Change::PutRoute(r) => (Kind::Route, r.host.clone()),
+            Change::PutRoute(r) => (Kind::Route, r.pattern()),
             Change::DeleteRoute(k) => (Kind::Route, k.clone()),
         }
     }

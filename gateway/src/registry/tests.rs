@@ -17,6 +17,7 @@ fn open_on(store: Arc<dyn RegistryStore>) -> Registry {
         Arc::new(SecretBox::new(&[7; 32])),
     )
     .unwrap()
+    .with_max_versions(4)
 }
 
 fn redb_store(dir: &Path) -> Arc<dyn RegistryStore> {
@@ -33,18 +34,22 @@ fn stores(dir: &Path) -> Vec<(&'static str, Arc<dyn RegistryStore>)> {
     ]
 }
 
-/// Host → (tenant, function, version): what a snapshot routes where.
-fn view(t: &RouteTable) -> BTreeMap<String, (String, String, u32)> {
-    let row = |t: &Arc<Target>| (t.tenant.clone(), t.function.clone(), t.version);
-    t.exact
+/// Host → (tenant, function, deployed versions): what a snapshot routes where.
+type View = BTreeMap<String, (String, String, Vec<u32>)>;
+
+fn view(t: &RouteTable) -> View {
+    let row = |t: &Arc<Target>| {
+        let versions = t.versions.iter().map(|d| d.version).collect();
+        (t.tenant.clone(), t.function.clone(), versions)
+    };
+    t.entries()
         .iter()
-        .map(|(h, t)| (h.clone(), row(t)))
-        .chain(t.wildcard.iter().map(|(s, t)| (format!("*.{s}"), row(t))))
+        .map(|(p, t)| (p.clone(), row(t)))
         .collect()
 }
 
 /// What a snapshot built from scratch out of the current state routes.
-fn rebuilt(r: &Registry) -> BTreeMap<String, (String, String, u32)> {
+fn rebuilt(r: &Registry) -> View {
     let state = r.lock().state.clone();
     let scratch = Registry {
         revisions: r.store.subscribe(),
@@ -55,6 +60,7 @@ fn rebuilt(r: &Registry) -> BTreeMap<String, (String, String, u32)> {
         routes: ArcSwap::from_pointee(RouteTable::default()),
         gates: Mutex::new(HashMap::new()),
         defaults: r.defaults,
+        max_versions: r.max_versions,
     };
     scratch.republish(&mut scratch.lock(), state, 0);
     view(&scratch.routes())
@@ -65,6 +71,8 @@ enum Op {
     Tenant(usize),
     DeleteTenant(usize),
     Version(usize, usize, u8),
+    Stage(usize, usize, u8),
+    Split(usize, usize),
     Settings(usize, usize),
     DeleteFunction(usize, usize),
     Route(usize, usize, usize),
@@ -73,13 +81,15 @@ enum Op {
 
 const TENANTS: [&str; 3] = ["a", "b", "c"];
 const FUNCTIONS: [&str; 3] = ["f", "g", "h"];
-const HOSTS: [&str; 6] = [
+const HOSTS: [&str; 8] = [
     "x.test",
     "y.x.test",
     "*.x.test",
     "*.y.x.test",
     "z.test",
     "*.z.test",
+    "x.test/api/*",
+    "*.z.test/health",
 ];
 
 fn op() -> impl Strategy<Value = Op> {
@@ -87,10 +97,12 @@ fn op() -> impl Strategy<Value = Op> {
         (0..3usize).prop_map(Op::Tenant),
         (0..3usize).prop_map(Op::DeleteTenant),
         (0..3usize, 0..3usize, any::<u8>()).prop_map(|(t, f, d)| Op::Version(t, f, d)),
+        (0..3usize, 0..3usize, any::<u8>()).prop_map(|(t, f, d)| Op::Stage(t, f, d)),
+        (0..3usize, 0..3usize).prop_map(|(t, f)| Op::Split(t, f)),
         (0..3usize, 0..3usize).prop_map(|(t, f)| Op::Settings(t, f)),
         (0..3usize, 0..3usize).prop_map(|(t, f)| Op::DeleteFunction(t, f)),
-        (0..3usize, 0..6usize, 0..3usize).prop_map(|(t, h, f)| Op::Route(t, h, f)),
-        (0..3usize, 0..6usize).prop_map(|(t, h)| Op::DeleteRoute(t, h)),
+        (0..3usize, 0..8usize, 0..3usize).prop_map(|(t, h, f)| Op::Route(t, h, f)),
+        (0..3usize, 0..8usize).prop_map(|(t, h)| Op::DeleteRoute(t, h)),
     ]
 }
 
@@ -107,17 +119,34 @@ proptest! {
         for op in ops.clone() {
             let _ = match op {
                 Op::Tenant(t) => r.put_tenant(TENANTS[t], None).map(drop),
-                Op::DeleteTenant(t) => r.delete_tenant(TENANTS[t]),
+                Op::DeleteTenant(t) => r.delete_tenant(TENANTS[t]).map(drop),
                 Op::Version(t, f, d) => r
-                    .add_version(TENANTS[t], FUNCTIONS[f], &format!("{d:064x}"))
+                    .add_version(TENANTS[t], FUNCTIONS[f], &format!("{d:064x}"), true)
                     .map(drop),
+                Op::Stage(t, f, d) => r
+                    .add_version(TENANTS[t], FUNCTIONS[f], &format!("{d:064x}"), false)
+                    .map(drop),
+                Op::Split(t, f) => match r.get_function(TENANTS[t], FUNCTIONS[f]) {
+                    Ok(func) if func.versions.len() >= 2 => {
+                        let n = func.versions.len();
+                        let split = |v: &Version, percent| Split { version: v.version, percent };
+                        r.set_deployment(
+                            TENANTS[t],
+                            FUNCTIONS[f],
+                            vec![split(&func.versions[n - 2], 70), split(&func.versions[n - 1], 30)],
+                            Some("cookie:uid".into()),
+                        )
+                        .map(drop)
+                    }
+                    _ => Ok(()),
+                },
                 Op::Settings(t, f) => r
-                    .put_settings(TENANTS[t], FUNCTIONS[f], |s| {
+                    .put_settings(TENANTS[t], FUNCTIONS[f], true, |s| {
                         s.vars.insert("N".into(), "1".into());
                         Ok(())
                     })
                     .map(drop),
-                Op::DeleteFunction(t, f) => r.delete_function(TENANTS[t], FUNCTIONS[f]),
+                Op::DeleteFunction(t, f) => r.delete_function(TENANTS[t], FUNCTIONS[f]).map(drop),
                 Op::Route(t, h, f) => r.put_route(TENANTS[t], HOSTS[h], FUNCTIONS[f]).map(drop),
                 Op::DeleteRoute(t, h) => r.delete_route(TENANTS[t], HOSTS[h]),
             };
@@ -135,7 +164,7 @@ fn exact_host_overlap_finds_covering_wildcards_only() {
         let digest = format!("{:064x}", 1);
         for t in ["a", "b"] {
             r.put_tenant(t, None).unwrap();
-            r.add_version(t, "f", &digest).unwrap();
+            r.add_version(t, "f", &digest, true).unwrap();
         }
         r.put_route("a", "*.x.test", "f").unwrap();
         r.put_route("a", "one.test", "f").unwrap();
@@ -150,8 +179,12 @@ fn exact_host_overlap_finds_covering_wildcards_only() {
         // Not below the wildcard: the suffix itself and an unrelated host.
         r.put_route("b", "x.test", "f").unwrap();
         r.put_route("b", "two.test", "f").unwrap();
-        assert_eq!(r.routes().lookup("x.test").unwrap().tenant, "b");
-        assert_eq!(r.routes().lookup("q.x.test").unwrap().tenant, "a", "{name}");
+        assert_eq!(r.routes().lookup("x.test", "/").unwrap().tenant, "b");
+        assert_eq!(
+            r.routes().lookup("q.x.test", "/").unwrap().tenant,
+            "a",
+            "{name}"
+        );
     }
 }
 
@@ -162,7 +195,8 @@ fn records_and_revision_survive_a_reopen() {
     {
         let r = open_on(Arc::new(RedbStore::open(db.clone()).unwrap()));
         r.put_tenant("a", Some(vec!["*.a.test".into()])).unwrap();
-        r.add_version("a", "f", &format!("{:064x}", 3)).unwrap();
+        r.add_version("a", "f", &format!("{:064x}", 3), true)
+            .unwrap();
         r.put_route("a", "x.a.test", "f").unwrap();
         assert_eq!(r.revision(), 3);
     }
@@ -170,7 +204,7 @@ fn records_and_revision_survive_a_reopen() {
     assert_eq!(r.revision(), 3);
     assert_eq!(r.list_tenants()[0].domains, vec!["*.a.test".to_string()]);
     assert_eq!(r.get_function("a", "f").unwrap().active_version, 1);
-    assert_eq!(r.routes().lookup("x.a.test").unwrap().function, "f");
+    assert_eq!(r.routes().lookup("x.a.test", "/").unwrap().function, "f");
 }
 
 #[test]
@@ -215,10 +249,10 @@ fn a_lost_commit_race_is_recomputed_not_lost() {
     let a = open_on(store.clone());
     a.put_tenant("t", None).unwrap();
     let b = open_on(store.clone());
-    assert_eq!(a.add_version("t", "f", &digest).unwrap(), 1);
-    assert_eq!(b.add_version("t", "f", &digest).unwrap(), 2);
+    assert_eq!(a.add_version("t", "f", &digest, true).unwrap().version, 1);
+    assert_eq!(b.add_version("t", "f", &digest, true).unwrap().version, 2);
     assert_eq!(b.get_function("t", "f").unwrap().versions.len(), 2);
-    assert_eq!(a.add_version("t", "f", &digest).unwrap(), 3);
+    assert_eq!(a.add_version("t", "f", &digest, true).unwrap().version, 3);
     let loaded = store.load().unwrap();
     assert_eq!(loaded.revision, 4);
     assert_eq!(loaded.records.functions[0].versions.len(), 3);
@@ -232,7 +266,12 @@ fn announced_commits_are_seen_before_the_rules_run() {
     let a = open_on(store.clone());
     let b = open_on(store);
     a.put_tenant("t", None).unwrap();
-    assert_eq!(b.add_version("t", "f", &format!("{:064x}", 1)).unwrap(), 1);
+    assert_eq!(
+        b.add_version("t", "f", &format!("{:064x}", 1), true)
+            .unwrap()
+            .version,
+        1
+    );
 }
 
 #[tokio::test]
@@ -242,10 +281,11 @@ async fn a_follower_installs_commits_made_by_another_registry() {
     let b = Arc::new(open_on(store));
     tokio::spawn(b.clone().follow());
     a.put_tenant("t", None).unwrap();
-    a.add_version("t", "f", &format!("{:064x}", 5)).unwrap();
+    a.add_version("t", "f", &format!("{:064x}", 5), true)
+        .unwrap();
     a.put_route("t", "f.test", "f").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while b.routes().lookup("f.test").is_none() {
+    while b.routes().lookup("f.test", "/").is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "b never saw a's route"
@@ -254,4 +294,234 @@ async fn a_follower_installs_commits_made_by_another_registry() {
     }
     assert_eq!(b.revision(), a.revision());
     assert!(b.tenant_exists("t"));
+}
+
+fn digest(n: u8) -> String {
+    format!("{n:064x}")
+}
+
+#[test]
+fn staging_deployments_and_rollback_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in stores(dir.path()) {
+        let r = open_on(store);
+        r.put_tenant("t", None).unwrap();
+        assert!(r.add_version("t", "f", &digest(1), true).unwrap().active);
+        let staged = r.add_version("t", "f", &digest(2), false).unwrap();
+        assert_eq!((staged.version, staged.active), (2, false), "{name}");
+        let f = r.get_function("t", "f").unwrap();
+        assert_eq!(f.active_version, 1, "{name}: staging leaves the deployment");
+        // A staged upload inherits the active version's settings.
+        r.put_settings("t", "f", true, |s| {
+            s.vars.insert("A".into(), "1".into());
+            Ok(())
+        })
+        .unwrap();
+        let v4 = r.add_version("t", "f", &digest(4), false).unwrap();
+        assert_eq!(
+            r.get_function("t", "f")
+                .unwrap()
+                .version(v4.version)
+                .unwrap()
+                .settings
+                .vars["A"],
+            "1"
+        );
+
+        let f = r
+            .set_deployment(
+                "t",
+                "f",
+                vec![
+                    Split {
+                        version: 4,
+                        percent: 10,
+                    },
+                    Split {
+                        version: 1,
+                        percent: 90,
+                    },
+                ],
+                None,
+            )
+            .unwrap();
+        let d = f.deployment.as_ref().unwrap();
+        assert_eq!(
+            d.versions.iter().map(|s| s.version).collect::<Vec<_>>(),
+            [1, 4],
+            "{name}: ascending"
+        );
+        assert_eq!(f.active_version, 1);
+        assert_eq!(d.previous.as_ref().unwrap().versions[0].version, 3);
+        assert!(d.previous.as_ref().unwrap().previous.is_none());
+
+        // Bad deployments change nothing.
+        let bad = [
+            vec![],
+            vec![
+                Split {
+                    version: 1,
+                    percent: 50,
+                },
+                Split {
+                    version: 1,
+                    percent: 50,
+                },
+            ],
+            vec![
+                Split {
+                    version: 1,
+                    percent: 0,
+                },
+                Split {
+                    version: 4,
+                    percent: 100,
+                },
+            ],
+            vec![
+                Split {
+                    version: 1,
+                    percent: 60,
+                },
+                Split {
+                    version: 4,
+                    percent: 60,
+                },
+            ],
+            (1..=5)
+                .map(|v| Split {
+                    version: v,
+                    percent: 20,
+                })
+                .collect(),
+        ];
+        for splits in bad {
+            let e = r
+                .set_deployment("t", "f", splits.clone(), None)
+                .unwrap_err();
+            assert!(
+                matches!(e, RegistryError::InvalidDeployment(_)),
+                "{name}: {splits:?} {e}"
+            );
+        }
+        let e = r
+            .set_deployment(
+                "t",
+                "f",
+                vec![Split {
+                    version: 9,
+                    percent: 100,
+                }],
+                None,
+            )
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::NotFound(_)), "{e}");
+        let e = r
+            .set_deployment(
+                "t",
+                "f",
+                vec![Split {
+                    version: 1,
+                    percent: 100,
+                }],
+                Some("query:x".into()),
+            )
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::InvalidDeployment(_)), "{e}");
+        assert_eq!(r.get_function("t", "f").unwrap(), f, "{name}: unchanged");
+    }
+}
+
+#[test]
+fn retention_drops_the_oldest_undeployed_version_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in stores(dir.path()) {
+        let r = open_on(store).with_max_versions(3);
+        r.put_tenant("t", None).unwrap();
+        for n in 1..=3 {
+            assert!(
+                r.add_version("t", "f", &digest(n), true)
+                    .unwrap()
+                    .dropped
+                    .is_empty()
+            );
+        }
+        // Deployed: 3; previous: 2. A fourth drops 1.
+        let v4 = r.add_version("t", "f", &digest(4), false).unwrap();
+        assert_eq!(v4.dropped, [digest(1)], "{name}");
+        let kept = |r: &Registry| {
+            r.get_function("t", "f")
+                .unwrap()
+                .versions
+                .iter()
+                .map(|v| v.version)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(&r), [2, 3, 4]);
+        // Staged again: 2 and 3 are protected, 4 is the oldest free one;
+        // numbers are never reused.
+        let v5 = r.add_version("t", "f", &digest(5), false).unwrap();
+        assert_eq!(v5.version, 5);
+        assert_eq!(
+            (v5.dropped, kept(&r)),
+            (vec![digest(4)], vec![2, 3, 5]),
+            "{name}"
+        );
+        // Activating: 3 becomes `previous`, 2 is no longer protected.
+        let v6 = r.add_version("t", "f", &digest(6), true).unwrap();
+        assert_eq!(
+            (v6.dropped, kept(&r)),
+            (vec![digest(2)], vec![3, 5, 6]),
+            "{name}"
+        );
+        // Every kept version deployed: 409, nothing changes.
+        let split = |version, percent| Split { version, percent };
+        r.set_deployment(
+            "t",
+            "f",
+            vec![split(3, 34), split(5, 33), split(6, 33)],
+            None,
+        )
+        .unwrap();
+        let e = r.add_version("t", "f", &digest(7), false).unwrap_err();
+        assert!(
+            matches!(e, RegistryError::TooManyVersions(_)),
+            "{name}: {e}"
+        );
+        assert_eq!(kept(&r), [3, 5, 6]);
+        // Which digests are still used, by anyone.
+        r.add_version("t", "g", &digest(2), true).unwrap();
+        assert_eq!(
+            r.unreferenced(&[digest(1), digest(2), digest(3), digest(9)]),
+            [digest(1), digest(9)]
+        );
+        let gone = r.delete_function("t", "f").unwrap();
+        assert_eq!(gone, [digest(3), digest(5), digest(6)]);
+    }
+}
+
+#[test]
+fn records_from_before_deployments_are_read_as_deployed() {
+    let mut f = Function {
+        tenant: "t".into(),
+        name: "f".into(),
+        active_version: 2,
+        versions: vec![],
+        latest_version: 2,
+        deployment: None,
+    };
+    let old: Function = serde_json::from_str(
+        r#"{"tenant":"t","name":"f","active_version":2,"versions":[{"version":2,"digest":"ab","created_at":5}]}"#,
+    )
+    .unwrap();
+    assert_eq!(old.versions[0].world, WORLD_P2);
+    let mut old = old;
+    old.upgrade();
+    let d = old.deployment.unwrap();
+    assert_eq!(
+        (d.versions[0].version, d.versions[0].percent, d.updated_at),
+        (2, 100, 5)
+    );
+    f.upgrade();
+    assert!(f.deployment.is_some());
 }

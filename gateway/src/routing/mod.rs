@@ -1,25 +1,48 @@
 //! The data plane's routing snapshot: host → function target, exact hosts
-//! first, then the longest matching wildcard.
+//! first, then the longest matching wildcard; each target carries its
+//! deployment's split (`split.rs`).
 use std::sync::Arc;
 
+use http::HeaderMap;
 use imbl::HashMap;
 
-use crate::names::HostPattern;
+use crate::names::{HostPattern, PathPattern, RoutePattern};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Where a request goes.
+mod split;
+
+pub use split::{Split, StickyKey, VERSION_OVERRIDE, sticky_bucket};
+
+/// Where a request goes: a function and its deployed versions.
 #[derive(Debug)]
 pub struct Target {
     /// Owning tenant.
     pub tenant: String,
     /// Function name.
     pub function: String,
-    /// Active version at snapshot time.
+    /// The deployed versions, ascending (1–4).
+    pub versions: Vec<Deployed>,
+    /// How requests are shared among them.
+    pub split: Split,
+    /// The tenant's concurrency gate (shared across snapshots).
+    pub gate: Arc<TenantGate>,
+}
+
+/// One deployed version, ready to run.
+#[derive(Debug)]
+pub struct Deployed {
+    /// Its number.
     pub version: u32,
     /// What the runtime runs.
     pub invocation: perch_runtime::Invocation,
-    /// The tenant's concurrency gate (shared across snapshots).
-    pub gate: Arc<TenantGate>,
+}
+
+impl Target {
+    /// The deployed version that serves a request with `headers`.
+    pub fn pick(&self, headers: &HeaderMap) -> &Deployed {
+        let i = self.split.pick(&self.tenant, &self.function, headers);
+        &self.versions[i.min(self.versions.len() - 1)]
+    }
 }
 
 /// Counts a tenant's in-flight requests on this node.
@@ -59,38 +82,111 @@ impl Drop for GatePermit {
     }
 }
 
+/// The routes of one host pattern: the host-only route, exact paths and
+/// path prefixes.
+#[derive(Debug, Default, Clone)]
+pub struct HostRoutes {
+    /// The host-only route (`host`, the same as `host/*`).
+    pub all: Option<Arc<Target>>,
+    /// Exact paths.
+    pub paths: std::collections::HashMap<String, Arc<Target>>,
+    /// Prefixes (each ending in `/`), longest first.
+    pub prefixes: Vec<(String, Arc<Target>)>,
+}
+
+impl HostRoutes {
+    /// The most specific route for `path`: the exact path, then the
+    /// longest prefix, then the host-only route.
+    pub fn find(&self, path: &str) -> Option<&Arc<Target>> {
+        if let Some(t) = self.paths.get(path) {
+            return Some(t);
+        }
+        self.prefixes
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+            .map(|(_, t)| t)
+            .or(self.all.as_ref())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.all.is_none() && self.paths.is_empty() && self.prefixes.is_empty()
+    }
+
+    fn set(&mut self, path: Option<&PathPattern>, target: Option<Arc<Target>>) {
+        match path {
+            None => self.all = target,
+            Some(PathPattern::Exact(p)) => match target {
+                Some(t) => {
+                    self.paths.insert(p.clone(), t);
+                }
+                None => {
+                    self.paths.remove(p);
+                }
+            },
+            Some(PathPattern::Prefix(p)) => {
+                self.prefixes.retain(|(q, _)| q != p);
+                if let Some(t) = target {
+                    self.prefixes.push((p.clone(), t));
+                    self.prefixes
+                        .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+                }
+            }
+        }
+    }
+
+    /// Every route here as `(path pattern or None, target)`.
+    fn entries(&self) -> impl Iterator<Item = (Option<String>, &Arc<Target>)> {
+        self.all
+            .iter()
+            .map(|t| (None, t))
+            .chain(self.paths.iter().map(|(p, t)| (Some(p.clone()), t)))
+            .chain(
+                self.prefixes
+                    .iter()
+                    .map(|(p, t)| (Some(format!("{p}*")), t)),
+            )
+    }
+}
+
 /// Immutable routing snapshot. A registry change publishes a new one made
 /// from a cheap copy of the last (persistent maps share the untouched part).
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     /// Exact hosts.
-    pub exact: HashMap<String, Arc<Target>>,
+    pub exact: HashMap<String, Arc<HostRoutes>>,
     /// Wildcards by suffix (`*.a.test` is stored as `a.test`).
-    pub wildcard: HashMap<String, Arc<Target>>,
+    pub wildcard: HashMap<String, Arc<HostRoutes>>,
 }
 
 impl RouteTable {
-    /// Points the pattern `host` (`a.test` or `*.a.test`) at `target`, or
-    /// removes it; a pattern that does not parse is ignored.
-    pub fn set(&mut self, host: &str, target: Option<Arc<Target>>) {
-        let (map, key) = match HostPattern::parse(host) {
-            Ok(HostPattern::Exact(h)) => (&mut self.exact, h),
-            Ok(HostPattern::Wildcard(s)) => (&mut self.wildcard, s),
-            Err(_) => return,
+    /// Points the route pattern (`a.test`, `*.a.test`, `a.test/api/*`, …)
+    /// at `target`, or removes it; a pattern that does not parse is ignored.
+    pub fn set(&mut self, pattern: &str, target: Option<Arc<Target>>) {
+        let Ok(RoutePattern { host, path }) = RoutePattern::parse(pattern) else {
+            return;
         };
-        match target {
-            Some(t) => {
-                map.insert(key, t);
-            }
-            None => {
-                map.remove(&key);
-            }
+        let (map, key) = match host {
+            HostPattern::Exact(h) => (&mut self.exact, h),
+            HostPattern::Wildcard(s) => (&mut self.wildcard, s),
+        };
+        let mut routes = map
+            .get(&key)
+            .map(|r| HostRoutes::clone(r))
+            .unwrap_or_default();
+        routes.set(path.as_ref(), target);
+        if routes.is_empty() {
+            map.remove(&key);
+        } else {
+            map.insert(key, Arc::new(routes));
         }
     }
 
-    /// Finds the target for a normalised host.
-    pub fn lookup(&self, host: &str) -> Option<&Arc<Target>> {
-        if let Some(t) = self.exact.get(host) {
+    /// Finds the target for a normalised host and a raw request path: the
+    /// most specific host first (exact, then the longest wildcard), then
+    /// the most specific path on it; a host with no route for the path
+    /// gives way to the next wildcard.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Target>> {
+        if let Some(t) = self.exact.get(host).and_then(|r| r.find(path)) {
             return Some(t);
         }
         if self.wildcard.is_empty() {
@@ -98,7 +194,21 @@ impl RouteTable {
         }
         // Suffixes after each dot, longest first.
         host.match_indices('.')
-            .find_map(|(i, _)| self.wildcard.get(&host[i + 1..]))
+            .find_map(|(i, _)| self.wildcard.get(&host[i + 1..])?.find(path))
+    }
+
+    /// Every route as `(pattern, target)`.
+    pub fn entries(&self) -> Vec<(String, Arc<Target>)> {
+        let exact = self.exact.iter().map(|(h, r)| (h.clone(), r));
+        let wild = self.wildcard.iter().map(|(s, r)| (format!("*.{s}"), r));
+        exact
+            .chain(wild)
+            .flat_map(|(host, r)| {
+                r.entries()
+                    .map(|(path, t)| (format!("{host}{}", path.unwrap_or_default()), t.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -110,12 +220,15 @@ mod tests {
         Arc::new(Target {
             tenant: "t".into(),
             function: name.into(),
-            version: 1,
-            invocation: perch_runtime::Invocation::new(
-                perch_runtime::Digest([0; 32]),
-                perch_runtime::Limits::default(),
-                name,
-            ),
+            versions: vec![Deployed {
+                version: 1,
+                invocation: perch_runtime::Invocation::new(
+                    perch_runtime::Digest([0; 32]),
+                    perch_runtime::Limits::default(),
+                    name,
+                ),
+            }],
+            split: Split::new(&[(1, 100)], None),
             gate: Arc::default(),
         })
     }
@@ -123,14 +236,63 @@ mod tests {
     #[test]
     fn exact_then_longest_wildcard() {
         let mut t = RouteTable::default();
-        t.exact.insert("a.w.test".into(), target("exact"));
-        t.wildcard.insert("w.test".into(), target("short"));
-        t.wildcard.insert("b.w.test".into(), target("long"));
-        assert_eq!(t.lookup("a.w.test").unwrap().function, "exact");
-        assert_eq!(t.lookup("x.w.test").unwrap().function, "short");
-        assert_eq!(t.lookup("x.b.w.test").unwrap().function, "long");
-        assert_eq!(t.lookup("b.w.test").unwrap().function, "short");
-        assert!(t.lookup("w.test").is_none());
+        t.set("a.w.test", Some(target("exact")));
+        t.set("*.w.test", Some(target("short")));
+        t.set("*.b.w.test", Some(target("long")));
+        let f = |t: &RouteTable, host| t.lookup(host, "/").map(|t| t.function.clone());
+        assert_eq!(f(&t, "a.w.test").unwrap(), "exact");
+        assert_eq!(f(&t, "x.w.test").unwrap(), "short");
+        assert_eq!(f(&t, "x.b.w.test").unwrap(), "long");
+        assert_eq!(f(&t, "b.w.test").unwrap(), "short");
+        assert!(f(&t, "w.test").is_none());
+        t.set("*.b.w.test", None);
+        assert_eq!(f(&t, "x.b.w.test").unwrap(), "short");
+        assert!(t.wildcard.get("b.w.test").is_none());
+    }
+
+    #[test]
+    fn the_most_specific_path_wins() {
+        let mut t = RouteTable::default();
+        t.set("a.test/api/*", Some(target("f1")));
+        t.set("a.test", Some(target("f2")));
+        t.set("a.test/api/health", Some(target("f3")));
+        t.set("a.test/api/v2/*", Some(target("f4")));
+        t.set("*.a.test/static/*", Some(target("f5")));
+        t.set("s.a.test/api/*", Some(target("f1")));
+        let at = |t: &RouteTable, path| t.lookup("a.test", path).map(|t| t.function.clone());
+        let f = |path| at(&t, path);
+        assert_eq!(f("/api/users").unwrap(), "f1");
+        assert_eq!(f("/api/").unwrap(), "f1");
+        assert_eq!(f("/api").unwrap(), "f2", "/api/* does not match /api");
+        assert_eq!(f("/apix").unwrap(), "f2");
+        assert_eq!(f("/api/health").unwrap(), "f3");
+        assert_eq!(
+            f("/api/health/x").unwrap(),
+            "f1",
+            "an exact path matches only itself"
+        );
+        assert_eq!(f("/api/v2/x").unwrap(), "f4", "the longest prefix");
+        assert_eq!(f("/").unwrap(), "f2");
+        assert_eq!(f("/API/users").unwrap(), "f2", "case-sensitive");
+        // No host-only route: a path the host does not route falls to the wildcard.
+        let s = |path| t.lookup("s.a.test", path).map(|t| t.function.clone());
+        assert_eq!(s("/static/x").unwrap(), "f5");
+        assert_eq!(s("/api/x").unwrap(), "f1");
+        assert!(s("/other").is_none());
+        t.set("a.test", None);
+        assert!(at(&t, "/other").is_none());
+        let mut patterns: Vec<String> = t.entries().into_iter().map(|(p, _)| p).collect();
+        patterns.sort();
+        assert_eq!(
+            patterns,
+            [
+                "*.a.test/static/*",
+                "a.test/api/*",
+                "a.test/api/health",
+                "a.test/api/v2/*",
+                "s.a.test/api/*"
+            ]
+        );
     }
 
     #[test]

@@ -12,8 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::app::App;
+use crate::artifacts::Artifacts;
 use crate::config::Config;
-use crate::dataplane::{DataPlane, WasmExecutor};
+use crate::cron::{LocalLease, Scheduler};
+use crate::dataplane::{DataPlane, Executor, WasmExecutor};
+use crate::logs::LogHub;
 use crate::registry::{RedbStore, Registry, RegistryStore};
 use crate::secrets::{new_token, token_hash, write_private_file};
 use crate::telemetry::Metrics;
@@ -207,12 +210,16 @@ pub async fn serve(
     );
     let db_path = config.data_dir.join("perch.redb");
     let defaults = config.limits;
+    let max_versions = config.max_versions;
     let opened = tokio::task::spawn_blocking(move || {
         let db = redb::Database::create(&db_path)
             .map_err(|e| ServeError::Data(format!("cannot open {}: {e}", db_path.display())))?;
         let db = Arc::new(db);
         let store: Arc<dyn RegistryStore> = Arc::new(RedbStore::open(db.clone())?);
-        Ok::<_, ServeError>((db, Registry::open(store, defaults, secrets)?))
+        Ok::<_, ServeError>((
+            db,
+            Registry::open(store, defaults, secrets)?.with_max_versions(max_versions),
+        ))
     });
     let (db, registry) = opened
         .await
@@ -234,17 +241,45 @@ pub async fn serve(
     ));
     registry.attach_kv(kv.clone());
     let registry = Arc::new(registry);
+    let artifacts = Artifacts::new(runtime.clone(), registry.clone());
+    let swept = {
+        let artifacts = artifacts.clone();
+        tokio::task::spawn_blocking(move || artifacts.sweep())
+            .await
+            .unwrap_or(0)
+    };
+    if swept > 0 {
+        tracing::info!(components = swept, "deleted components no version uses");
+    }
     let metrics = Arc::new(Metrics::default());
+    let logs = Arc::new(LogHub::default());
+    let node: Arc<str> = config.node_name.as_str().into();
+    let executor: Arc<dyn Executor> = Arc::new(WasmExecutor::new(runtime.clone()));
     let dataplane = Arc::new(DataPlane {
         config: config.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
-        executor: Arc::new(WasmExecutor::new(runtime.clone())),
+        logs: logs.clone(),
+        node: node.clone(),
+        executor: executor.clone(),
     });
+    let scheduler = Arc::new(Scheduler {
+        registry: registry.clone(),
+        executor,
+        logs: logs.clone(),
+        node,
+        lease: Arc::new(LocalLease::default()),
+        tenant_concurrency: config.tenant_concurrency,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(App {
+        stopping: stop_rx.clone(),
         kv,
         registry,
         runtime,
+        artifacts,
+        logs,
+        scheduler: scheduler.clone(),
         metrics: metrics.clone(),
         admin_token_hash: token_hash(&token),
         throttle: Throttle::new(20, Duration::from_secs(60)),
@@ -271,11 +306,11 @@ pub async fn serve(
     started(&info);
     tokio::spawn(warmup::warm_up(app.clone()));
     tokio::spawn(app.registry.clone().follow());
+    tokio::spawn(scheduler.run());
 
     raise_fd_limit(
         libc::rlim_t::from(config.max_connections) + ADMIN_CONNECTIONS as libc::rlim_t + 1024,
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
     let data_graceful = GracefulShutdown::new();
     let admin_graceful = GracefulShutdown::new();
     let data_loop = {

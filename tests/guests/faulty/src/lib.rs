@@ -7,6 +7,11 @@
 //! answers how much it got, `/recurse` recurses without bound,
 //! `/count` answers how many requests this instance has served (1 unless
 //! the function opted into instance reuse),
+//! `/print?KIB` writes `to stdout` to stdout, `to stderr` to stderr, then
+//! KIB kibibytes of `x` lines to stdout, and answers 200,
+//! `/__perch/scheduled` (a cron tick) prints its `perch-cron` and
+//! `perch-scheduled-time` headers, then spins forever when the schedule
+//! starts with `59 ` (to show the tick's CPU limit),
 //! anything else answers `200 ok`.
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
@@ -19,6 +24,25 @@ static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(
 impl Guest for Faulty {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
+        if path == "/__perch/scheduled" {
+            let headers = request.headers();
+            let get = |name: &str| {
+                headers
+                    .get(name)
+                    .first()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            let cron = get("perch-cron");
+            println!("cron={cron} time={}", get("perch-scheduled-time"));
+            if cron.starts_with("59 ") {
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            return respond(out, 200, b"scheduled");
+        }
         let (route, query) = path.split_once('?').unwrap_or((&path, ""));
         let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         match route {
@@ -55,6 +79,20 @@ impl Guest for Faulty {
                 respond(out, 200, format!("depth {depth}").as_bytes());
             }
             "/count" => respond(out, 200, served.to_string().as_bytes()),
+            "/print" => {
+                use std::io::Write;
+                println!("to stdout");
+                eprintln!("to stderr");
+                let kib: usize = query.parse().unwrap_or(0);
+                let line = [b'x'; 1023];
+                let mut stdout = std::io::stdout().lock();
+                for _ in 0..kib {
+                    let _ = stdout.write_all(&line);
+                    let _ = stdout.write_all(b"\n");
+                }
+                let _ = stdout.flush();
+                respond(out, 200, b"printed");
+            }
             _ => respond(out, 200, b"ok"),
         }
     }

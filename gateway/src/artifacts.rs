@@ -1,0 +1,114 @@
+//! Garbage collection of components no kept version runs any more.
+//!
+//! Crash-safe by order: a component is deleted only after the registry
+//! change that dropped its last version has committed, so nothing
+//! committed ever names a missing component. A crash between the commit
+//! and the deletion (or an upload whose version never committed) leaves
+//! an unreferenced file, which [`Artifacts::sweep`] removes at the next
+//! start. An upload holds its digest from before its bytes are written
+//! until its version has committed, and a collection never deletes a held
+//! digest: the two take the same lock around "is it used?" and "write" /
+//! "delete".
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use perch_runtime::{Digest, Runtime};
+
+use crate::registry::Registry;
+
+/// The components of this node's versions.
+pub struct Artifacts {
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    /// Digests of uploads under way, and how many.
+    holds: Mutex<HashMap<Digest, usize>>,
+}
+
+/// An upload's claim on its digest; released when dropped.
+pub struct Hold {
+    artifacts: Arc<Artifacts>,
+    digest: Digest,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut holds = self.artifacts.lock();
+        if let Some(n) = holds.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                holds.remove(&self.digest);
+            }
+        }
+    }
+}
+
+impl Artifacts {
+    /// Collection over `runtime`'s components, asking `registry` which are
+    /// still used.
+    pub fn new(runtime: Arc<Runtime>, registry: Arc<Registry>) -> Arc<Artifacts> {
+        Arc::new(Artifacts {
+            runtime,
+            registry,
+            holds: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, usize>> {
+        self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `digest` for an upload until the returned hold is dropped
+    /// (after its version committed, or failed to).
+    pub fn hold(self: &Arc<Self>, digest: Digest) -> Hold {
+        *self.lock().entry(digest).or_insert(0) += 1;
+        Hold {
+            artifacts: self.clone(),
+            digest,
+        }
+    }
+
+    /// Deletes those of `candidates` (digests of dropped versions) that no
+    /// kept version runs and no upload holds; returns how many. Blocking.
+    pub fn collect(&self, candidates: &[String]) -> usize {
+        if candidates.is_empty() {
+            return 0;
+        }
+        let holds = self.lock();
+        let mut removed = 0;
+        for text in self.registry.unreferenced(candidates) {
+            let Ok(digest) = text.parse::<Digest>() else {
+                continue;
+            };
+            if holds.contains_key(&digest) {
+                continue;
+            }
+            match self.runtime.remove_component(&digest) {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(digest = %text, "deleted a component no version uses");
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %text, error = %e, "could not delete an unused component")
+                }
+            }
+        }
+        removed
+    }
+
+    /// Deletes every local component no kept version runs (left by a
+    /// crash between a commit and a deletion, or by an upload whose
+    /// version never committed). Run at start, before uploads are
+    /// accepted. Blocking.
+    pub fn sweep(&self) -> usize {
+        match self.runtime.local_components() {
+            Ok(local) => {
+                let candidates: Vec<String> = local.iter().map(Digest::to_string).collect();
+                self.collect(&candidates)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the artifacts directory");
+                0
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The events of a function's log, in the shape the API sends them.
+use std::sync::Arc;
+
+use serde::Serialize;
+
+fn shared_str<S: serde::Serializer>(s: &Arc<str>, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(s)
+}
+
+/// One line the guest printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    /// Unix milliseconds.
+    pub time: u64,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    /// As printed (invalid UTF-8 replaced), without the line break.
+    pub message: String,
+}
+
+/// One event of a function's log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A data-plane request.
+    Request(RequestEvent),
+    /// A cron tick.
+    Scheduled(ScheduledEvent),
+}
+
+/// A data-plane request's event. It never carries request headers,
+/// bodies, secrets or tokens: only what is listed here.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestEvent {
+    /// Unix milliseconds when the request arrived.
+    pub time: u64,
+    /// The `Perch-Request-Id` of the answer.
+    pub request_id: String,
+    /// The node that served it.
+    #[serde(serialize_with = "shared_str")]
+    pub node: Arc<str>,
+    /// Function name.
+    pub function: String,
+    /// The version that served it.
+    pub version: u32,
+    /// Request method.
+    pub method: String,
+    /// Request path, without the query string.
+    pub path: String,
+    /// The status the client got; null when it went away first.
+    pub status: Option<u16>,
+    /// `ok`, `exception`, `exceeded_cpu`, `exceeded_memory`,
+    /// `exceeded_wall`, `canceled` or `rejected`.
+    pub outcome: &'static str,
+    /// Milliseconds until the instance and the response were done.
+    pub duration_ms: u64,
+    /// CPU milliseconds the guest used.
+    pub cpu_ms: u64,
+    /// What the guest printed, in order.
+    pub logs: Vec<Line>,
+    /// Whether output past 64 KiB was dropped.
+    pub truncated: bool,
+}
+
+/// A cron tick's event.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduledEvent {
+    /// Unix milliseconds of the tick.
+    pub time: u64,
+    /// The node that ran it.
+    #[serde(serialize_with = "shared_str")]
+    pub node: Arc<str>,
+    /// Function name.
+    pub function: String,
+    /// The version that ran it.
+    pub version: u32,
+    /// The schedule's expression.
+    pub cron: String,
+    /// The status the handler answered; null without an answer.
+    pub status: Option<u16>,
+    /// As for requests.
+    pub outcome: &'static str,
+    /// Milliseconds until the instance was done.
+    pub duration_ms: u64,
+    /// CPU milliseconds the guest used.
+    pub cpu_ms: u64,
+    /// What the guest printed, in order.
+    pub logs: Vec<Line>,
+    /// Whether output past 64 KiB was dropped.
+    pub truncated: bool,
+}
+
+impl Event {
+    /// Unix milliseconds.
+    pub fn time(&self) -> u64 {
+        match self {
+            Event::Request(e) => e.time,
+            Event::Scheduled(e) => e.time,
+        }
+    }
+
+    /// The function it belongs to.
+    pub fn function(&self) -> &str {
+        match self {
+            Event::Request(e) => &e.function,
+            Event::Scheduled(e) => &e.function,
+        }
+    }
+
+    /// The status, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Event::Request(e) => e.status,
+            Event::Scheduled(e) => e.status,
+        }
+    }
+
+    /// Roughly the bytes the event holds (what the ring budgets).
+    pub fn size(&self) -> usize {
+        let (lines, strings) = match self {
+            Event::Request(e) => (
+                &e.logs,
+                e.request_id.len() + e.function.len() + e.method.len() + e.path.len(),
+            ),
+            Event::Scheduled(e) => (&e.logs, e.function.len() + e.cron.len()),
+        };
+        256 + strings + lines.iter().map(|l| 48 + l.message.len()).sum::<usize>()
+    }
+}
+
+/// A status filter: a class (`2xx` … `5xx`) or one code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// `Nxx`: N × 100 ≤ status < (N + 1) × 100.
+    Class(u16),
+    /// One status code.
+    Code(u16),
+}
+
+impl StatusFilter {
+    /// Parses `2xx`…`5xx` or a 3-digit code (100–599).
+    pub fn parse(text: &str) -> Option<StatusFilter> {
+        let b = text.as_bytes();
+        if b.len() != 3 || !(b'1'..=b'5').contains(&b[0]) {
+            return None;
+        }
+        if text[1..].eq_ignore_ascii_case("xx") {
+            return Some(StatusFilter::Class(u16::from(b[0] - b'0')));
+        }
+        text.parse().ok().map(StatusFilter::Code)
+    }
+
+    /// Whether `status` passes.
+    pub fn matches(self, status: Option<u16>) -> bool {
+        match (self, status) {
+            (StatusFilter::Class(c), Some(s)) => s / 100 == c,
+            (StatusFilter::Code(c), Some(s)) => s == c,
+            (_, None) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_filters() {
+        assert_eq!(StatusFilter::parse("5xx"), Some(StatusFilter::Class(5)));
+        assert_eq!(StatusFilter::parse("404"), Some(StatusFilter::Code(404)));
+        for bad in ["6xx", "0xx", "50", "5000", "abc", "", "x04"] {
+            assert_eq!(StatusFilter::parse(bad), None, "{bad}");
+        }
+        assert!(StatusFilter::Class(5).matches(Some(504)));
+        assert!(!StatusFilter::Class(5).matches(Some(404)));
+        assert!(!StatusFilter::Class(5).matches(None));
+        assert!(StatusFilter::Code(404).matches(Some(404)));
+    }
+}

@@ -1,0 +1,10 @@
+//! Functions' logs: the events (`event.rs`), the hub of rings and live
+//! followers (`hub.rs`), and the sink the runtime hands each invocation's
+//! record to (`sink.rs`), which turns it into the request's event.
+mod event;
+mod hub;
+mod sink;
+
+pub use event::{Event, Line, RequestEvent, ScheduledEvent, StatusFilter};
+pub use hub::{Followed, Follower, LogHub, MAX_FOLLOWERS, TooManyFollowers};
+pub use sink::{RequestLog, lines, outcome_name, request_id, unix_ms};

@@ -1,0 +1,97 @@
+//! From an invocation's record to its request event: what the client got
+//! (the guest's status, or the one Perch answered for it), the outcome,
+//! CPU and time, and the guest's output, which also goes to the server
+//! log as before.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use perch_runtime::{InvocationRecord, LogSink, Outcome, TracingLogSink};
+
+use super::event::{Event, Line, RequestEvent};
+use super::hub::LogHub;
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh request id: 128 random bits as 32 lowercase hex digits.
+pub fn request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+/// An outcome's name in an event (`overloaded` is a `rejected` request:
+/// the guest never ran).
+pub fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Overloaded => "rejected",
+        other => other.as_str(),
+    }
+}
+
+/// The guest's output as event lines.
+pub fn lines(record: &InvocationRecord) -> Vec<Line> {
+    record
+        .logs
+        .iter()
+        .map(|l| Line {
+            time: l.time_ms,
+            stream: l.stream.as_str(),
+            message: l.message.clone(),
+        })
+        .collect()
+}
+
+/// One data-plane request on its way to the function's log.
+pub struct RequestLog {
+    /// Where the event goes.
+    pub hub: Arc<LogHub>,
+    /// The function's tenant.
+    pub tenant: String,
+    /// The event, filled in as the request goes; the record completes it.
+    pub event: RequestEvent,
+    /// Set when the request body crossed its limit (the client got 413).
+    pub body_exceeded: Arc<AtomicBool>,
+}
+
+impl RequestLog {
+    /// Writes the event of a request Perch answered itself before the
+    /// guest ran (`rejected`).
+    pub fn rejected(mut self, status: u16, duration_ms: u64) {
+        self.event.status = Some(status);
+        self.event.outcome = "rejected";
+        self.event.duration_ms = duration_ms;
+        self.hub.push(&self.tenant, Event::Request(self.event));
+    }
+}
+
+/// The status the client got when the guest gave none.
+fn perch_status(outcome: Outcome) -> Option<u16> {
+    match outcome {
+        Outcome::Ok => None,
+        Outcome::ExceededCpu | Outcome::ExceededWall => Some(504),
+        Outcome::Overloaded => Some(503),
+        Outcome::Canceled => None,
+        _ => Some(500),
+    }
+}
+
+impl LogSink for RequestLog {
+    fn record(&self, record: InvocationRecord) {
+        let mut event = self.event.clone();
+        event.logs = lines(&record);
+        event.truncated = record.truncated;
+        event.outcome = outcome_name(record.outcome);
+        event.status = match record.status {
+            Some(s) => Some(s),
+            None if self.body_exceeded.load(Ordering::Relaxed) => Some(413),
+            None => perch_status(record.outcome),
+        };
+        event.cpu_ms = record.cpu.as_millis() as u64;
+        event.duration_ms = record.duration.as_millis() as u64;
+        TracingLogSink.record(record);
+        self.hub.push(&self.tenant, Event::Request(event));
+    }
+}
