@@ -920,3 +920,133 @@ fn cron_ticks_run_on_demand_with_their_headers_limits_and_event() {
     )
     .expect_error(404, "not_found");
 }
+
+/// Runs the CLI against `perch` with `token`; returns (success, stdout, stderr).
+fn cli(perch: &Perch, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(perch_tests::perch_bin())
+        .args(args)
+        .args(["--url", &perch.admin_url, "--token", token])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_stages_splits_lists_versions_and_reads_logs() {
+    let perch = Perch::start();
+    let token = faulty(&perch);
+    let (ok, out, err) = cli(
+        &perch,
+        &token,
+        &[
+            "deploy",
+            guests::FAULTY,
+            "--tenant",
+            "t",
+            "--name",
+            "f",
+            "--stage",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("staged t/f version 2"), "{out}");
+    let (ok, out, err) = cli(
+        &perch,
+        &token,
+        &[
+            "deployments",
+            "--tenant",
+            "t",
+            "set",
+            "f",
+            "1=90",
+            "2=10",
+            "--sticky",
+            "cookie:uid",
+        ],
+    );
+    assert!(ok, "{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        d["versions"],
+        json!([{"version": 1, "percent": 90}, {"version": 2, "percent": 10}])
+    );
+    assert_eq!(d["sticky"], "cookie:uid");
+    let (ok, out, _) = cli(&perch, &token, &["versions", "--tenant", "t", "f"]);
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["versions"][0]["version"], 2);
+    assert_eq!(v["versions"][0]["deployed"], "10%");
+    assert_eq!(v["versions"][1]["deployed"], "90%");
+    // Bad input: one line naming the problem, a failing exit.
+    for (args, says) in [
+        (
+            vec!["deployments", "--tenant", "t", "set", "f", "1=x"],
+            "VERSION=PERCENT",
+        ),
+        (
+            vec!["deployments", "--tenant", "t", "set", "f", "1=60", "2=60"],
+            "invalid_deployment",
+        ),
+        (
+            vec!["rollback", "--tenant", "t", "f", "--to", "9"],
+            "404 not_found",
+        ),
+        (
+            vec!["logs", "--tenant", "t", "--status", "9xx"],
+            "invalid_request",
+        ),
+    ] {
+        let (ok, _, err) = cli(&perch, &token, &args);
+        assert!(!ok, "{args:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Logs: the JSON events, and a follower that prints new ones.
+    perch.get("f.test", "/print?0");
+    let (ok, out, err) = cli(&perch, &token, &["logs", "--tenant", "t", "f", "--json"]);
+    assert!(ok, "{err}");
+    let events: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(events["events"][0]["path"], "/print");
+    let mut follower = std::process::Command::new(perch_tests::perch_bin())
+        .args([
+            "logs",
+            "--tenant",
+            "t",
+            "f",
+            "--follow",
+            "--url",
+            &perch.admin_url,
+            "--token",
+            &token,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut got = None;
+    eventually("the follower prints the event", || {
+        perch.get("f.test", "/trap");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            got = Some(line);
+        }
+        got.is_some()
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let e: Value = serde_json::from_str(got.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (e["path"].as_str(), e["outcome"].as_str()),
+        (Some("/trap"), Some("exception"))
+    );
+}
