@@ -1050,3 +1050,35 @@ fn the_cli_stages_splits_lists_versions_and_reads_logs() {
         (Some("/trap"), Some("exception"))
     );
 }
+
+#[test]
+fn a_live_log_stream_ends_when_its_token_is_revoked() {
+    let perch = Perch::start();
+    faulty(&perch);
+    let created = perch
+        .admin()
+        .post_json("/v1/tenants/t/tokens", json!({"scopes": ["logs"]}))
+        .ok();
+    let (id, token) = (
+        created["id"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let live = follow(&perch, token, "function=f");
+    perch.get("f.test", "/");
+    live.recv_timeout(NO_HANG)
+        .expect("an event while the token is valid");
+    perch
+        .admin()
+        .delete(&format!("/v1/tenants/t/tokens/{id}"))
+        .expect_status(204);
+    // The stream ends (the reader thread drops its sender).
+    let start = Instant::now();
+    loop {
+        match live.recv_timeout(NO_HANG) {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("the stream did not end: {e:?}"),
+            Ok(_) => assert!(start.elapsed() < NO_HANG, "events keep coming"),
+        }
+        perch.get("f.test", "/");
+    }
+}

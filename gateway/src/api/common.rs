@@ -30,6 +30,8 @@ pub struct TenantCall {
     pub req: Request<Incoming>,
     /// The tenant the path names (already a valid name).
     pub tenant: String,
+    /// Who is asking (already authorised for this path).
+    pub principal: super::auth::Principal,
 }
 
 impl TenantCall {

@@ -15,12 +15,15 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::auth::Principal;
 use super::common::{MAX_PAGE, Resp, TenantCall, blocking, query_params};
 use crate::http::{BoxError, error, json, method_not_allowed, tri};
 use crate::logs::{Event, Followed, Follower, MAX_FOLLOWERS, StatusFilter};
 
 /// Time between keep-alives on a live stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often a live stream checks that its token is still valid.
+const RECHECK: Duration = Duration::from_secs(1);
 /// Encoded events waiting for a slow client before the follower stops
 /// taking more from the hub (and so starts losing them there).
 const STREAM_BUFFER: usize = 16;
@@ -62,6 +65,11 @@ fn bad(code: &str, message: &str) -> Resp {
 
 /// `GET …/logs`.
 pub(super) async fn handle(call: TenantCall) -> Resp {
+    // A live stream ends within a second of its token being revoked.
+    let token_hash = match &call.principal {
+        Principal::Admin => None,
+        Principal::Tenant(rec) => Some(rec.hash.clone()),
+    };
     let (app, method, req, tenant) = call.into_parts();
     if method != Method::GET {
         return method_not_allowed("GET");
@@ -121,7 +129,19 @@ pub(super) async fn handle(call: TenantCall) -> Resp {
         );
     };
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(pump(follower, tx, format, app.stopping.clone()));
+    let registry = app.registry.clone();
+    let still_allowed = move || {
+        token_hash
+            .as_deref()
+            .is_none_or(|h| registry.lookup_token(h).is_some())
+    };
+    tokio::spawn(pump(
+        follower,
+        tx,
+        format,
+        app.stopping.clone(),
+        still_allowed,
+    ));
     let mut resp = Response::new(LiveBody { rx }.boxed_unsync());
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -133,15 +153,18 @@ pub(super) async fn handle(call: TenantCall) -> Resp {
 }
 
 /// Moves events from the hub to the client until the client goes away,
-/// the tenant's log is forgotten, or the server shuts down.
+/// the tenant's log is forgotten, its token is revoked, or the server
+/// shuts down.
 async fn pump(
     mut follower: Follower,
     tx: mpsc::Sender<Bytes>,
     format: Format,
     mut stopping: tokio::sync::watch::Receiver<bool>,
+    still_allowed: impl Fn() -> bool,
 ) {
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.tick().await;
+    let mut recheck = tokio::time::interval(RECHECK);
     loop {
         let frame = tokio::select! {
             next = follower.next() => match next {
@@ -150,6 +173,12 @@ async fn pump(
                 Followed::Closed => return,
             },
             _ = keepalive.tick() => format.keepalive(),
+            _ = recheck.tick() => {
+                if !still_allowed() {
+                    return;
+                }
+                continue;
+            }
             _ = tx.closed() => return,
             _ = stopping.wait_for(|s| *s) => return,
         };

@@ -91,6 +91,7 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                 method,
                 req,
                 tenant,
+                principal: who,
             };
             match rest {
                 [] => tenants::one(call).await,
