@@ -495,6 +495,10 @@ fn logs_show_output_and_outcomes_live_and_nothing_private() {
             (Some(id.as_str()), Some(outcome), Some(u64::from(status))),
             "{path}"
         );
+        if path == "/trap" {
+            // The same id in the server log's line about the failure.
+            perch.wait_for_log(&format!("request_id={id}"), 1);
+        }
         if path == "/print?100" {
             assert_eq!(
                 e["truncated"], true,

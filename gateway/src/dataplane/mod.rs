@@ -52,12 +52,18 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("perch-request-id");
 pub async fn handle(app: Arc<DataPlane>, req: Request<Incoming>) -> Response<ResBody> {
     let id = request_id();
     let value = HeaderValue::from_str(&id).expect("hex is a valid header value");
-    let mut resp = serve(&app, req, id).await;
+    let mut resp = serve(&app, req, id, value.clone()).await;
     resp.headers_mut().insert(REQUEST_ID, value);
     resp
 }
 
-async fn serve(app: &Arc<DataPlane>, mut req: Request<Incoming>, id: String) -> Response<ResBody> {
+/// `id_value` is `id` as a header value, for the server log.
+async fn serve(
+    app: &Arc<DataPlane>,
+    mut req: Request<Incoming>,
+    id: String,
+    id_value: HeaderValue,
+) -> Response<ResBody> {
     let start = Instant::now();
     let arrived = unix_ms();
     let config = &app.config;
@@ -171,6 +177,7 @@ async fn serve(app: &Arc<DataPlane>, mut req: Request<Incoming>, id: String) -> 
                 tenant = %target.tenant,
                 function = %target.function,
                 version = target.versions[index].version,
+                request_id = id_value.to_str().unwrap_or(""),
                 error = %failure,
                 "request failed"
             );
