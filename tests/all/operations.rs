@@ -218,25 +218,8 @@ fn rollback_under_load_fails_nothing_and_lets_in_flight_requests_finish() {
             });
         }
         eventually("load is running", || served.load(Ordering::Relaxed) > 20);
-        let out = std::process::Command::new(perch_tests::perch_bin())
-            .args([
-                "rollback",
-                "--tenant",
-                "t",
-                "f",
-                "--url",
-                &perch.admin_url,
-                "--token",
-                &token,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
+        let (ok, text, err) = cli(&perch, &token, &["rollback", "--tenant", "t", "f"]);
+        assert!(ok, "{err}");
         assert!(text.contains("\"version\": 1"), "{text}");
         let at = served.load(Ordering::Relaxed);
         eventually("load continues after the rollback", || {
@@ -551,6 +534,19 @@ fn logs_show_output_and_outcomes_live_and_nothing_private() {
     assert_eq!(own["events"], json!([]), "u's log has none of t's events");
 }
 
+/// Opens a live stream of `f`'s log (not read).
+fn open_follow(perch: &Perch, token: &str) -> reqwest::blocking::Response {
+    perch
+        .client
+        .get(format!(
+            "{}/v1/tenants/t/logs?follow=1&function=f",
+            perch.admin_url
+        ))
+        .bearer_auth(token)
+        .send()
+        .unwrap()
+}
+
 #[test]
 fn a_stalled_follower_is_told_what_it_lost() {
     let perch = Perch::start();
@@ -562,15 +558,7 @@ fn a_stalled_follower_is_told_what_it_lost() {
     // Followers are counted per function: 8, then 429.
     let mut streams = Vec::new();
     for _ in 0..8 {
-        let r = perch
-            .client
-            .get(format!(
-                "{}/v1/tenants/t/logs?follow=1&function=f",
-                perch.admin_url
-            ))
-            .bearer_auth(&token)
-            .send()
-            .unwrap();
+        let r = open_follow(&perch, &token);
         assert_eq!(r.status(), 200);
         streams.push(r);
     }
@@ -580,15 +568,7 @@ fn a_stalled_follower_is_told_what_it_lost() {
         .expect_error(429, "too_many_followers");
     drop(streams);
     eventually("follower slots are given back", || {
-        let r = perch
-            .client
-            .get(format!(
-                "{}/v1/tenants/t/logs?follow=1&function=f",
-                perch.admin_url
-            ))
-            .bearer_auth(&token)
-            .send()
-            .unwrap();
+        let r = open_follow(&perch, &token);
         r.status() == 200
     });
 
@@ -766,20 +746,9 @@ fn listings_page_through_thousands_of_functions() {
         .get("/v1/tenants?limit=1001")
         .expect_error(400, "invalid_limit");
     // The CLI follows cursors.
-    let out = std::process::Command::new(perch_tests::perch_bin())
-        .args([
-            "functions",
-            "--tenant",
-            "t",
-            "list",
-            "--url",
-            &perch.admin_url,
-            "--token",
-            &token,
-        ])
-        .output()
-        .unwrap();
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, out, err) = cli(&perch, &token, &["functions", "--tenant", "t", "list"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed["functions"].as_array().unwrap().len(), 2500);
 }
 

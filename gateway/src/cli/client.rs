@@ -32,14 +32,14 @@ impl Client {
         })
     }
 
-    /// Sends a request; returns status, headers and body of any answer.
-    pub fn call_raw(
+    /// The request for `path`, with the token and `headers`.
+    fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<(Bytes, &str)>,
         headers: &[(&str, String)],
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ClientError> {
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let uri = format!("{}{path}", self.base);
         let mut builder = Request::builder().method(method).uri(&uri);
         if let Some(t) = &self.token {
@@ -49,17 +49,34 @@ impl Client {
             builder = builder.header(*name, value);
         }
         let (bytes, ctype) = body.unwrap_or((Bytes::new(), "application/json"));
-        let req = builder
+        builder
             .header(header::CONTENT_TYPE, ctype)
             .body(Full::new(bytes))
-            .map_err(|e| ClientError(format!("bad request to {uri}: {e}")))?;
+            .map_err(|e| ClientError(format!("bad request to {uri}: {e}")))
+    }
+
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let client = HyperClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        client
+            .request(req)
+            .await
+            .map_err(|e| ClientError(format!("cannot reach {}: {e}", self.base)))
+    }
+
+    /// Sends a request; returns status, headers and body of any answer.
+    pub fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &str)>,
+        headers: &[(&str, String)],
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), ClientError> {
+        let req = self.request(method, path, body, headers)?;
         self.rt.block_on(async {
-            let client = HyperClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-            let resp = client
-                .request(req)
-                .await
-                .map_err(|e| ClientError(format!("cannot reach {}: {e}", self.base)))?;
-            let (parts, body) = resp.into_parts();
+            let (parts, body) = self.send(req).await?.into_parts();
             let body = body
                 .collect()
                 .await
@@ -77,21 +94,9 @@ impl Client {
         path: &str,
         mut line: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
-        let uri = format!("{}{path}", self.base);
-        let mut builder = Request::builder().method(Method::GET).uri(&uri);
-        if let Some(t) = &self.token {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = builder
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError(format!("bad request to {uri}: {e}")))?;
+        let req = self.request(Method::GET, path, None, &[])?;
         self.rt.block_on(async {
-            let client = HyperClient::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-            let resp = client
-                .request(req)
-                .await
-                .map_err(|e| ClientError(format!("cannot reach {}: {e}", self.base)))?;
-            let (parts, mut body) = resp.into_parts();
+            let (parts, mut body) = self.send(req).await?.into_parts();
             if !parts.status.is_success() {
                 let bytes = body
                     .collect()

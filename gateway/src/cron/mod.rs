@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use perch_runtime::{InvocationRecord, LogSink, TracingLogSink};
 
 use crate::dataplane::{Executor, LimitedBody};
-use crate::logs::{Event, LogHub, ScheduledEvent, lines, outcome_name, unix_ms};
+use crate::logs::{Event, LogHub, Run, ScheduledEvent, perch_status, unix_ms};
 use crate::registry::Registry;
 
 mod expr;
@@ -181,12 +181,7 @@ impl Scheduler {
             function: function.to_string(),
             version: target.versions[index].version,
             cron: cron.to_string(),
-            status: None,
-            outcome: "ok",
-            duration_ms: 0,
-            cpu_ms: 0,
-            logs: Vec::new(),
-            truncated: false,
+            run: Run::pending(),
         };
         let log = ScheduledLog {
             hub: self.logs.clone(),
@@ -195,8 +190,11 @@ impl Scheduler {
         };
         let Some(permit) = target.gate.try_enter(self.tenant_concurrency) else {
             let mut e = log.event;
-            e.outcome = "rejected";
-            e.status = Some(429);
+            e.run = Run {
+                status: Some(429),
+                outcome: "rejected",
+                ..Run::default()
+            };
             self.logs.push(tenant, Event::Scheduled(e));
             return Ok(());
         };
@@ -237,17 +235,10 @@ struct ScheduledLog {
 
 impl LogSink for ScheduledLog {
     fn record(&self, record: InvocationRecord) {
-        let mut event = self.event.clone();
-        event.logs = lines(&record);
-        event.truncated = record.truncated;
-        event.outcome = outcome_name(record.outcome);
-        event.status = record.status.or(match record.outcome {
-            perch_runtime::Outcome::Ok => None,
-            perch_runtime::Outcome::ExceededCpu | perch_runtime::Outcome::ExceededWall => Some(504),
-            _ => Some(500),
-        });
-        event.cpu_ms = record.cpu.as_millis() as u64;
-        event.duration_ms = record.duration.as_millis() as u64;
+        let event = ScheduledEvent {
+            run: Run::of(&record, perch_status(record.outcome)),
+            ..self.event.clone()
+        };
         TracingLogSink.record(record);
         self.hub.push(&self.tenant, Event::Scheduled(event));
     }

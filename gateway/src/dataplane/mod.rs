@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::http::ResBody;
-use crate::logs::{LogHub, RequestEvent, RequestLog, request_id, unix_ms};
+use crate::logs::{LogHub, RequestEvent, RequestLog, Run, request_id, unix_ms};
 use crate::names::normalize_host;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
@@ -123,12 +123,7 @@ async fn serve(
             version: target.versions[index].version,
             method: req.method().as_str().to_string(),
             path: req.uri().path().to_string(),
-            status: None,
-            outcome: "ok",
-            duration_ms: 0,
-            cpu_ms: 0,
-            logs: Vec::new(),
-            truncated: false,
+            run: Run::pending(),
         },
         body_exceeded: exceeded.clone(),
     };

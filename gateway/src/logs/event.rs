@@ -28,6 +28,35 @@ pub enum Event {
     Scheduled(ScheduledEvent),
 }
 
+/// How an invocation went: the part request and cron events share.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Run {
+    /// The status the client (or the scheduler) got; null when it went
+    /// away first, or the handler gave none.
+    pub status: Option<u16>,
+    /// `ok`, `exception`, `exceeded_cpu`, `exceeded_memory`,
+    /// `exceeded_wall`, `canceled` or `rejected`.
+    pub outcome: &'static str,
+    /// Milliseconds until the instance and the response were done.
+    pub duration_ms: u64,
+    /// CPU milliseconds the guest used.
+    pub cpu_ms: u64,
+    /// What the guest printed, in order.
+    pub logs: Vec<Line>,
+    /// Whether output past 64 KiB was dropped.
+    pub truncated: bool,
+}
+
+impl Run {
+    /// A run not finished yet.
+    pub fn pending() -> Run {
+        Run {
+            outcome: "ok",
+            ..Run::default()
+        }
+    }
+}
+
 /// A data-plane request's event. It never carries request headers,
 /// bodies, secrets or tokens: only what is listed here.
 #[derive(Debug, Clone, Serialize)]
@@ -47,19 +76,9 @@ pub struct RequestEvent {
     pub method: String,
     /// Request path, without the query string.
     pub path: String,
-    /// The status the client got; null when it went away first.
-    pub status: Option<u16>,
-    /// `ok`, `exception`, `exceeded_cpu`, `exceeded_memory`,
-    /// `exceeded_wall`, `canceled` or `rejected`.
-    pub outcome: &'static str,
-    /// Milliseconds until the instance and the response were done.
-    pub duration_ms: u64,
-    /// CPU milliseconds the guest used.
-    pub cpu_ms: u64,
-    /// What the guest printed, in order.
-    pub logs: Vec<Line>,
-    /// Whether output past 64 KiB was dropped.
-    pub truncated: bool,
+    /// How it went.
+    #[serde(flatten)]
+    pub run: Run,
 }
 
 /// A cron tick's event.
@@ -76,18 +95,9 @@ pub struct ScheduledEvent {
     pub version: u32,
     /// The schedule's expression.
     pub cron: String,
-    /// The status the handler answered; null without an answer.
-    pub status: Option<u16>,
-    /// As for requests.
-    pub outcome: &'static str,
-    /// Milliseconds until the instance was done.
-    pub duration_ms: u64,
-    /// CPU milliseconds the guest used.
-    pub cpu_ms: u64,
-    /// What the guest printed, in order.
-    pub logs: Vec<Line>,
-    /// Whether output past 64 KiB was dropped.
-    pub truncated: bool,
+    /// How it went.
+    #[serde(flatten)]
+    pub run: Run,
 }
 
 impl Event {
@@ -109,21 +119,26 @@ impl Event {
 
     /// The status, if there was one.
     pub fn status(&self) -> Option<u16> {
+        self.run().status
+    }
+
+    /// How it went.
+    pub fn run(&self) -> &Run {
         match self {
-            Event::Request(e) => e.status,
-            Event::Scheduled(e) => e.status,
+            Event::Request(e) => &e.run,
+            Event::Scheduled(e) => &e.run,
         }
     }
 
     /// Roughly the bytes the event holds (what the ring budgets).
     pub fn size(&self) -> usize {
-        let (lines, strings) = match self {
-            Event::Request(e) => (
-                &e.logs,
-                e.request_id.len() + e.function.len() + e.method.len() + e.path.len(),
-            ),
-            Event::Scheduled(e) => (&e.logs, e.function.len() + e.cron.len()),
+        let strings = match self {
+            Event::Request(e) => {
+                e.request_id.len() + e.function.len() + e.method.len() + e.path.len()
+            }
+            Event::Scheduled(e) => e.function.len() + e.cron.len(),
         };
+        let lines = &self.run().logs;
         256 + strings + lines.iter().map(|l| 48 + l.message.len()).sum::<usize>()
     }
 }

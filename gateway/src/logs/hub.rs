@@ -298,7 +298,7 @@ impl LogHub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::logs::event::{Line, RequestEvent};
+    use crate::logs::event::{Line, RequestEvent, Run};
 
     fn event(function: &str, time: u64, status: u16, message_bytes: usize) -> Event {
         Event::Request(RequestEvent {
@@ -309,16 +309,18 @@ mod tests {
             version: 1,
             method: "GET".into(),
             path: "/".into(),
-            status: Some(status),
-            outcome: "ok",
-            duration_ms: 1,
-            cpu_ms: 0,
-            logs: vec![Line {
-                time,
-                stream: "stdout",
-                message: "x".repeat(message_bytes),
-            }],
-            truncated: false,
+            run: Run {
+                status: Some(status),
+                outcome: "ok",
+                duration_ms: 1,
+                cpu_ms: 0,
+                logs: vec![Line {
+                    time,
+                    stream: "stdout",
+                    message: "x".repeat(message_bytes),
+                }],
+                truncated: false,
+            },
         })
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use perch_runtime::{InvocationRecord, LogSink, Outcome, TracingLogSink};
 
-use super::event::{Event, Line, RequestEvent};
+use super::event::{Event, Line, RequestEvent, Run};
 use super::hub::LogHub;
 
 /// Unix time in milliseconds.
@@ -31,17 +31,37 @@ pub fn outcome_name(outcome: Outcome) -> &'static str {
     }
 }
 
-/// The guest's output as event lines.
-pub fn lines(record: &InvocationRecord) -> Vec<Line> {
-    record
-        .logs
-        .iter()
-        .map(|l| Line {
-            time: l.time_ms,
-            stream: l.stream.as_str(),
-            message: l.message.clone(),
-        })
-        .collect()
+impl Run {
+    /// The run `record` describes; `status` is what the client got when
+    /// the guest gave none.
+    pub fn of(record: &InvocationRecord, status: Option<u16>) -> Run {
+        Run {
+            status: record.status.or(status),
+            outcome: outcome_name(record.outcome),
+            duration_ms: record.duration.as_millis() as u64,
+            cpu_ms: record.cpu.as_millis() as u64,
+            logs: record
+                .logs
+                .iter()
+                .map(|l| Line {
+                    time: l.time_ms,
+                    stream: l.stream.as_str(),
+                    message: l.message.clone(),
+                })
+                .collect(),
+            truncated: record.truncated,
+        }
+    }
+}
+
+/// The status Perch answers when the guest gave none.
+pub fn perch_status(outcome: Outcome) -> Option<u16> {
+    match outcome {
+        Outcome::Ok | Outcome::Canceled => None,
+        Outcome::ExceededCpu | Outcome::ExceededWall => Some(504),
+        Outcome::Overloaded => Some(503),
+        _ => Some(500),
+    }
 }
 
 /// One data-plane request on its way to the function's log.
@@ -60,37 +80,26 @@ impl RequestLog {
     /// Writes the event of a request Perch answered itself before the
     /// guest ran (`rejected`).
     pub fn rejected(mut self, status: u16, duration_ms: u64) {
-        self.event.status = Some(status);
-        self.event.outcome = "rejected";
-        self.event.duration_ms = duration_ms;
+        self.event.run = Run {
+            status: Some(status),
+            outcome: "rejected",
+            duration_ms,
+            ..Run::default()
+        };
         self.hub.push(&self.tenant, Event::Request(self.event));
-    }
-}
-
-/// The status the client got when the guest gave none.
-fn perch_status(outcome: Outcome) -> Option<u16> {
-    match outcome {
-        Outcome::Ok => None,
-        Outcome::ExceededCpu | Outcome::ExceededWall => Some(504),
-        Outcome::Overloaded => Some(503),
-        Outcome::Canceled => None,
-        _ => Some(500),
     }
 }
 
 impl LogSink for RequestLog {
     fn record(&self, record: InvocationRecord) {
-        let mut event = self.event.clone();
-        event.logs = lines(&record);
-        event.truncated = record.truncated;
-        event.outcome = outcome_name(record.outcome);
-        event.status = match record.status {
-            Some(s) => Some(s),
-            None if self.body_exceeded.load(Ordering::Relaxed) => Some(413),
-            None => perch_status(record.outcome),
+        let status = match self.body_exceeded.load(Ordering::Relaxed) {
+            true => Some(413),
+            false => perch_status(record.outcome),
         };
-        event.cpu_ms = record.cpu.as_millis() as u64;
-        event.duration_ms = record.duration.as_millis() as u64;
+        let event = RequestEvent {
+            run: Run::of(&record, status),
+            ..self.event.clone()
+        };
         TracingLogSink.record(record);
         self.hub.push(&self.tenant, Event::Request(event));
     }

@@ -95,6 +95,17 @@ impl Registry {
         })
     }
 
+    /// The key and a copy of an existing function (404 for it or its tenant).
+    fn existing(s: &State, tenant: &str, name: &str) -> Result<(String, Function)> {
+        Self::require_tenant(s, tenant)?;
+        let key = fn_key(tenant, name);
+        let f =
+            s.functions.get(&key).cloned().ok_or_else(|| {
+                RegistryError::NotFound(format!("function `{name}` does not exist"))
+            })?;
+        Ok((key, f))
+    }
+
     fn require_tenant(s: &State, tenant: &str) -> Result<()> {
         if s.tenants.contains_key(tenant) {
             Ok(())
@@ -196,11 +207,7 @@ impl Registry {
         edit: impl Fn(&mut Settings) -> Result<()>,
     ) -> Result<NewVersion> {
         self.change(|s, b| {
-            Self::require_tenant(s, tenant)?;
-            let key = fn_key(tenant, name);
-            let mut f = s.functions.get(&key).cloned().ok_or_else(|| {
-                RegistryError::NotFound(format!("function `{name}` does not exist"))
-            })?;
+            let (key, mut f) = Self::existing(s, tenant, name)?;
             let base = f.active().or(f.versions.last()).cloned().ok_or_else(|| {
                 RegistryError::NotFound(format!("function `{name}` has no version"))
             })?;
@@ -273,11 +280,7 @@ impl Registry {
     ) -> Result<Function> {
         check_deployment(&versions, sticky.as_deref())?;
         self.change(|s, b| {
-            Self::require_tenant(s, tenant)?;
-            let key = fn_key(tenant, name);
-            let mut f = s.functions.get(&key).cloned().ok_or_else(|| {
-                RegistryError::NotFound(format!("function `{name}` does not exist"))
-            })?;
+            let (key, mut f) = Self::existing(s, tenant, name)?;
             if let Some(missing) = versions.iter().find(|v| f.version(v.version).is_none()) {
                 return Err(RegistryError::NotFound(format!(
                     "function `{name}` has no version {}",
@@ -310,13 +313,7 @@ impl Registry {
 
     /// One function.
     pub fn get_function(&self, tenant: &str, name: &str) -> Result<Function> {
-        self.read(|s| {
-            Self::require_tenant(s, tenant)?;
-            s.functions
-                .get(&fn_key(tenant, name))
-                .cloned()
-                .ok_or_else(|| RegistryError::NotFound(format!("function `{name}` does not exist")))
-        })
+        self.read(|s| Self::existing(s, tenant, name).map(|(_, f)| f))
     }
 
     /// Every digest some version refers to (for start-up checks).
