@@ -172,7 +172,7 @@ async fn serve(
                 tenant = %target.tenant,
                 function = %target.function,
                 version = target.versions[index].version,
-                request_id = id_value.to_str().unwrap_or(""),
+                request_id = %id_value.to_str().unwrap_or(""),
                 error = %failure,
                 "request failed"
             );
