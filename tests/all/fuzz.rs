@@ -374,20 +374,30 @@ fn shaped(endpoint: usize) -> BoxedStrategy<Value> {
             map(prop_oneof![Just(Value::Null), text().prop_map(Value::String)].boxed()),
             map(text().prop_map(Value::String).boxed()),
             prop::collection::btree_map(
-                prop::sample::select(vec![
-                    "memory_mb",
-                    "cpu_ms",
-                    "wall_ms",
-                    "outbound_requests",
-                ])
-                .prop_map(str::to_string),
+                prop::sample::select(vec!["memory_mb", "cpu_ms", "wall_ms", "outbound_requests"])
+                    .prop_map(str::to_string),
                 number(),
                 0..4,
             ),
             prop::collection::vec(text().prop_map(Value::String), 0..4),
+            prop::collection::vec(text().prop_map(Value::String), 0..7),
         )
-            .prop_map(|(vars, secrets, kv, limits, allow)| {
-                json!({"vars": vars, "secrets": secrets, "kv": kv, "limits": limits, "outbound": {"allow": allow}})
+            .prop_map(|(vars, secrets, kv, limits, allow, cron)| {
+                json!({"vars": vars, "secrets": secrets, "kv": kv, "limits": limits,
+                       "outbound": {"allow": allow}, "cron": cron})
+            })
+            .boxed(),
+        // `PUT …/deployment`: version/percent pairs and a sticky key.
+        6 => (
+            prop::collection::vec((number(), number()), 0..6),
+            prop_oneof![Just(Value::Null), text().prop_map(Value::String), number()],
+        )
+            .prop_map(|(pairs, sticky)| {
+                let versions: Vec<Value> = pairs
+                    .into_iter()
+                    .map(|(v, p)| json!({"version": v, "percent": p}))
+                    .collect();
+                json!({"versions": versions, "sticky": sticky})
             })
             .boxed(),
         _ => text().prop_map(|f| json!({ "function": f })).boxed(),
@@ -427,9 +437,10 @@ struct AdminCase {
 }
 
 fn admin_case() -> impl Strategy<Value = AdminCase> {
-    (0usize..6).prop_flat_map(|endpoint| {
+    (0usize..7).prop_flat_map(|endpoint| {
+        let shape = if endpoint == 6 { 6 } else { endpoint.min(3) };
         let body = prop_oneof![
-            4 => shaped(endpoint.min(3)).prop_map(Body::Json),
+            4 => shaped(shape).prop_map(Body::Json),
             3 => value().prop_map(Body::Json),
             1 => prop::collection::vec(any::<u8>(), 0..256).prop_map(Body::Raw),
             1 => ".{0,64}".prop_map(|s| Body::Raw(s.into_bytes())),
@@ -437,6 +448,7 @@ fn admin_case() -> impl Strategy<Value = AdminCase> {
         ];
         let segment = prop_oneof![
             3 => Just("fz".to_string()),
+            1 => Just("f".to_string()),
             3 => short_text(),
         ];
         let ttl = prop_oneof![
@@ -515,12 +527,13 @@ fn answered_from_head(c: &AdminCase, body_len: usize, meta: Option<&[u8]>) -> Op
         })
     };
     match (c.endpoint, seg) {
-        (0 | 1, "." | "..") | (2..=4, "..") => elsewhere(),
+        (0 | 1, "." | "..") | (2..=4 | 6, "..") => elsewhere(),
         (0 | 1, _) => name("tenant").or_else(oversized),
         // `…/functions/./settings` is an upload of a function named
         // `settings`: read in full (up to 50 MiB) before it is refused.
-        (2, ".") => None,
-        (2, _) => name("function").or_else(oversized),
+        // So is `…/functions/./deployment`.
+        (2 | 6, ".") => None,
+        (2 | 6, _) => name("function").or_else(oversized),
         (3, _) => oversized(),
         (4, _) => {
             let key = if seg == "." { "" } else { seg };
@@ -576,6 +589,10 @@ fn fuzz_admin_json_bodies() {
                     "/v1/tenants/fz/kv/default/values/{seg}?ttl={}",
                     encode(&c.ttl)
                 ),
+            ),
+            6 => (
+                reqwest::Method::PUT,
+                format!("/v1/tenants/fz/functions/{seg}/deployment"),
             ),
             _ => (reqwest::Method::PUT, format!("/v1/tenants/fz/kv/{seg}")),
         };
