@@ -84,11 +84,12 @@ fn egress_is_refused_by_default_and_exempted_by_the_operator() {
         .expect_status(201);
     let (status, body) = fetch(&perch, &format!("http://127.0.0.1:{port}/"));
     assert_eq!(status, 502, "{body}");
-    assert!(
+    // The server log line may follow the answer by a moment.
+    eventually("the allow-list refusal is logged", || {
         perch
             .logs()
             .contains("host not in the function's outbound.allow")
-    );
+    });
 }
 
 /// This host's first non-loopback IPv4 address, if it has one.
