@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::auth::Principal;
-use super::common::{MAX_PAGE, Resp, TenantCall, blocking, query_params};
+use super::common::{PageQuery, Resp, TenantCall, blocking, query_params};
 use crate::http::{BoxError, error, json, method_not_allowed, tri};
 use crate::logs::{Event, Followed, Follower, MAX_FOLLOWERS, StatusFilter};
 
@@ -74,7 +74,9 @@ pub(super) async fn handle(call: TenantCall) -> Resp {
     if method != Method::GET {
         return method_not_allowed("GET");
     }
-    let (mut function, mut status, mut limit, mut follow) = (None, None, 100, false);
+    // `limit` as every listing reads it (default 100, 1 to 1000).
+    let limit = tri!(PageQuery::of(&req)).limit;
+    let (mut function, mut status, mut follow) = (None, None, false);
     for (k, v) in query_params(&req) {
         match k.as_str() {
             "function" if !v.is_empty() => function = Some(v),
@@ -84,15 +86,6 @@ pub(super) async fn handle(call: TenantCall) -> Resp {
                     return bad(
                         "invalid_request",
                         &format!("status must be a class (2xx … 5xx) or a 3-digit code, not `{v}`"),
-                    );
-                }
-            },
-            "limit" => match v.parse::<usize>() {
-                Ok(n @ 1..=MAX_PAGE) => limit = n,
-                _ => {
-                    return bad(
-                        "invalid_limit",
-                        &format!("limit must be an integer from 1 to {MAX_PAGE}, not `{v}`"),
                     );
                 }
             },

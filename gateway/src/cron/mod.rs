@@ -171,10 +171,7 @@ impl Scheduler {
             .registry
             .target(tenant, function)
             .ok_or(TickError::NotDeployed)?;
-        let index = target
-            .split
-            .pick(&target.tenant, &target.function, &http::HeaderMap::new())
-            .min(target.versions.len() - 1);
+        let index = target.pick(&http::HeaderMap::new());
         let event = ScheduledEvent {
             time: scheduled_ms,
             node: self.node.clone(),

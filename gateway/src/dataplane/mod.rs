@@ -105,10 +105,7 @@ async fn serve(
 
     // The version is picked (the override header read) before Perch's
     // reserved headers are taken away from the guest.
-    let index = target
-        .split
-        .pick(&target.tenant, &target.function, req.headers());
-    let index = index.min(target.versions.len() - 1);
+    let index = target.pick(req.headers());
     strip_reserved(req.headers_mut());
 
     let exceeded = Arc::new(AtomicBool::new(false));

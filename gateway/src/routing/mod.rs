@@ -38,10 +38,11 @@ pub struct Deployed {
 }
 
 impl Target {
-    /// The deployed version that serves a request with `headers`.
-    pub fn pick(&self, headers: &HeaderMap) -> &Deployed {
+    /// The index (into `versions`) of the deployed version that serves a
+    /// request with `headers`.
+    pub fn pick(&self, headers: &HeaderMap) -> usize {
         let i = self.split.pick(&self.tenant, &self.function, headers);
-        &self.versions[i.min(self.versions.len() - 1)]
+        i.min(self.versions.len() - 1)
     }
 }
 
