@@ -641,22 +641,33 @@ fn every_answer_carries_its_request_id_and_reserved_headers_stay_out() {
     let too_large = id_of(&r);
 
     // 429 while the tenant's one slot is taken by a request still sending.
-    let mut slow =
-        std::net::TcpStream::connect(perch.data_url.trim_start_matches("http://")).unwrap();
-    write!(
-        slow,
-        "POST /count HTTP/1.1\r\nHost: e.test\r\nContent-Length: 10\r\n\r\n1"
-    )
-    .unwrap();
+    // A probe in flight when the slow request arrives gets the slot first
+    // and the slow request is answered 429 at once: then send it again.
+    let addr = perch.data_url.trim_start_matches("http://").to_string();
+    let open_slow = || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "POST /count HTTP/1.1\r\nHost: e.test\r\nContent-Length: 10\r\n\r\n1"
+        )
+        .unwrap();
+        s
+    };
+    let mut slow = open_slow();
     let mut busy = None;
     eventually("the slot is taken", || {
         let r = perch.get("e.test", "/");
         if r.status() == 429 {
             busy = Some(id_of(&r));
-            true
-        } else {
-            false
+            return true;
         }
+        slow.set_nonblocking(true).unwrap();
+        let answered = slow.read(&mut [0u8; 1]).is_ok();
+        slow.set_nonblocking(false).unwrap();
+        if answered {
+            slow = open_slow();
+        }
+        false
     });
     slow.write_all(b"234567890").unwrap();
     let mut rest = Vec::new();
