@@ -67,9 +67,10 @@ need_rust_target() {
 
 install() {
     need_rust_target wasm32-wasip2 || return
-    # Debian packages the tests use go here, e.g. `need_apt podman` once a
-    # test needs podman (that test calls perch_tests::require_program).
-    # None yet: the tests need nothing beyond Rust.
+    # The container tests: Podman with runc (each test process starts its
+    # own API service in a temporary directory), busybox-static for the
+    # images they build.
+    need_apt podman runc busybox-static
 }
 
 if [ "${1:-}" = --install-only ]; then

@@ -26,6 +26,8 @@ pub struct App {
     pub logs: Arc<LogHub>,
     /// Runs cron ticks (and the ones asked for over the API).
     pub scheduler: Arc<Scheduler>,
+    /// The container backend, when `[containers]` turns it on.
+    pub containers: Option<Arc<perch_containers::Backend>>,
     /// The key-value store, its limits checked.
     pub kv: Arc<dyn perch_kv::KvStore>,
     /// Counters (shared with the data plane).

@@ -34,6 +34,35 @@ pub struct FileConfig {
     /// Budgets of the compiler child process.
     #[serde(default)]
     pub compile: CompileFile,
+    /// The container backend (off without `engine`).
+    #[serde(default)]
+    pub containers: ContainersFile,
+}
+
+/// The `[containers]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainersFile {
+    /// The Docker Engine API socket (`unix:///run/podman/podman.sock`).
+    pub engine: Option<String>,
+    /// Largest image archive, MiB (1024).
+    pub max_image_mb: Option<u64>,
+    /// Image ids every tenant may run besides its own.
+    #[serde(default)]
+    pub allowed_images: Vec<String>,
+}
+
+/// The container backend's settings, when it is on.
+#[derive(Debug, Clone)]
+pub struct ContainersConfig {
+    /// The engine's socket URL.
+    pub engine: String,
+    /// Largest image archive, bytes.
+    pub max_image_bytes: u64,
+    /// Image ids every tenant may run.
+    pub allowed_images: Vec<String>,
+    /// Bounds of a container spec.
+    pub maxima: perch_containers::Maxima,
 }
 
 /// The `[max]` table: the operator maxima of the per-function limits,
@@ -44,6 +73,10 @@ pub struct MaxFile {
     pub limits: LimitOverrides,
     /// Versions kept per function.
     pub versions_per_function: Option<u32>,
+    /// Largest `memory_mb` of a container version.
+    pub container_memory_mb: Option<u32>,
+    /// Largest `cpus` of a container version.
+    pub container_cpus: Option<f64>,
 }
 
 impl<'de> Deserialize<'de> for MaxFile {
@@ -60,11 +93,31 @@ impl<'de> Deserialize<'de> for MaxFile {
                     })?,
             ),
         };
+        let container_memory_mb = match table.remove("container_memory_mb") {
+            None => None,
+            Some(v) => Some(
+                v.as_integer()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        D::Error::custom("max.container_memory_mb must be a positive integer")
+                    })?,
+            ),
+        };
+        let container_cpus = match table.remove("container_cpus") {
+            None => None,
+            Some(v) => Some(
+                v.as_float()
+                    .or_else(|| v.as_integer().map(|n| n as f64))
+                    .ok_or_else(|| D::Error::custom("max.container_cpus must be a number"))?,
+            ),
+        };
         let limits =
             LimitOverrides::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
         Ok(MaxFile {
             limits,
             versions_per_function,
+            container_memory_mb,
+            container_cpus,
         })
     }
 }
@@ -179,6 +232,8 @@ pub struct Config {
     pub egress_ca_file: Option<PathBuf>,
     /// Budgets of the compiler child process.
     pub compile: CompileBudget,
+    /// The container backend; `None` when off.
+    pub containers: Option<ContainersConfig>,
 }
 
 /// Values given on the command line or in the environment (already merged
@@ -212,6 +267,53 @@ fn host_name() -> String {
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|e| format!("{what}: `{s}` is not an IP:port address ({e})"))
+}
+
+fn containers_config(
+    file: ContainersFile,
+    max: &MaxFile,
+) -> Result<Option<ContainersConfig>, String> {
+    let defaults = perch_containers::Maxima::default();
+    let maxima = perch_containers::Maxima {
+        memory_mb: max.container_memory_mb.unwrap_or(defaults.memory_mb),
+        cpus: max.container_cpus.unwrap_or(defaults.cpus),
+    };
+    if maxima.memory_mb < 16 || !(maxima.cpus.is_finite() && maxima.cpus >= 0.01) {
+        return Err(
+            "max.container_memory_mb must be at least 16 and max.container_cpus at least 0.01"
+                .into(),
+        );
+    }
+    let Some(engine) = file.engine else {
+        if file.max_image_mb.is_some() || !file.allowed_images.is_empty() {
+            return Err("containers: set `engine` to turn the container backend on".into());
+        }
+        return Ok(None);
+    };
+    if !engine.starts_with("unix://") {
+        return Err(format!(
+            "containers.engine: `{engine}` is not a unix:// socket URL"
+        ));
+    }
+    let max_image_mb = file.max_image_mb.unwrap_or(1024);
+    if max_image_mb == 0 || max_image_mb > 64 << 10 {
+        return Err("containers.max_image_mb must be 1–65536".into());
+    }
+    if let Some(bad) = file
+        .allowed_images
+        .iter()
+        .find(|i| !perch_containers::archive::is_image_id(i))
+    {
+        return Err(format!(
+            "containers.allowed_images: `{bad}` is not an image id (sha256:<64 hex>)"
+        ));
+    }
+    Ok(Some(ContainersConfig {
+        engine,
+        max_image_bytes: max_image_mb << 20,
+        allowed_images: file.allowed_images,
+        maxima,
+    }))
 }
 
 impl Config {
@@ -278,6 +380,7 @@ impl Config {
                 memory_mb: file.compile.memory_mb.unwrap_or(4096),
                 wall_seconds: file.compile.wall_seconds.unwrap_or(120),
             },
+            containers: containers_config(file.containers, &file.max)?,
         };
         config.validate()?;
         Ok(config)

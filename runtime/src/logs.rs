@@ -60,12 +60,17 @@ pub enum Outcome {
     Canceled,
     /// No instance slot was free on the node.
     Overloaded,
+    /// A container instance failed the request (another executor's
+    /// outcome, reported through the same sink).
+    ContainerError,
+    /// No container instance became ready in time.
+    ContainerUnavailable,
 }
 
 impl Outcome {
     /// The outcome's name in the function's log: `ok`, `exception`,
     /// `exceeded_cpu`, `exceeded_memory`, `exceeded_wall`, `canceled`,
-    /// `overloaded`.
+    /// `overloaded`, `container_error`, `container_unavailable`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -75,6 +80,8 @@ impl Outcome {
             Outcome::ExceededWall => "exceeded_wall",
             Outcome::Canceled => "canceled",
             Outcome::Overloaded => "overloaded",
+            Outcome::ContainerError => "container_error",
+            Outcome::ContainerUnavailable => "container_unavailable",
         }
     }
 }

@@ -2,6 +2,7 @@
 mod admin;
 mod bench;
 mod cli;
+mod containers;
 mod dataplane;
 mod egress;
 mod examples;

@@ -585,6 +585,201 @@ fn require_program_with(program: &str, skip_external: Option<&str>) -> bool {
     }
 }
 
+/// A Podman API service of the test process's own: storage, run state and
+/// network definitions in a temporary directory, runc and cgroupfs (what
+/// works on these machines), started on first use and shared by every
+/// test of the process. A watcher removes its containers, its storage and
+/// the directory once the test process has exited.
+pub struct Podman {
+    /// `unix:///…/podman.sock`.
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl Podman {
+    /// The process's service, or `None` when podman is missing and
+    /// `PERCH_SKIP_EXTERNAL=1` (see [`require_program`]).
+    pub fn get() -> Option<&'static Podman> {
+        static PODMAN: std::sync::OnceLock<Podman> = std::sync::OnceLock::new();
+        if !require_program("podman") || !require_program("runc") {
+            return None;
+        }
+        Some(PODMAN.get_or_init(Podman::start))
+    }
+
+    fn start() -> Podman {
+        let dir = tempfile::Builder::new()
+            .prefix("perch-podman-")
+            .tempdir_in("/var/tmp")
+            .expect("temp dir")
+            .keep();
+        let (hard, _) = nofile_limits();
+        std::fs::create_dir_all(dir.join("networks")).unwrap();
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile={hard}:{hard}\", \"nproc=32768:32768\"]\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
+                 [network]\nnetwork_config_dir = \"{}\"\n",
+                dir.join("networks").display()
+            ),
+        )
+        .unwrap();
+        let url = format!("unix://{}/podman.sock", dir.display());
+        let d = dir.display();
+        let args = format!("--root {d}/storage --runroot {d}/run");
+        let script = format!(
+            "podman {args} system service --time=0 {url} > {d}/service.log 2>&1 &\n\
+             svc=$!\n\
+             while kill -0 {pid} 2>/dev/null; do sleep 0.5; done\n\
+             podman {args} rm -f -a -t 0 > /dev/null 2>&1\n\
+             kill $svc; wait $svc\n\
+             podman {args} system reset -f > /dev/null 2>&1\n\
+             rm -rf {d}\n",
+            pid = std::process::id()
+        );
+        // `setsid -f`: the watcher runs on in its own session after the
+        // test process is gone, and this returns at once.
+        let status = Command::new("setsid")
+            .args(["-f", "sh", "-c", &script])
+            .env("CONTAINERS_CONF", dir.join("containers.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("start podman system service");
+        assert!(status.success(), "setsid: {status}");
+        let podman = Podman { url, dir };
+        eventually("the podman API socket answers", || {
+            podman
+                .cli(&["version", "--format", "{{.Server.Version}}"])
+                .is_ok()
+        });
+        podman
+    }
+
+    /// Runs `podman --remote` against this service; its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("podman")
+            .args(["--remote", "--url", &self.url])
+            .args(args)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Ids of the containers (running or not) whose labels include every
+    /// `key=value` of `labels`.
+    pub fn containers(&self, labels: &[&str]) -> Vec<String> {
+        let filters: Vec<String> = labels.iter().map(|l| format!("label={l}")).collect();
+        let mut args: Vec<&str> = vec!["ps", "-a", "-q", "--no-trunc"];
+        for f in &filters {
+            args.extend(["--filter", f.as_str()]);
+        }
+        self.cli(&args)
+            .expect("podman ps")
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+fn nofile_limits() -> (u64, u64) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `l` is a valid rlimit for getrlimit to fill.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) };
+    (l.rlim_max, l.rlim_cur)
+}
+
+/// A `docker save` archive of a one-layer image: busybox-static at
+/// `/bin/busybox`, the `files` given (path, bytes), and `cmd` as its
+/// command. Its id is the SHA-256 of its config, as engines compute it.
+pub fn busybox_image(tag: &str, files: &[(&str, &[u8])], cmd: &[&str]) -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, bytes: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_cksum();
+        layer.append_data(&mut h, name, bytes).unwrap();
+    };
+    add("bin/busybox", &busybox, 0o755);
+    add("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644);
+    add("etc/group", b"root:x:0:\n", 0o644);
+    add("tmp/.keep", b"", 0o644);
+    for (name, bytes) in files {
+        add(name, bytes, 0o755);
+    }
+    let layer = layer.into_inner().unwrap();
+    let hex = |b: &[u8]| -> String {
+        ring::digest::digest(&ring::digest::SHA256, b)
+            .as_ref()
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let layer_hex = hex(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_hex}")]},
+    })
+    .to_string();
+    let config_hex = hex(config.as_bytes());
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_hex}.json"),
+        "RepoTags": [tag],
+        "Layers": [format!("{layer_hex}/layer.tar")],
+    }])
+    .to_string();
+    let mut out = tar::Builder::new(Vec::new());
+    let mut add = |name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        out.append_data(&mut h, name, bytes).unwrap();
+    };
+    add(&format!("{layer_hex}/layer.tar"), &layer);
+    add(&format!("{config_hex}.json"), config.as_bytes());
+    add("manifest.json", manifest.as_bytes());
+    out.into_inner().unwrap()
+}
+
+/// The image id of an archive made by [`busybox_image`].
+pub fn image_id(archive: &[u8]) -> String {
+    let mut a = tar::Archive::new(archive);
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".json") && name != "manifest.json" {
+            let mut b = Vec::new();
+            e.read_to_end(&mut b).unwrap();
+            let d = ring::digest::digest(&ring::digest::SHA256, &b);
+            return format!(
+                "sha256:{}",
+                d.as_ref()
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<String>()
+            );
+        }
+    }
+    panic!("no config in the archive")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use crate::names::NAME_RULE;
 use crate::registry::RegistryError;
 
 /// Body limit for JSON requests.
-const JSON_LIMIT: usize = 1 << 20;
+pub(crate) const JSON_LIMIT: usize = 1 << 20;
 
 /// An admin API response.
 pub type Resp = Response<ResBody>;
@@ -73,6 +73,9 @@ pub(crate) fn registry_error(e: RegistryError) -> Resp {
             error(StatusCode::BAD_REQUEST, "invalid_deployment", &m)
         }
         RegistryError::TooManyVersions(m) => error(StatusCode::CONFLICT, "too_many_versions", &m),
+        RegistryError::InvalidSettings(m) => error(StatusCode::BAD_REQUEST, "invalid_settings", &m),
+        RegistryError::ImageInUse(m) => error(StatusCode::CONFLICT, "image_in_use", &m),
+        RegistryError::ImageNotAllowed(m) => error(StatusCode::FORBIDDEN, "image_not_allowed", &m),
         other => {
             tracing::error!(error = %other, "registry failure");
             internal_error()

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::common::{
     PageQuery, Resp, TenantCall, blocking, collect_garbage, invalid_name, query_flag, read_body,
 };
+use super::images::containers_disabled;
 use crate::app::App;
 use crate::http::{error, internal_error, json, method_not_allowed, no_content, tri};
 use crate::names::valid_name;
@@ -92,6 +93,9 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
         );
     }
     let activate = tri!(query_flag(&req, "activate", true));
+    if is_json(&req) {
+        return upload_container(app, req, tenant, name, activate).await;
+    }
     let bytes = tri!(read_body(req, app.config.max_upload_bytes).await);
     let Ok(_slot) = app.compile_slots.acquire().await else {
         return error(
@@ -133,5 +137,53 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
     json(
         StatusCode::CREATED,
         &json!({"function": name, "version": added.version, "digest": digest, "active": added.active}),
+    )
+}
+
+/// Whether the upload's media type is `application/json` (a container
+/// version's spec); anything else is component bytes.
+fn is_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn invalid_container(message: &str) -> Resp {
+    error(StatusCode::BAD_REQUEST, "invalid_container", message)
+}
+
+/// `PUT …/functions/{name}` with `{"container":{…}}`: a container version.
+async fn upload_container(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    tenant: String,
+    name: String,
+    activate: bool,
+) -> Resp {
+    let Some(cc) = app.config.containers.clone() else {
+        return containers_disabled();
+    };
+    let body = tri!(read_body(req, super::common::JSON_LIMIT as u64).await);
+    let mut spec = match perch_containers::ContainerSpec::from_upload(&body) {
+        Ok(spec) => spec,
+        Err(e) => return invalid_container(&format!("invalid container spec: {e}")),
+    };
+    if let Err(e) = spec.validate(&cc.maxima) {
+        return invalid_container(&e.to_string());
+    }
+    let (t, reference) = (tenant.clone(), spec.image.clone());
+    let registry = app.registry.clone();
+    spec.image =
+        tri!(blocking(move || registry.resolve_image(&t, &reference, &cc.allowed_images)).await);
+    let (t, n, s) = (tenant.clone(), name.clone(), spec.clone());
+    let registry = app.registry.clone();
+    let added = tri!(blocking(move || registry.add_container_version(&t, &n, s, activate)).await);
+    tracing::info!(%tenant, function = %name, version = added.version, image = %spec.image, active = added.active, "container version created");
+    collect_garbage(&app, added.dropped).await;
+    json(
+        StatusCode::CREATED,
+        &json!({"function": name, "version": added.version, "kind": "container", "image": spec.image, "active": added.active}),
     )
 }

@@ -12,6 +12,7 @@
 //! | `GET …/functions/{name}/versions`, `GET …/versions/{v}` | `functions` | `versions.rs` |
 //! | `GET`, `PUT …/functions/{name}/deployment` | `functions` | `deployment.rs` |
 //! | `POST …/functions/{name}/scheduled?cron=EXPR` | `functions` | `scheduled.rs` |
+//! | `PUT`, `GET …/images`, `GET`, `DELETE …/images/{id}` | `images` | `images.rs` |
 //! | `GET /v1/tenants/{tenant}/logs?function=&status=&limit=&follow=` | `logs` | `logs.rs` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
 //! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{pattern}` (`host[/path]`) | `routes` | `routes.rs` |
@@ -38,6 +39,8 @@ pub mod common;
 mod deployment;
 mod functions;
 mod health;
+mod images;
+pub use images::images_dir;
 pub mod kv;
 mod logs;
 mod routes;
@@ -107,6 +110,8 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                 }
                 ["functions", name, "scheduled"] => scheduled::handle(call, name.to_string()).await,
                 ["logs"] => logs::handle(call).await,
+                ["images"] => images::list_or_upload(call).await,
+                ["images", id] => images::one(call, id.to_string()).await,
                 ["routes", rest @ ..] => routes::handle(call, rest).await,
                 ["kv", rest @ ..] => kv::handle(call, rest).await,
                 _ => not_found_endpoint(),

@@ -61,9 +61,17 @@ pub(super) async fn one(call: TenantCall) -> Resp {
             json(status, &json!({"name": t.name, "domains": t.domains}))
         }
         Method::DELETE => {
+            let images: Vec<String> = app
+                .registry
+                .list_images(&tenant)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|i| i.id)
+                .collect();
             let dropped = tri!(delete(app.registry.clone(), app.kv.as_ref(), tenant.clone()).await);
             app.logs.forget_tenant(&tenant);
             collect_garbage(&app, dropped).await;
+            super::images::forget_tenant_images(&app, &tenant, images).await;
             no_content()
         }
         _ => method_not_allowed("PUT, DELETE"),

@@ -26,6 +26,7 @@ fn summary(v: &Version) -> Value {
         "kind": v.kind.as_str(),
         "world": v.world,
         "digest": v.digest,
+        "container": v.container,
         "created_at": v.created_at,
     })
 }

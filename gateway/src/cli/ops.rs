@@ -176,6 +176,15 @@ fn event_line(e: &Value, colour: bool) -> String {
         Some("lagged") => {
             return format!("… {} events lost (this follower fell behind)", e["dropped"]);
         }
+        Some("container") => {
+            return format!(
+                "{stamp} {}@{} container {}: {}",
+                cell(&e["function"]),
+                cell(&e["version"]),
+                cell(&e["event"]),
+                cell(&e["message"]),
+            );
+        }
         _ => e.to_string(),
     };
     let mut line = format!(

@@ -25,6 +25,12 @@ pub enum Failure {
     /// The function trapped or returned without a response.
     #[error("{0}")]
     Function(String),
+    /// A container instance failed the request (refused, cut, crashed).
+    #[error("{0}")]
+    Container(String),
+    /// No container instance became ready in time.
+    #[error("{0}")]
+    ContainerUnavailable(String),
     /// Perch failed.
     #[error("{0}")]
     Internal(String),
@@ -105,6 +111,16 @@ pub fn failure(f: &Failure) -> Response<ResBody> {
             "function_error",
             "the function failed",
         ),
+        Failure::Container(_) => error(
+            StatusCode::BAD_GATEWAY,
+            "container_error",
+            "the container failed to answer",
+        ),
+        Failure::ContainerUnavailable(_) => retry_after(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "container_unavailable",
+            "the container did not become ready in time",
+        )),
         Failure::Internal(_) => internal_error(),
     }
 }

@@ -1,5 +1,6 @@
 //! The seam between the data plane and what runs a function version: a
-//! wasm component on `perch-runtime` today, a container later. The data
+//! wasm component on `perch-runtime`, or a container (`container.rs`).
+//! [`NodeExecutor`] sends each version to the one that runs it. The data
 //! plane has done routing, the tenant's concurrency gate and the input
 //! limits before an executor sees the request.
 use std::future::Future;
@@ -11,9 +12,10 @@ use http_body_util::BodyExt;
 use perch_runtime::{InvokeError, LogSink, Runtime};
 
 use super::body::{LimitedBody, WithPermit};
+use super::container::ContainerExecutor;
 use super::errors::Failure;
 use crate::http::{BoxError, ResBody};
-use crate::routing::{GatePermit, Target};
+use crate::routing::{GatePermit, Runnable, Target};
 
 /// The future of one execution.
 pub type Execution = Pin<Box<dyn Future<Output = Result<Response<ResBody>, Failure>> + Send>>;
@@ -59,7 +61,9 @@ impl Executor for WasmExecutor {
         let runtime = self.runtime.clone();
         let target = target.clone();
         Box::pin(async move {
-            let invocation = &target.versions[version].invocation;
+            let Runnable::Wasm(invocation) = &target.versions[version].run else {
+                return Err(Failure::Internal("not a wasm version".into()));
+            };
             match runtime.handle_logged(invocation, req, log).await {
                 Ok(resp) => Ok(resp.map(|body| {
                     WithPermit {
@@ -84,5 +88,39 @@ impl Executor for WasmExecutor {
                 }
             }
         })
+    }
+}
+
+/// Runs each version on what it is: wasm on the runtime, containers on the
+/// container backend.
+pub struct NodeExecutor {
+    wasm: WasmExecutor,
+    containers: ContainerExecutor,
+}
+
+impl NodeExecutor {
+    /// An executor over `runtime` (container versions are proxied to their
+    /// pools' instances).
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        NodeExecutor {
+            wasm: WasmExecutor::new(runtime),
+            containers: ContainerExecutor::new(),
+        }
+    }
+}
+
+impl Executor for NodeExecutor {
+    fn execute(
+        &self,
+        target: &Arc<Target>,
+        version: usize,
+        req: Request<LimitedBody>,
+        permit: GatePermit,
+        log: Arc<dyn LogSink>,
+    ) -> Execution {
+        match &target.versions[version].run {
+            Runnable::Wasm(_) => self.wasm.execute(target, version, req, permit, log),
+            Runnable::Container(_) => self.containers.execute(target, version, req, permit, log),
+        }
     }
 }

@@ -19,12 +19,14 @@ use crate::registry::Registry;
 use crate::telemetry::Metrics;
 
 mod body;
+mod container;
 pub mod errors;
 mod executor;
 
 pub use body::LimitedBody;
+pub use container::{ClientIp, ContainerExecutor};
 pub use errors::Failure;
-pub use executor::{Execution, Executor, WasmExecutor};
+pub use executor::{Execution, Executor, NodeExecutor, WasmExecutor};
 
 /// What the data plane needs: the limits, the routing snapshot (through
 /// the registry), the metrics, the functions' logs, and what runs a routed
@@ -40,7 +42,7 @@ pub struct DataPlane {
     pub logs: Arc<LogHub>,
     /// The node's name in log events.
     pub node: Arc<str>,
-    /// Runs wasm versions.
+    /// Runs the versions (wasm and containers).
     pub executor: Arc<dyn Executor>,
 }
 
@@ -49,10 +51,14 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("perch-request-id");
 
 /// Handles one data-plane request: every answer, Perch's own errors
 /// included, carries `Perch-Request-Id`.
-pub async fn handle(app: Arc<DataPlane>, req: Request<Incoming>) -> Response<ResBody> {
+pub async fn handle(
+    app: Arc<DataPlane>,
+    peer: std::net::SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ResBody> {
     let id = request_id();
     let value = HeaderValue::from_str(&id).expect("hex is a valid header value");
-    let mut resp = serve(&app, req, id, value.clone()).await;
+    let mut resp = serve(&app, peer, req, id, value.clone()).await;
     resp.headers_mut().insert(REQUEST_ID, value);
     resp
 }
@@ -60,6 +66,7 @@ pub async fn handle(app: Arc<DataPlane>, req: Request<Incoming>) -> Response<Res
 /// `id_value` is `id` as a header value, for the server log.
 async fn serve(
     app: &Arc<DataPlane>,
+    peer: std::net::SocketAddr,
     mut req: Request<Incoming>,
     id: String,
     id_value: HeaderValue,
@@ -107,6 +114,12 @@ async fn serve(
     // reserved headers are taken away from the guest.
     let index = target.pick(req.headers());
     strip_reserved(req.headers_mut());
+    if matches!(
+        target.versions[index].run,
+        crate::routing::Runnable::Container(_)
+    ) {
+        req.extensions_mut().insert(ClientIp(peer.ip()));
+    }
 
     let exceeded = Arc::new(AtomicBool::new(false));
     let log = RequestLog {

@@ -26,6 +26,27 @@ pub enum Event {
     Request(RequestEvent),
     /// A cron tick.
     Scheduled(ScheduledEvent),
+    /// A container instance's lifecycle change.
+    Container(ContainerEvent),
+}
+
+/// A container instance started, stopped, crashed, was killed for
+/// memory, or did not become healthy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerEvent {
+    /// Unix milliseconds.
+    pub time: u64,
+    /// The node that runs it.
+    #[serde(serialize_with = "shared_str")]
+    pub node: Arc<str>,
+    /// Function name.
+    pub function: String,
+    /// The version it runs.
+    pub version: u32,
+    /// `started`, `stopped`, `crashed`, `oom` or `unhealthy`.
+    pub event: &'static str,
+    /// What happened, for people.
+    pub message: String,
 }
 
 /// How an invocation went: the part request and cron events share.
@@ -106,6 +127,7 @@ impl Event {
         match self {
             Event::Request(e) => e.time,
             Event::Scheduled(e) => e.time,
+            Event::Container(e) => e.time,
         }
     }
 
@@ -114,19 +136,21 @@ impl Event {
         match self {
             Event::Request(e) => &e.function,
             Event::Scheduled(e) => &e.function,
+            Event::Container(e) => &e.function,
         }
     }
 
     /// The status, if there was one.
     pub fn status(&self) -> Option<u16> {
-        self.run().status
+        self.run().and_then(|r| r.status)
     }
 
-    /// How it went.
-    pub fn run(&self) -> &Run {
+    /// How it went (a request or a tick).
+    pub fn run(&self) -> Option<&Run> {
         match self {
-            Event::Request(e) => &e.run,
-            Event::Scheduled(e) => &e.run,
+            Event::Request(e) => Some(&e.run),
+            Event::Scheduled(e) => Some(&e.run),
+            Event::Container(_) => None,
         }
     }
 
@@ -137,8 +161,9 @@ impl Event {
                 e.request_id.len() + e.function.len() + e.method.len() + e.path.len()
             }
             Event::Scheduled(e) => e.function.len() + e.cron.len(),
+            Event::Container(e) => e.function.len() + e.message.len(),
         };
-        let lines = &self.run().logs;
+        let lines = self.run().map_or(&[][..], |r| &r.logs);
         256 + strings + lines.iter().map(|l| 48 + l.message.len()).sum::<usize>()
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use perch_runtime::{InvocationRecord, LogSink, Outcome, TracingLogSink};
 
-use super::event::{Event, Line, RequestEvent, Run};
+use super::event::{ContainerEvent, Event, Line, RequestEvent, Run};
 use super::hub::LogHub;
 
 /// Unix time in milliseconds.
@@ -59,9 +59,37 @@ pub fn perch_status(outcome: Outcome) -> Option<u16> {
     match outcome {
         Outcome::Ok | Outcome::Canceled => None,
         Outcome::ExceededCpu | Outcome::ExceededWall => Some(504),
-        Outcome::Overloaded => Some(503),
+        Outcome::Overloaded | Outcome::ContainerUnavailable => Some(503),
+        Outcome::ContainerError => Some(502),
         _ => Some(500),
     }
+}
+
+/// The container backend's lifecycle events, as container events in the
+/// function's log (and the server log).
+pub fn container_notices(hub: Arc<LogHub>, node: Arc<str>) -> perch_containers::Notices {
+    use perch_containers::Lifecycle;
+    Arc::new(move |id, change| {
+        let message = match &change {
+            Lifecycle::Started { ms } => format!("ready {ms} ms after the start began"),
+            Lifecycle::Stopped => "stopped".to_string(),
+            Lifecycle::Crashed { code } => format!("exited with {code}"),
+            Lifecycle::Oom => "killed: out of memory".to_string(),
+            Lifecycle::Unhealthy { reason } => reason.clone(),
+        };
+        tracing::info!(tenant = %id.tenant, function = %id.function, version = id.version, event = change.name(), %message, "container");
+        hub.push(
+            &id.tenant,
+            Event::Container(ContainerEvent {
+                time: unix_ms(),
+                node: node.clone(),
+                function: id.function.clone(),
+                version: id.version,
+                event: change.name(),
+                message,
+            }),
+        );
+    })
 }
 
 /// One data-plane request on its way to the function's log.

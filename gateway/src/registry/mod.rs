@@ -31,8 +31,9 @@ mod state;
 mod store;
 
 pub use model::{
-    Deployment, Function, Outbound, Route, SCOPES, Settings, Split, Tenant, TokenRecord, Version,
-    VersionKind, WORLD_P2, now, scopes_text, secret_context, var_secret_collision,
+    Deployment, Function, ImageRecord, Outbound, Route, SCOPES, Settings, Split, Tenant,
+    TokenRecord, Version, VersionKind, WORLD_P2, now, scopes_text, secret_context,
+    var_secret_collision,
 };
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
 pub use rules::{MAX_DEPLOYED, NewVersion};
@@ -64,6 +65,15 @@ pub enum RegistryError {
     /// Retention could drop no version to make room for a new one.
     #[error("{0}")]
     TooManyVersions(String),
+    /// Settings that do not apply to the version's kind.
+    #[error("{0}")]
+    InvalidSettings(String),
+    /// An image some kept version runs.
+    #[error("{0}")]
+    ImageInUse(String),
+    /// An image the tenant may not run.
+    #[error("{0}")]
+    ImageNotAllowed(String),
     /// The store failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -89,6 +99,7 @@ pub struct Registry {
     revisions: watch::Receiver<u64>,
     secrets: Arc<SecretBox>,
     kv: std::sync::OnceLock<Arc<dyn perch_kv::KvStore>>,
+    containers: std::sync::OnceLock<Arc<perch_containers::Backend>>,
     inner: Mutex<Inner>,
     routes: ArcSwap<RouteTable>,
     gates: Mutex<HashMap<String, Arc<TenantGate>>>,
@@ -112,6 +123,7 @@ impl Registry {
             store,
             secrets,
             kv: std::sync::OnceLock::new(),
+            containers: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner::default()),
             routes: ArcSwap::from_pointee(RouteTable::default()),
             gates: Mutex::new(HashMap::new()),
@@ -132,6 +144,15 @@ impl Registry {
     /// the routes so every target can reach it.
     pub fn attach_kv(&self, kv: Arc<dyn perch_kv::KvStore>) {
         let _ = self.kv.set(kv);
+        let mut inner = self.lock();
+        let (state, revision) = (inner.state.clone(), inner.revision);
+        self.republish(&mut inner, state, revision);
+    }
+
+    /// Connects the container backend that container versions run on, and
+    /// republishes the routes so their targets get their pools.
+    pub fn attach_containers(&self, backend: Arc<perch_containers::Backend>) {
+        let _ = self.containers.set(backend);
         let mut inner = self.lock();
         let (state, revision) = (inner.state.clone(), inner.revision);
         self.republish(&mut inner, state, revision);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Scopes a tenant token can hold. Each but `*` is also the first path
 /// segment under `/v1/tenants/{tenant}/` that it opens; `*` grants them all.
-pub const SCOPES: &[&str] = &["functions", "routes", "kv", "logs", "*"];
+pub const SCOPES: &[&str] = &["functions", "routes", "kv", "logs", "images", "*"];
 
 /// The scopes as a readable list (`functions, routes, kv, logs and *`).
 pub fn scopes_text() -> String {
@@ -57,6 +57,8 @@ pub enum VersionKind {
     /// A WebAssembly component.
     #[default]
     Wasm,
+    /// A container image run by the container backend.
+    Container,
 }
 
 impl VersionKind {
@@ -64,6 +66,7 @@ impl VersionKind {
     pub fn as_str(self) -> &'static str {
         match self {
             VersionKind::Wasm => "wasm",
+            VersionKind::Container => "container",
         }
     }
 }
@@ -86,8 +89,11 @@ pub struct Version {
     /// The component's `wasi:http` world.
     #[serde(default = "world_p2")]
     pub world: String,
-    /// Component digest (lowercase hex SHA-256).
+    /// Component digest (lowercase hex SHA-256); empty for a container.
     pub digest: String,
+    /// What a container version runs (its image an id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<perch_containers::ContainerSpec>,
     /// Unix seconds.
     pub created_at: u64,
     /// Vars, sealed secrets, KV bindings, limits, outbound policy.
@@ -211,6 +217,14 @@ impl Function {
         self.version(self.active_version)
     }
 
+    /// The component digests its wasm versions run.
+    pub fn wasm_digests(&self) -> impl Iterator<Item = String> + '_ {
+        self.versions
+            .iter()
+            .filter(|v| v.container.is_none())
+            .map(|v| v.digest.clone())
+    }
+
     /// Version `n`, if it is kept.
     pub fn version(&self, n: u32) -> Option<&Version> {
         self.versions.iter().find(|v| v.version == n)
@@ -256,6 +270,22 @@ impl Function {
             });
         }
     }
+}
+
+/// A container image a tenant uploaded (the engine holds the image; the
+/// archive is kept in the node's image directory).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    /// Owner.
+    pub tenant: String,
+    /// `sha256:<64 hex>`.
+    pub id: String,
+    /// Tags from the archive (display, and resolving a tenant's own tag).
+    pub tags: Vec<String>,
+    /// Archive bytes.
+    pub size: u64,
+    /// Unix seconds.
+    pub created_at: u64,
 }
 
 /// A route pattern (a host, optionally with a path) bound to a function.
@@ -318,6 +348,6 @@ mod tests {
 
     #[test]
     fn scope_text_lists_every_scope() {
-        assert_eq!(scopes_text(), "functions, routes, kv, logs and *");
+        assert_eq!(scopes_text(), "functions, routes, kv, logs, images and *");
     }
 }

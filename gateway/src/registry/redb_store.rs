@@ -1,5 +1,5 @@
 //! The redb implementation of [`RegistryStore`]: one JSON record per key in
-//! the tables `tenants`, `tokens`, `functions` and `routes` of the node's
+//! the tables `tenants`, `tokens`, `functions`, `routes` and `images` of the node's
 //! database (`perch.redb`, shared with the KV store), the layout version
 //! and the revision in `meta`. A commit is one durable redb write
 //! transaction; redb serialises writers, so the revision check and the
@@ -18,6 +18,7 @@ const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 
 /// Version of the on-disk layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: &str = "1";
@@ -32,6 +33,7 @@ fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
         Kind::Token => TOKENS,
         Kind::Function => FUNCTIONS,
         Kind::Route => ROUTES,
+        Kind::Image => IMAGES,
     }
 }
 
@@ -70,7 +72,13 @@ impl RedbStore {
                 }
             }
             revision = read_revision(&meta)?;
-            for kind in [Kind::Tenant, Kind::Token, Kind::Function, Kind::Route] {
+            for kind in [
+                Kind::Tenant,
+                Kind::Token,
+                Kind::Function,
+                Kind::Route,
+                Kind::Image,
+            ] {
                 txn.open_table(table(kind)).map_err(unavailable)?;
             }
         }
@@ -118,6 +126,7 @@ impl RegistryStore for RedbStore {
         load_table(&read, Kind::Token, &mut records.tokens)?;
         load_table(&read, Kind::Function, &mut records.functions)?;
         load_table(&read, Kind::Route, &mut records.routes)?;
+        load_table(&read, Kind::Image, &mut records.images)?;
         Ok(Loaded { records, revision })
     }
 
@@ -145,6 +154,7 @@ impl RegistryStore for RedbStore {
                 Change::PutToken(r) => Some(json(r)),
                 Change::PutFunction(r) => Some(json(r)),
                 Change::PutRoute(r) => Some(json(r)),
+                Change::PutImage(r) => Some(json(r)),
                 _ => None,
             };
             match value {

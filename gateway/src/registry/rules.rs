@@ -5,9 +5,11 @@
 //! persist what these functions decided.
 use std::collections::HashSet;
 
+use perch_containers::ContainerSpec;
+
 use super::model::{
-    Deployment, Function, Route, Settings, Split, Tenant, TokenRecord, Version, VersionKind,
-    WORLD_P2, fn_key, now,
+    Deployment, Function, ImageRecord, Route, Settings, Split, Tenant, TokenRecord, Version,
+    VersionKind, WORLD_P2, fn_key, now,
 };
 use super::state::{State, overlapping, retain};
 use super::store::Change;
@@ -79,8 +81,15 @@ impl Registry {
             retain(&mut s.functions, |key, f| {
                 let keep = f.tenant != name;
                 if !keep {
-                    dropped.extend(f.versions.iter().map(|v| v.digest.clone()));
+                    dropped.extend(f.wasm_digests());
                     b.push(Change::DeleteFunction(key.clone()));
+                }
+                keep
+            });
+            retain(&mut s.images, |key, i| {
+                let keep = i.tenant != name;
+                if !keep {
+                    b.push(Change::DeleteImage(key.clone()));
                 }
                 keep
             });
@@ -190,7 +199,48 @@ impl Registry {
             });
             // New code keeps the settings of the version it replaces.
             let settings = f.active().map(|v| v.settings.clone()).unwrap_or_default();
-            let out = self.push_version(&mut f, digest.to_string(), settings, activate)?;
+            let out = self.push_version(&mut f, digest.to_string(), None, settings, activate)?;
+            b.push(Change::PutFunction(f.clone()));
+            s.functions.insert(key, f);
+            Ok(out)
+        })
+    }
+
+    /// Adds version N+1 running the container `spec` (its image already
+    /// resolved to an id the tenant may run), with the vars, secrets and
+    /// cron schedules of the active version (KV bindings, limits and the
+    /// outbound policy are wasm settings and do not carry over).
+    pub fn add_container_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        spec: ContainerSpec,
+        activate: bool,
+    ) -> Result<NewVersion> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let key = fn_key(tenant, name);
+            let mut f = s.functions.get(&key).cloned().unwrap_or_else(|| Function {
+                tenant: tenant.to_string(),
+                name: name.to_string(),
+                active_version: 0,
+                versions: Vec::new(),
+                latest_version: 0,
+                deployment: None,
+            });
+            let settings = f.active().map_or_else(Settings::default, |v| Settings {
+                vars: v.settings.vars.clone(),
+                secrets: v.settings.secrets.clone(),
+                cron: v.settings.cron.clone(),
+                ..Settings::default()
+            });
+            let out = self.push_version(
+                &mut f,
+                String::new(),
+                Some(spec.clone()),
+                settings,
+                activate,
+            )?;
             b.push(Change::PutFunction(f.clone()));
             s.functions.insert(key, f);
             Ok(out)
@@ -213,7 +263,10 @@ impl Registry {
             })?;
             let mut settings = base.settings.clone();
             edit(&mut settings)?;
-            let out = self.push_version(&mut f, base.digest, settings, activate)?;
+            if base.container.is_some() {
+                container_settings(&settings)?;
+            }
+            let out = self.push_version(&mut f, base.digest, base.container, settings, activate)?;
             b.push(Change::PutFunction(f.clone()));
             s.functions.insert(key, f);
             Ok(out)
@@ -227,6 +280,7 @@ impl Registry {
         &self,
         f: &mut Function,
         digest: String,
+        container: Option<ContainerSpec>,
         settings: Settings,
         activate: bool,
     ) -> Result<NewVersion> {
@@ -246,15 +300,23 @@ impl Registry {
                     f.name, self.max_versions
                 )));
             };
-            dropped.push(f.versions.remove(i).digest);
+            let gone = f.versions.remove(i);
+            if gone.container.is_none() {
+                dropped.push(gone.digest);
+            }
         }
         let version = f.next_version();
         f.latest_version = version;
+        let (kind, world) = match container {
+            Some(_) => (VersionKind::Container, String::new()),
+            None => (VersionKind::Wasm, WORLD_P2.to_string()),
+        };
         f.versions.push(Version {
             version,
-            kind: VersionKind::Wasm,
-            world: WORLD_P2.to_string(),
+            kind,
+            world,
             digest,
+            container,
             created_at: now(),
             settings,
         });
@@ -322,7 +384,7 @@ impl Registry {
             let mut v: Vec<String> = s
                 .functions
                 .values()
-                .flat_map(|f| f.versions.iter().map(|v| v.digest.clone()))
+                .flat_map(Function::wasm_digests)
                 .collect();
             v.sort();
             v.dedup();
@@ -342,6 +404,7 @@ impl Registry {
             let mut active: Vec<&Version> = routed
                 .iter()
                 .filter_map(|k| s.functions.get(k)?.active())
+                .filter(|v| v.container.is_none())
                 .collect();
             active.sort_by_key(|v| std::cmp::Reverse(v.created_at));
             let mut seen = HashSet::new();
@@ -361,7 +424,7 @@ impl Registry {
             let key = fn_key(tenant, name);
             let mut dropped = Vec::new();
             if let Some(f) = s.functions.remove(&key) {
-                dropped.extend(f.versions.into_iter().map(|v| v.digest));
+                dropped.extend(f.wasm_digests());
                 b.push(Change::DeleteFunction(key.clone()));
             }
             retain(&mut s.routes, |host, r| {
@@ -372,6 +435,99 @@ impl Registry {
                 keep
             });
             Ok(dropped)
+        })
+    }
+
+    // ---- images ----
+
+    /// Records a tenant's image; returns it and whether it is new (an
+    /// image the tenant already has keeps its record).
+    pub fn put_image(&self, image: ImageRecord) -> Result<(ImageRecord, bool)> {
+        self.change(|s, b| {
+            Self::require_tenant(s, &image.tenant)?;
+            let key = fn_key(&image.tenant, &image.id);
+            if let Some(old) = s.images.get(&key) {
+                return Ok((old.clone(), false));
+            }
+            b.push(Change::PutImage(image.clone()));
+            s.images.insert(key, image.clone());
+            Ok((image.clone(), true))
+        })
+    }
+
+    /// A tenant's images, by id.
+    pub fn list_images(&self, tenant: &str) -> Result<Vec<ImageRecord>> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            let prefix = format!("{tenant}/");
+            Ok(s.images
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, i)| i.clone())
+                .collect())
+        })
+    }
+
+    /// Whether any tenant other than `tenant` has image `id`.
+    pub fn image_held_elsewhere(&self, tenant: &str, id: &str) -> bool {
+        self.read(|s| s.images.values().any(|i| i.id == id && i.tenant != tenant))
+    }
+
+    /// The image id `reference` names for `tenant`: one of its own ids, one
+    /// of `allowed`, or one of its own tags (the newest image with it).
+    pub fn resolve_image(
+        &self,
+        tenant: &str,
+        reference: &str,
+        allowed: &[String],
+    ) -> Result<String> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            let own = |i: &&ImageRecord| i.tenant == tenant;
+            if allowed.iter().any(|a| a == reference)
+                || s.images.contains_key(&fn_key(tenant, reference))
+            {
+                return Ok(reference.to_string());
+            }
+            s.images
+                .values()
+                .filter(own)
+                .filter(|i| i.tags.iter().any(|t| t == reference))
+                .max_by_key(|i| i.created_at)
+                .map(|i| i.id.clone())
+                .ok_or_else(|| {
+                    RegistryError::ImageNotAllowed(format!(
+                        "image `{reference}` is neither one of tenant `{tenant}`'s images nor allowed by the operator"
+                    ))
+                })
+        })
+    }
+
+    /// Forgets a tenant's image; 409 while a kept version runs it, 404
+    /// when the tenant has no such image.
+    pub fn delete_image(&self, tenant: &str, id: &str) -> Result<()> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let key = fn_key(tenant, id);
+            if !s.images.contains_key(&key) {
+                return Err(RegistryError::NotFound(format!(
+                    "tenant `{tenant}` has no image `{id}`"
+                )));
+            }
+            let user = s.functions.values().find_map(|f| {
+                let v = f.versions.iter().find(|v| {
+                    f.tenant == tenant && v.container.as_ref().is_some_and(|c| c.image == id)
+                })?;
+                Some(format!("{}@{}", f.name, v.version))
+            });
+            if let Some(user) = user {
+                return Err(RegistryError::ImageInUse(format!(
+                    "image `{id}` is run by version {user}; delete that function or let retention drop the version first"
+                )));
+            }
+            s.images.remove(&key);
+            b.push(Change::DeleteImage(key));
+            Ok(())
         })
     }
 
@@ -514,6 +670,19 @@ fn check_deployment(versions: &[Split], sticky: Option<&str>) -> Result<()> {
     }
     if let Some(key) = sticky {
         crate::routing::StickyKey::parse(key).map_err(RegistryError::InvalidDeployment)?;
+    }
+    Ok(())
+}
+
+/// KV bindings, limits and the outbound policy are wasm settings.
+fn container_settings(settings: &Settings) -> Result<()> {
+    if !settings.kv.is_empty()
+        || settings.limits != crate::limits::LimitOverrides::default()
+        || !settings.outbound.allow.is_empty()
+    {
+        return Err(RegistryError::InvalidSettings(
+            "kv, limits and outbound settings do not apply to a container version".into(),
+        ));
     }
     Ok(())
 }

@@ -12,7 +12,29 @@ use std::sync::Arc;
 use super::Registry;
 use super::model::{Function, Version, fn_key, secret_context};
 use super::state::{State, Touched};
-use crate::routing::{Deployed, RouteTable, Split, StickyKey, Target, TenantGate};
+use crate::routing::{Deployed, RouteTable, Runnable, Split, StickyKey, Target, TenantGate};
+
+/// Tells the container backend which container versions are deployed:
+/// the others drain (at once when their function is gone).
+fn retire_undeployed(backend: &perch_containers::Backend, inner: &Inner) {
+    let deployed: std::collections::HashSet<perch_containers::VersionId> = inner
+        .targets
+        .values()
+        .flat_map(|t| {
+            t.versions.iter().filter_map(|d| match &d.run {
+                Runnable::Container(pool) => Some(pool.id.clone()),
+                Runnable::Wasm(_) => None,
+            })
+        })
+        .collect();
+    backend.retain(&deployed, |id| {
+        inner
+            .state
+            .functions
+            .get(&fn_key(&id.tenant, &id.function))
+            .is_some_and(|f| f.version(id.version).is_some())
+    });
+}
 
 /// KV operations a guest may make per request.
 pub const KV_OPS_PER_INVOCATION: u32 = 1000;
@@ -90,6 +112,9 @@ impl Registry {
         }
         inner.state = state;
         self.routes.store(Arc::new(table));
+        if let Some(backend) = self.containers.get() {
+            retire_undeployed(backend, inner);
+        }
     }
 
     /// The target of a function's deployment (routed or not).
@@ -128,13 +153,34 @@ impl Registry {
             let Some(version) = function.version(split.version) else {
                 continue;
             };
-            let Ok(digest) = version.digest.parse() else {
-                continue;
+            let run = match &version.container {
+                Some(spec) => {
+                    let Some(backend) = self.containers.get() else {
+                        continue;
+                    };
+                    let id = perch_containers::VersionId {
+                        tenant: function.tenant.clone(),
+                        function: function.name.clone(),
+                        version: version.version,
+                    };
+                    Runnable::Container(backend.pool(
+                        id,
+                        spec,
+                        &self.environment(function, version),
+                    ))
+                }
+                None => {
+                    let Ok(digest) = version.digest.parse() else {
+                        continue;
+                    };
+                    let label =
+                        format!("{}/{}@{}", function.tenant, function.name, version.version);
+                    Runnable::Wasm(self.invocation(function, version, digest, &label))
+                }
             };
-            let label = format!("{}/{}@{}", function.tenant, function.name, version.version);
             versions.push(Deployed {
                 version: version.version,
-                invocation: self.invocation(function, version, digest, &label),
+                run,
             });
             shares.push((version.version, split.percent));
         }
@@ -154,6 +200,28 @@ impl Registry {
         })
     }
 
+    /// A version's environment: its vars and its unsealed secrets.
+    fn environment(&self, function: &Function, version: &Version) -> Vec<(String, String)> {
+        let st = &version.settings;
+        let mut env: Vec<(String, String)> = st
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, sealed) in &st.secrets {
+            let context = secret_context(&function.tenant, &function.name, name);
+            match self.secrets.open(&context, sealed) {
+                Some(plain) => env.push((name.clone(), plain)),
+                None => tracing::error!(
+                    function = %format!("{}/{}@{}", function.tenant, function.name, version.version),
+                    secret = %name,
+                    "secret cannot be unsealed with this node's key"
+                ),
+            }
+        }
+        env
+    }
+
     /// What the runtime needs to run a version: limits, environment (vars
     /// and unsealed secrets), `wasi:config` values and KV access.
     fn invocation(
@@ -167,20 +235,7 @@ impl Registry {
         let limits = self.defaults.with(&st.limits);
         let mut inv = perch_runtime::Invocation::new(digest, limits.to_runtime(), label);
         inv.max_reuse = limits.instance_reuse;
-        let mut env: Vec<(String, String)> = st
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (name, sealed) in &st.secrets {
-            let context = secret_context(&function.tenant, &function.name, name);
-            match self.secrets.open(&context, sealed) {
-                Some(plain) => env.push((name.clone(), plain)),
-                None => {
-                    tracing::error!(function = %label, secret = %name, "secret cannot be unsealed with this node's key")
-                }
-            }
-        }
+        let env = self.environment(function, version);
         inv.outbound = Arc::new(perch_runtime::OutboundPolicy {
             allow: st.outbound.allow.clone(),
             max_requests: limits.outbound_requests,

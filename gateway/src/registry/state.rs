@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use imbl::OrdMap;
 
-use super::model::{Function, Route, Tenant, TokenRecord, fn_key};
+use super::model::{Function, ImageRecord, Route, Tenant, TokenRecord, fn_key};
 use super::store::{Change, Kind, Records};
 use crate::names::HostPattern;
 
@@ -19,6 +19,8 @@ pub(super) struct State {
     pub(super) functions: OrdMap<String, Function>,
     /// By route pattern text (`host` or `host/path`).
     pub(super) routes: OrdMap<String, Route>,
+    /// By `tenant/id`.
+    pub(super) images: OrdMap<String, ImageRecord>,
 }
 
 impl State {
@@ -37,6 +39,9 @@ impl State {
         }
         for r in records.routes {
             s.routes.insert(r.pattern(), r);
+        }
+        for i in records.images {
+            s.images.insert(fn_key(&i.tenant, &i.id), i);
         }
         s
     }

@@ -7,7 +7,7 @@
 //! from (compare-and-set), and tells when another writer committed.
 use tokio::sync::watch;
 
-use super::model::{Function, Route, Tenant, TokenRecord, fn_key};
+use super::model::{Function, ImageRecord, Route, Tenant, TokenRecord, fn_key};
 
 /// One write of a commit.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +28,10 @@ pub enum Change {
     PutRoute(Route),
     /// Remove a route by host pattern.
     DeleteRoute(String),
+    /// Create or replace a tenant's image (keyed by `tenant/id`).
+    PutImage(ImageRecord),
+    /// Remove an image by `tenant/id`.
+    DeleteImage(String),
 }
 
 /// Which kind of record a change writes, and its key.
@@ -41,6 +45,8 @@ pub enum Kind {
     Function,
     /// A route.
     Route,
+    /// A tenant's container image.
+    Image,
 }
 
 impl Change {
@@ -55,6 +61,8 @@ impl Change {
             Change::DeleteFunction(k) => (Kind::Function, k.clone()),
             Change::PutRoute(r) => (Kind::Route, r.pattern()),
             Change::DeleteRoute(k) => (Kind::Route, k.clone()),
+            Change::PutImage(i) => (Kind::Image, fn_key(&i.tenant, &i.id)),
+            Change::DeleteImage(k) => (Kind::Image, k.clone()),
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct Records {
     pub functions: Vec<Function>,
     /// Routes.
     pub routes: Vec<Route>,
+    /// Tenants' container images.
+    pub images: Vec<ImageRecord>,
 }
 
 /// The records at one revision.
@@ -178,6 +188,7 @@ pub(crate) mod memory {
                     Change::PutToken(t) => records.tokens.push(t),
                     Change::PutFunction(f) => records.functions.push(f),
                     Change::PutRoute(r) => records.routes.push(r),
+                    Change::PutImage(i) => records.images.push(i),
                     _ => unreachable!("only puts are kept"),
                 }
             }
@@ -206,6 +217,7 @@ pub(crate) mod memory {
                         | Change::PutToken(_)
                         | Change::PutFunction(_)
                         | Change::PutRoute(_)
+                        | Change::PutImage(_)
                 );
                 if is_put {
                     inner.records.insert((tag(kind), key), change.clone());

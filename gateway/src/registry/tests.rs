@@ -56,6 +56,7 @@ fn rebuilt(r: &Registry) -> View {
         store: r.store.clone(),
         secrets: r.secrets.clone(),
         kv: std::sync::OnceLock::new(),
+        containers: std::sync::OnceLock::new(),
         inner: Mutex::new(Inner::default()),
         routes: ArcSwap::from_pointee(RouteTable::default()),
         gates: Mutex::new(HashMap::new()),

@@ -33,8 +33,17 @@ pub struct Target {
 pub struct Deployed {
     /// Its number.
     pub version: u32,
-    /// What the runtime runs.
-    pub invocation: perch_runtime::Invocation,
+    /// What runs it.
+    pub run: Runnable,
+}
+
+/// What a deployed version runs on.
+#[derive(Debug)]
+pub enum Runnable {
+    /// The wasm runtime, with this invocation.
+    Wasm(perch_runtime::Invocation),
+    /// The container backend, through this version's pool.
+    Container(Arc<perch_containers::Pool>),
 }
 
 impl Target {
@@ -223,11 +232,11 @@ mod tests {
             function: name.into(),
             versions: vec![Deployed {
                 version: 1,
-                invocation: perch_runtime::Invocation::new(
+                run: Runnable::Wasm(perch_runtime::Invocation::new(
                     perch_runtime::Digest([0; 32]),
                     perch_runtime::Limits::default(),
                     name,
-                ),
+                )),
             }],
             split: Split::new(&[(1, 100)], None),
             gate: Arc::default(),

@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::artifacts::Artifacts;
 use crate::config::Config;
 use crate::cron::{LocalLease, Scheduler};
-use crate::dataplane::{DataPlane, Executor, WasmExecutor};
+use crate::dataplane::{DataPlane, Executor, NodeExecutor};
 use crate::logs::LogHub;
 use crate::registry::{RedbStore, Registry, RegistryStore};
 use crate::secrets::{new_token, token_hash, write_private_file};
@@ -240,6 +240,22 @@ pub async fn serve(
         perch_kv::KvLimits::default(),
     ));
     registry.attach_kv(kv.clone());
+    let logs = Arc::new(LogHub::default());
+    let node: Arc<str> = config.node_name.as_str().into();
+    let containers = match &config.containers {
+        None => None,
+        Some(cc) => Some(
+            start_containers(
+                cc,
+                &config.node_name,
+                &registry,
+                &logs,
+                &node,
+                &crate::api::images_dir(&config.data_dir),
+            )
+            .await?,
+        ),
+    };
     let registry = Arc::new(registry);
     let artifacts = Artifacts::new(runtime.clone(), registry.clone());
     let swept = {
@@ -252,9 +268,7 @@ pub async fn serve(
         tracing::info!(components = swept, "deleted components no version uses");
     }
     let metrics = Arc::new(Metrics::default());
-    let logs = Arc::new(LogHub::default());
-    let node: Arc<str> = config.node_name.as_str().into();
-    let executor: Arc<dyn Executor> = Arc::new(WasmExecutor::new(runtime.clone()));
+    let executor: Arc<dyn Executor> = Arc::new(NodeExecutor::new(runtime.clone()));
     let dataplane = Arc::new(DataPlane {
         config: config.clone(),
         registry: registry.clone(),
@@ -274,6 +288,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(App {
         stopping: stop_rx.clone(),
+        containers,
         kv,
         registry,
         runtime,
@@ -327,7 +342,7 @@ pub async fn serve(
             },
             stop_rx.clone(),
             &data_graceful,
-            move |_peer, req| crate::dataplane::handle(dataplane.clone(), req),
+            move |peer, req| crate::dataplane::handle(dataplane.clone(), peer, req),
         )
     };
     let admin_loop = {
@@ -365,5 +380,38 @@ pub async fn serve(
     if tokio::time::timeout(config.drain, drain).await.is_err() {
         tracing::warn!("drain period over; closing remaining connections");
     }
+    if let Some(backend) = &app.containers {
+        backend.shutdown().await;
+    }
     Ok(())
+}
+
+/// Connects the container engine, gives the registry its backend (so
+/// container versions get pools), adopts or removes what a previous run
+/// left, and starts the reaper.
+async fn start_containers(
+    cc: &crate::config::ContainersConfig,
+    node_name: &str,
+    registry: &Registry,
+    logs: &Arc<LogHub>,
+    node: &Arc<str>,
+    images_dir: &std::path::Path,
+) -> Result<Arc<perch_containers::Backend>, ServeError> {
+    let driver = perch_containers::DockerDriver::connect(&cc.engine)
+        .await
+        .map_err(|e| ServeError::Data(format!("containers.engine `{}`: {e}", cc.engine)))?;
+    tracing::info!(engine = %cc.engine, podman = driver.is_podman(), "container backend on");
+    let notices = crate::logs::container_notices(logs.clone(), node.clone());
+    let backend = perch_containers::Backend::new(
+        Arc::new(driver),
+        node_name,
+        notices,
+        Some(images_dir.to_path_buf()),
+    );
+    registry.attach_containers(backend.clone());
+    if let Err(e) = backend.reconcile().await {
+        tracing::warn!(error = %e, "could not list the engine's containers at start");
+    }
+    backend.spawn_reaper();
+    Ok(backend)
 }

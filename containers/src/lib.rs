@@ -1,0 +1,198 @@
+//! Perch's container backend, the second runtime.
+//!
+//! - `spec.rs`: a container version's spec, its defaults and bounds.
+//! - `archive.rs`: image archives checked before an engine sees them.
+//! - `driver.rs`: the [`ContainerDriver`] seam; `docker.rs` implements it
+//!   over the Docker Engine API (Docker, Podman).
+//! - `pool.rs`: the supervisor of one version's instances.
+//! - this file: the node's [`Backend`]: a pool per deployed container
+//!   version, the reaper that scales them down, and the reconcile at
+//!   start that adopts or removes what a previous run left.
+//!
+//! Proxying a request to the instance a [`Lease`] names is the data
+//! plane's job (the gateway's container executor).
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub mod archive;
+mod docker;
+pub mod driver;
+mod pool;
+pub mod spec;
+
+pub use docker::{DockerDriver, network_name};
+pub use driver::{ContainerDriver, ContainerState, DriverError, Labels, Listed, RunRequest};
+pub use pool::{AcquireError, Instance, Lease, Lifecycle, Notices, Pool, QUEUE, VersionId};
+pub use spec::{ContainerSpec, Maxima, SpecError};
+
+/// How often the reaper looks at every pool.
+const TICK: Duration = Duration::from_millis(500);
+
+/// The node's container versions.
+pub struct Backend {
+    driver: Arc<dyn ContainerDriver>,
+    node: String,
+    notices: Notices,
+    images: Option<std::path::PathBuf>,
+    pools: Mutex<HashMap<VersionId, Arc<Pool>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Backend {
+    /// A backend running containers through `driver`, labelled for `node`;
+    /// lifecycle events go to `notices`; `images` is where image archives
+    /// are kept (`<hex>.tar`), to reload an image the engine lost.
+    pub fn new(
+        driver: Arc<dyn ContainerDriver>,
+        node: &str,
+        notices: Notices,
+        images: Option<std::path::PathBuf>,
+    ) -> Arc<Backend> {
+        Arc::new(Backend {
+            driver,
+            node: node.to_string(),
+            notices,
+            images,
+            pools: Mutex::default(),
+        })
+    }
+
+    /// The engine.
+    pub fn driver(&self) -> &Arc<dyn ContainerDriver> {
+        &self.driver
+    }
+
+    /// The pool of a version, created on first use. A version is
+    /// immutable (settings make new versions), so its pool is too.
+    pub fn pool(&self, id: VersionId, spec: &ContainerSpec, env: &[(String, String)]) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&id) {
+            pool.revive();
+            return pool.clone();
+        }
+        pools
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(Pool::new(
+                    id,
+                    spec.clone(),
+                    env.to_vec(),
+                    self.node.clone(),
+                    self.driver.clone(),
+                    self.notices.clone(),
+                    self.images.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    /// Every pool not in `deployed` is retired: its instances stop after
+    /// their idle timeout, or at once for versions that no longer exist
+    /// (`exists` says false).
+    pub fn retain(&self, deployed: &HashSet<VersionId>, exists: impl Fn(&VersionId) -> bool) {
+        for (id, pool) in lock(&self.pools).iter() {
+            if !deployed.contains(id) {
+                pool.retire(!exists(id));
+            }
+        }
+    }
+
+    /// Every pool (metrics).
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        lock(&self.pools).values().cloned().collect()
+    }
+
+    /// Stops idle instances and keeps warm ones, every half second, for
+    /// as long as the backend lives.
+    pub fn spawn_reaper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(backend) = weak.upgrade() else {
+                    return;
+                };
+                let pools: Vec<(VersionId, Arc<Pool>)> = lock(&backend.pools)
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                for (id, pool) in pools {
+                    if !pool.tick() {
+                        let mut all = lock(&backend.pools);
+                        if all.get(&id).is_some_and(|p| Arc::ptr_eq(p, &pool)) {
+                            all.remove(&id);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// At start: every container labelled for this node is adopted by its
+    /// version's pool when that version is deployed and the container
+    /// answers, and removed otherwise.
+    pub async fn reconcile(&self) -> Result<(), DriverError> {
+        let found = self.driver.list(&self.node).await?;
+        for c in found {
+            let id = VersionId {
+                tenant: c.labels.tenant.clone(),
+                function: c.labels.function.clone(),
+                version: c.labels.version,
+            };
+            let pool = lock(&self.pools).get(&id).cloned();
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], c.host_port));
+            let adopted = match pool {
+                Some(pool)
+                    if c.running && pool.instances().len() < pool.spec.max_instances as usize =>
+                {
+                    let ready = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio::net::TcpStream::connect(addr),
+                    )
+                    .await;
+                    if matches!(ready, Ok(Ok(_))) {
+                        pool.adopt(c.id.clone(), addr);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                _ => false,
+            };
+            if adopted {
+                tracing::info!(version = %id, container = %c.id, "adopted a running container");
+            } else {
+                tracing::info!(version = %id, container = %c.id, "removing a container no current version runs");
+                if let Err(e) = self.driver.stop(&c.id, Duration::ZERO).await {
+                    tracing::warn!(container = %c.id, error = %e, "removing a stale container");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every instance (the node shuts down).
+    pub async fn shutdown(&self) {
+        let pools = self.pools();
+        let mut stops = Vec::new();
+        for pool in pools {
+            for instance in pool.instances() {
+                let driver = self.driver.clone();
+                stops.push(tokio::spawn(async move {
+                    driver
+                        .stop(&instance.container, Duration::from_secs(2))
+                        .await
+                }));
+            }
+        }
+        for s in stops {
+            let _ = s.await;
+        }
+    }
+}

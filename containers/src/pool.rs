@@ -1,0 +1,608 @@
+//! The supervisor of one container version on this node: its instances,
+//! started on demand (or kept warm, `min_instances`), each taking up to
+//! `concurrency` requests, the least loaded first; another started when
+//! every one is full (up to `max_instances`); requests beyond that wait in
+//! a bounded queue; an instance idle for `idle_timeout_s` is stopped; a
+//! failed start or a crash backs off before the next start.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::driver::{ContainerDriver, ContainerState, Labels, RunRequest};
+use crate::spec::ContainerSpec;
+
+/// Requests that may wait for an instance, per version.
+pub const QUEUE: u32 = 100;
+/// How long a stopped instance gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The longest back-off between failed starts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A container version: who owns it and which one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionId {
+    /// Owner.
+    pub tenant: String,
+    /// Function name.
+    pub function: String,
+    /// Version number.
+    pub version: u32,
+}
+
+impl std::fmt::Display for VersionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.tenant, self.function, self.version)
+    }
+}
+
+/// What happened to an instance, for the function's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// It became ready, this many milliseconds after the start began.
+    Started {
+        /// Start to ready.
+        ms: u64,
+    },
+    /// It was stopped (idle, or the version went away).
+    Stopped,
+    /// It exited by itself.
+    Crashed {
+        /// Exit code.
+        code: i64,
+    },
+    /// The kernel killed it for memory.
+    Oom,
+    /// It did not become ready in time, or could not be started.
+    Unhealthy {
+        /// Why (for the operator; engine text never reaches clients).
+        reason: String,
+    },
+}
+
+impl Lifecycle {
+    /// `started`, `stopped`, `crashed`, `oom` or `unhealthy`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Lifecycle::Started { .. } => "started",
+            Lifecycle::Stopped => "stopped",
+            Lifecycle::Crashed { .. } => "crashed",
+            Lifecycle::Oom => "oom",
+            Lifecycle::Unhealthy { .. } => "unhealthy",
+        }
+    }
+}
+
+/// Where lifecycle events go.
+pub type Notices = Arc<dyn Fn(&VersionId, Lifecycle) + Send + Sync>;
+
+/// Why no instance could take a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    /// Every instance is full and the queue too.
+    #[error("every instance is busy and {QUEUE} requests already wait")]
+    Overloaded,
+    /// No instance became ready within `start_timeout_s`.
+    #[error("no instance became ready within {0} s")]
+    Unavailable(u32),
+}
+
+/// One running instance.
+#[derive(Debug)]
+pub struct Instance {
+    /// Engine id.
+    pub container: String,
+    /// Where it is published.
+    pub addr: SocketAddr,
+    in_flight: AtomicU32,
+    idle_since: Mutex<Instant>,
+    /// Taken out of service (stopping, or found dead).
+    gone: AtomicBool,
+}
+
+impl Instance {
+    /// Requests it is serving.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    instances: Vec<Arc<Instance>>,
+    starting: u32,
+    waiting: u32,
+    failures: u32,
+    backoff_until: Option<Instant>,
+}
+
+const LIVE: u8 = 0;
+const DRAIN: u8 = 1;
+const STOP: u8 = 2;
+
+/// The supervisor of one container version.
+pub struct Pool {
+    /// Which version.
+    pub id: VersionId,
+    /// Its spec (the image is an id).
+    pub spec: ContainerSpec,
+    env: Vec<(String, String)>,
+    node: String,
+    driver: Arc<dyn ContainerDriver>,
+    notices: Notices,
+    /// Where image archives are kept (`<hex>.tar`).
+    images: Option<std::path::PathBuf>,
+    state: Mutex<PoolState>,
+    /// Bumped whenever a waiting request may now get an instance.
+    changed: watch::Sender<u64>,
+    retired: AtomicU8,
+    /// Starts and their ready times, for metrics.
+    pub starts: AtomicU32,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request's hold on an instance; gives the slot back on drop.
+pub struct Lease {
+    pool: Arc<Pool>,
+    instance: Arc<Instance>,
+}
+
+impl Lease {
+    /// Where to send the request.
+    pub fn addr(&self) -> SocketAddr {
+        self.instance.addr
+    }
+
+    /// Tells the supervisor the instance failed a request (connection
+    /// refused or cut): it checks whether the container still runs, and
+    /// replaces it when not.
+    pub fn failed(&self) {
+        let pool = self.pool.clone();
+        let instance = self.instance.clone();
+        tokio::spawn(async move { pool.check(&instance).await });
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.instance.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *lock(&self.instance.idle_since) = Instant::now();
+        }
+        self.pool.wake_if_waiting();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Unsubscribes a queued request from the queue count, however it ends.
+struct Queued<'a>(&'a Pool);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).waiting -= 1;
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Pool {
+    pub(crate) fn new(
+        id: VersionId,
+        spec: ContainerSpec,
+        env: Vec<(String, String)>,
+        node: String,
+        driver: Arc<dyn ContainerDriver>,
+        notices: Notices,
+        images: Option<std::path::PathBuf>,
+    ) -> Pool {
+        Pool {
+            id,
+            spec,
+            env,
+            node,
+            driver,
+            notices,
+            images,
+            state: Mutex::default(),
+            changed: watch::channel(0).0,
+            retired: AtomicU8::new(LIVE),
+            starts: AtomicU32::new(0),
+        }
+    }
+
+    /// Instances in service.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        lock(&self.state).instances.clone()
+    }
+
+    /// Requests waiting for an instance.
+    pub fn queued(&self) -> u32 {
+        lock(&self.state).waiting
+    }
+
+    fn wake(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn wake_if_waiting(&self) {
+        if lock(&self.state).waiting > 0 {
+            self.wake();
+        }
+    }
+
+    /// An instance for one request: a free one, the least loaded first;
+    /// else one started for it (waiting up to `start_timeout_s`); else a
+    /// place in the queue.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
+        let timeout = Duration::from_secs(u64::from(self.spec.start_timeout_s));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.changed.subscribe();
+        let mut queued: Option<Queued<'_>> = None;
+        loop {
+            {
+                let mut st = lock(&self.state);
+                let free = st
+                    .instances
+                    .iter()
+                    .filter(|i| !i.gone.load(Ordering::Acquire))
+                    .filter(|i| i.in_flight() < self.spec.concurrency)
+                    .min_by_key(|i| i.in_flight())
+                    .cloned();
+                if let Some(instance) = free {
+                    instance.in_flight.fetch_add(1, Ordering::AcqRel);
+                    drop(st);
+                    drop(queued);
+                    return Ok(Lease {
+                        pool: self.clone(),
+                        instance,
+                    });
+                }
+                if queued.is_none() {
+                    if st.waiting >= QUEUE {
+                        return Err(AcquireError::Overloaded);
+                    }
+                    st.waiting += 1;
+                    queued = Some(Queued(self));
+                }
+                self.maybe_start(&mut st);
+                rx.borrow_and_update();
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(AcquireError::Unavailable(self.spec.start_timeout_s)),
+            }
+        }
+    }
+
+    /// Starts an instance when the waiting requests need more room than
+    /// the instances being started will give, within `max_instances` and
+    /// outside a back-off.
+    fn maybe_start(self: &Arc<Self>, st: &mut PoolState) {
+        if self.retired.load(Ordering::Acquire) != LIVE {
+            return;
+        }
+        let live = st.instances.len() as u32;
+        if live + st.starting >= self.spec.max_instances {
+            return;
+        }
+        if st.backoff_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let room = st.starting * self.spec.concurrency;
+        if st.waiting <= room && live + st.starting >= self.spec.min_instances {
+            return;
+        }
+        st.starting += 1;
+        let pool = self.clone();
+        tokio::spawn(async move { pool.start_one().await });
+    }
+
+    async fn start_one(self: Arc<Self>) {
+        let began = Instant::now();
+        let result = self.launch(began).await;
+        let mut st = lock(&self.state);
+        st.starting -= 1;
+        match result {
+            Ok(instance) => {
+                st.failures = 0;
+                st.backoff_until = None;
+                st.instances.push(instance);
+                drop(st);
+                self.starts.fetch_add(1, Ordering::Relaxed);
+                (self.notices)(
+                    &self.id,
+                    Lifecycle::Started {
+                        ms: began.elapsed().as_millis() as u64,
+                    },
+                );
+            }
+            Err(reason) => {
+                self.back_off(&mut st);
+                drop(st);
+                tracing::warn!(version = %self.id, %reason, "container did not start");
+                (self.notices)(&self.id, Lifecycle::Unhealthy { reason });
+            }
+        }
+        self.wake();
+    }
+
+    fn back_off(&self, st: &mut PoolState) {
+        st.failures = st.failures.saturating_add(1);
+        let wait = Duration::from_millis(250) * 2u32.saturating_pow(st.failures.min(8));
+        st.backoff_until = Some(Instant::now() + wait.min(MAX_BACKOFF));
+    }
+
+    async fn launch(&self, began: Instant) -> Result<Arc<Instance>, String> {
+        let timeout = Duration::from_secs(u64::from(self.spec.start_timeout_s));
+        let network = self
+            .driver
+            .tenant_network(&self.node, &self.id.tenant)
+            .await
+            .map_err(|e| e.to_string())?;
+        let host_port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let req = RunRequest {
+            name: format!(
+                "perch-{}-{}-v{}-{:08x}",
+                self.id.tenant,
+                self.id.function,
+                self.id.version,
+                fastrand_u32()
+            ),
+            image: self.spec.image.clone(),
+            command: self.spec.command.clone(),
+            env: self.env.clone(),
+            port: self.spec.port,
+            host_port,
+            memory_bytes: u64::from(self.spec.memory_mb) << 20,
+            nano_cpus: (self.spec.cpus * 1e9) as i64,
+            pids: 512,
+            network,
+            labels: Labels {
+                node: self.node.clone(),
+                tenant: self.id.tenant.clone(),
+                function: self.id.function.clone(),
+                version: self.id.version,
+            },
+        };
+        self.ensure_image().await?;
+        let container = self.driver.run(&req).await.map_err(|e| e.to_string())?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], host_port));
+        match self.wait_ready(&container, addr, began + timeout).await {
+            Ok(()) => Ok(Arc::new(Instance {
+                container,
+                addr,
+                in_flight: AtomicU32::new(0),
+                idle_since: Mutex::new(Instant::now()),
+                gone: AtomicBool::new(false),
+            })),
+            Err(reason) => {
+                if let Err(e) = self.driver.stop(&container, Duration::ZERO).await {
+                    tracing::warn!(version = %self.id, error = %e, "removing a failed container");
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Loads the image from its kept archive when the engine lost it
+    /// (pruned, or a new engine).
+    async fn ensure_image(&self) -> Result<(), String> {
+        let image = &self.spec.image;
+        if self
+            .driver
+            .has_image(image)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
+        let Some(dir) = &self.images else {
+            return Err(format!("the engine has no image {image}"));
+        };
+        let archive = dir.join(format!("{}.tar", image.trim_start_matches("sha256:")));
+        if !archive.exists() {
+            return Err(format!(
+                "the engine has no image {image} and no archive of it is kept"
+            ));
+        }
+        tracing::info!(version = %self.id, %image, "loading the image from its kept archive");
+        self.driver
+            .load_image(&archive)
+            .await
+            .map_err(|e| format!("reloading image {image}: {e}"))
+    }
+
+    /// Waits until the instance answers (its port, or `health_path` with
+    /// 200), it exits, or `deadline` passes.
+    async fn wait_ready(
+        &self,
+        container: &str,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let mut pause = Duration::from_millis(5);
+        let mut next_state_check = Instant::now() + Duration::from_millis(500);
+        loop {
+            if probe(addr, self.spec.health_path.as_deref()).await {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("not ready within {} s", self.spec.start_timeout_s));
+            }
+            if now >= next_state_check {
+                next_state_check = now + Duration::from_millis(500);
+                match self.driver.state(container).await {
+                    Ok(ContainerState::Running) | Err(_) => {}
+                    Ok(ContainerState::Exited { code, oom }) => {
+                        return Err(match oom {
+                            true => "killed for memory while starting".into(),
+                            false => format!("exited with {code} while starting"),
+                        });
+                    }
+                    Ok(ContainerState::Gone) => return Err("vanished while starting".into()),
+                }
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(now))).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Checks an instance that failed a request; takes it out of service
+    /// and reports why when its container no longer runs.
+    async fn check(&self, instance: &Arc<Instance>) {
+        if instance.gone.load(Ordering::Acquire) {
+            return;
+        }
+        let state = match self.driver.state(&instance.container).await {
+            Ok(ContainerState::Running) => return,
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(version = %self.id, error = %e, "checking a container");
+                return;
+            }
+        };
+        if instance.gone.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        {
+            let mut st = lock(&self.state);
+            st.instances.retain(|i| !Arc::ptr_eq(i, instance));
+            self.back_off(&mut st);
+        }
+        let event = match state {
+            ContainerState::Exited { oom: true, .. } => Lifecycle::Oom,
+            ContainerState::Exited { code, .. } => Lifecycle::Crashed { code },
+            _ => Lifecycle::Crashed { code: -1 },
+        };
+        tracing::warn!(version = %self.id, container = %instance.container, event = event.name(), "container ended");
+        (self.notices)(&self.id, event);
+        if let Err(e) = self.driver.stop(&instance.container, Duration::ZERO).await {
+            tracing::warn!(version = %self.id, error = %e, "removing an ended container");
+        }
+        self.wake();
+    }
+
+    /// Adopts an instance found running at start (its port answered).
+    pub(crate) fn adopt(&self, container: String, addr: SocketAddr) {
+        lock(&self.state).instances.push(Arc::new(Instance {
+            container,
+            addr,
+            in_flight: AtomicU32::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            gone: AtomicBool::new(false),
+        }));
+    }
+
+    /// Stops instances idle too long (down to `min_instances`, or all once
+    /// retired), starts one when fewer than `min_instances` run, and lets
+    /// waiting requests try again after a back-off. Returns false once the
+    /// pool is retired and has nothing left.
+    pub(crate) fn tick(self: &Arc<Self>) -> bool {
+        let retired = self.retired.load(Ordering::Acquire);
+        let idle = Duration::from_secs(u64::from(self.spec.idle_timeout_s));
+        let keep = match retired {
+            LIVE => self.spec.min_instances as usize,
+            _ => 0,
+        };
+        let mut stopping = Vec::new();
+        let mut st = lock(&self.state);
+        let mut kept = st.instances.len();
+        for i in st.instances.iter() {
+            if kept <= keep {
+                break;
+            }
+            let unused =
+                i.in_flight() == 0 && (retired == STOP || lock(&i.idle_since).elapsed() >= idle);
+            if unused && !i.gone.swap(true, Ordering::AcqRel) {
+                stopping.push(i.clone());
+                kept -= 1;
+            }
+        }
+        st.instances.retain(|i| !i.gone.load(Ordering::Acquire));
+        if retired == LIVE {
+            self.maybe_start(&mut st);
+        }
+        let waiting = st.waiting > 0;
+        let empty = st.instances.is_empty() && st.starting == 0;
+        drop(st);
+        if waiting {
+            self.wake();
+        }
+        for instance in stopping {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pool.driver.stop(&instance.container, STOP_GRACE).await {
+                    tracing::warn!(version = %pool.id, error = %e, "stopping a container");
+                }
+                (pool.notices)(&pool.id, Lifecycle::Stopped);
+            });
+        }
+        !(retired != LIVE && empty)
+    }
+
+    /// Deployed again (a rollback): it starts instances as before.
+    pub(crate) fn revive(&self) {
+        self.retired.store(LIVE, Ordering::Release);
+    }
+
+    /// No longer deployed: instances stop once idle for `idle_timeout_s`
+    /// (`now`: as soon as they serve nothing), and none is started.
+    pub(crate) fn retire(&self, now: bool) {
+        let level = if now { STOP } else { DRAIN };
+        self.retired.fetch_max(level, Ordering::AcqRel);
+        self.wake();
+    }
+}
+
+fn fastrand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok();
+    u32::from_le_bytes(b)
+}
+
+/// One readiness probe: a TCP connect, or `GET path` answering 200.
+async fn probe(addr: SocketAddr, path: Option<&str>) -> bool {
+    let connect = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    );
+    let Ok(Ok(stream)) = connect.await else {
+        return false;
+    };
+    let Some(path) = path else {
+        return true;
+    };
+    let ask = async {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok()?;
+        Some(resp.status() == http::StatusCode::OK)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), ask).await,
+        Ok(Some(true))
+    )
+}

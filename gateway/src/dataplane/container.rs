@@ -1,0 +1,238 @@
+//! Container versions on the data plane: take an instance from the
+//! version's pool (starting one, or waiting in its queue), proxy the
+//! request to it on 127.0.0.1 with the hop-by-hop headers removed and
+//! `X-Forwarded-*` set by Perch, and stream the answer back. The request's
+//! event is written when the response head arrives (or the attempt fails).
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use perch_containers::{AcquireError, Lease};
+use perch_runtime::{InvocationRecord, LogSink, Outcome};
+
+use super::body::{LimitedBody, WithPermit};
+use super::errors::Failure;
+use super::executor::{Execution, Executor};
+use crate::http::BoxError;
+use crate::routing::{GatePermit, Runnable, Target};
+
+/// The client's address, put on a container request by the data plane.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// Proxies container versions' requests to their instances.
+pub struct ContainerExecutor {
+    client: Client<HttpConnector, LimitedBody>,
+}
+
+impl ContainerExecutor {
+    /// An executor with its own connection pool to the instances.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        ContainerExecutor { client }
+    }
+}
+
+impl Default for ContainerExecutor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Headers that describe one hop and are not forwarded.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(listed.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// The request as the instance at `lease` gets it.
+fn upstream(mut req: Request<LimitedBody>, lease: &Lease) -> Result<Request<LimitedBody>, Failure> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let client = req.extensions().get::<ClientIp>().map(|c| c.0);
+    *req.uri_mut() = Uri::try_from(format!("http://{}{path}", lease.addr()))
+        .map_err(|e| Failure::Internal(format!("upstream uri: {e}")))?;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    // Perch says who the client is; what the client claimed is dropped.
+    headers.remove("x-forwarded-for");
+    headers.remove("forwarded");
+    if let Some(ip) = client
+        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    {
+        headers.insert("x-forwarded-for", v);
+    }
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        headers.insert("x-forwarded-host", h.clone());
+        headers.insert(header::HOST, h);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    Ok(req)
+}
+
+fn record(
+    label: &str,
+    outcome: Outcome,
+    status: Option<u16>,
+    started: Instant,
+) -> InvocationRecord {
+    InvocationRecord {
+        label: Arc::from(label),
+        outcome,
+        status,
+        cpu: Duration::ZERO,
+        duration: started.elapsed(),
+        logs: Vec::new(),
+        truncated: false,
+    }
+}
+
+impl Executor for ContainerExecutor {
+    fn execute(
+        &self,
+        target: &Arc<Target>,
+        version: usize,
+        req: Request<LimitedBody>,
+        permit: GatePermit,
+        log: Arc<dyn LogSink>,
+    ) -> Execution {
+        let client = self.client.clone();
+        let target = target.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let Runnable::Container(pool) = &target.versions[version].run else {
+                return Err(Failure::Internal("not a container version".into()));
+            };
+            let label = pool.id.to_string();
+            let lease = match pool.acquire().await {
+                Ok(lease) => lease,
+                Err(e @ AcquireError::Overloaded) => {
+                    log.record(record(&label, Outcome::Overloaded, None, started));
+                    return Err(Failure::Overloaded(format!("{label}: {e}")));
+                }
+                Err(e @ AcquireError::Unavailable(_)) => {
+                    log.record(record(&label, Outcome::ContainerUnavailable, None, started));
+                    return Err(Failure::ContainerUnavailable(format!("{label}: {e}")));
+                }
+            };
+            let req = upstream(req, &lease)?;
+            match client.request(req).await {
+                Ok(resp) => {
+                    log.record(record(
+                        &label,
+                        Outcome::Ok,
+                        Some(resp.status().as_u16()),
+                        started,
+                    ));
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    let body = WithPermit {
+                        inner: HoldLease {
+                            inner: body,
+                            _lease: lease,
+                        },
+                        _permit: permit,
+                    }
+                    .map_err(|e| Box::new(e) as BoxError)
+                    .boxed_unsync();
+                    Ok(http::Response::from_parts(parts, body))
+                }
+                Err(e) => {
+                    lease.failed();
+                    log.record(record(&label, Outcome::ContainerError, None, started));
+                    Err(Failure::Container(format!("{label}: {e}")))
+                }
+            }
+        })
+    }
+}
+
+/// Keeps the instance's slot until the response body is done.
+struct HoldLease<B> {
+    inner: B,
+    _lease: Lease,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for HoldLease<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_do_not_cross() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+}

@@ -1,0 +1,375 @@
+//! Container versions against a real Podman API: images, start on the
+//! first request, scale to zero, cold starts under load, crashes, restarts
+//! of Perch, and bad input. Each test's Perch has its own node name, so
+//! the tests share the process's Podman service without seeing each
+//! other's containers.
+use std::time::Duration;
+
+use perch_tests::{Perch, Podman, busybox_image, eventually, image_id};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const PAGE: &[u8] = b"<h1>hello from container</h1>\n";
+
+/// An httpd image of its own for each tag (tests share one engine: one
+/// test deleting its image must not take another's).
+fn httpd_image(tag: &str) -> Vec<u8> {
+    busybox_image(
+        tag,
+        &[
+            ("www/index.html", PAGE),
+            ("etc/perch-test-tag", tag.as_bytes()),
+        ],
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+    )
+}
+
+/// A Perch with the container backend on `podman`, its own node name.
+fn perch(podman: &Podman, extra: &str) -> (Perch, String) {
+    let node = format!("test-{:08x}", fastrand_u32());
+    let p = Perch::start_with(&format!(
+        "[node]\nname = \"{node}\"\n[containers]\nengine = \"{}\"\nmax_image_mb = 8\n{extra}",
+        podman.url
+    ));
+    (p, node)
+}
+
+fn fastrand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    (t.subsec_nanos() ^ std::process::id().rotate_left(16)) ^ (t.as_secs() as u32)
+}
+
+fn upload_image(p: &Perch, tenant: &str, archive: &[u8]) -> perch_tests::Answer {
+    p.admin().call(
+        Method::PUT,
+        &format!("/v1/tenants/{tenant}/images"),
+        Some((archive.to_vec(), "application/x-tar")),
+    )
+}
+
+fn put_container(p: &Perch, tenant: &str, name: &str, spec: Value) -> perch_tests::Answer {
+    p.admin().call(
+        Method::PUT,
+        &format!("/v1/tenants/{tenant}/functions/{name}"),
+        Some((
+            json!({ "container": spec }).to_string().into_bytes(),
+            "application/json",
+        )),
+    )
+}
+
+fn events(p: &Perch, tenant: &str, function: &str) -> Vec<Value> {
+    p.admin()
+        .get(&format!(
+            "/v1/tenants/{tenant}/logs?function={function}&limit=1000"
+        ))
+        .ok()["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn container_events(p: &Perch, tenant: &str, function: &str, event: &str) -> usize {
+    events(p, tenant, function)
+        .iter()
+        .filter(|e| e["type"] == "container" && e["event"] == event)
+        .count()
+}
+
+#[test]
+fn a_container_version_starts_on_the_first_request_and_scales_to_zero() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, node) = perch(podman, "");
+    let api = p.admin();
+    api.put_json("/v1/tenants/acme", None).ok();
+    let archive = httpd_image("localhost/acme-web:1");
+    let id = image_id(&archive);
+    let first = upload_image(&p, "acme", &archive).expect_status(201);
+    assert_eq!(first["image"], id);
+    assert_eq!(first["tags"], json!(["localhost/acme-web:1"]));
+    // The same image again: 200, the same record.
+    assert_eq!(
+        upload_image(&p, "acme", &archive).expect_status(200)["image"],
+        id
+    );
+    let listed = api.get("/v1/tenants/acme/images").ok();
+    assert_eq!(listed["images"][0]["image"], id);
+
+    // By the tenant's own tag, resolved to the id.
+    let v = put_container(
+        &p,
+        "acme",
+        "web",
+        json!({"image": "localhost/acme-web:1", "port": 8080, "idle_timeout_s": 1}),
+    )
+    .expect_status(201);
+    assert_eq!(
+        (&v["kind"], &v["image"], &v["version"], &v["active"]),
+        (&json!("container"), &json!(id), &json!(1), &json!(true))
+    );
+    api.put_json(
+        "/v1/tenants/acme/routes/web.acme.test",
+        Some(json!({"function": "web"})),
+    )
+    .ok();
+    let mine = format!("perch.node={node}");
+    assert!(
+        podman.containers(&[&mine]).is_empty(),
+        "nothing runs before a request"
+    );
+
+    let resp = p.get("web.acme.test", "/");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("perch-request-id"));
+    assert_eq!(resp.bytes().unwrap().as_ref(), PAGE);
+    assert_eq!(
+        podman
+            .containers(&[&mine, "perch.function=web", "perch.version=1"])
+            .len(),
+        1
+    );
+    let evs = events(&p, "acme", "web");
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "container" && e["event"] == "started"),
+        "{evs:?}"
+    );
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "request" && e["status"] == 200 && e["outcome"] == "ok"),
+        "{evs:?}"
+    );
+    let shown = api.get("/v1/tenants/acme/functions/web/versions/1").ok();
+    assert_eq!(shown["kind"], "container");
+    assert_eq!(shown["container"]["port"], 8080);
+
+    // Idle for idle_timeout_s: the engine lists none for the version.
+    eventually("the idle container is stopped", || {
+        podman.containers(&[&mine]).is_empty()
+    });
+    eventually("a stopped event", || {
+        container_events(&p, "acme", "web", "stopped") == 1
+    });
+    // The next request starts it again.
+    let again = p.get("web.acme.test", "/index.html");
+    assert_eq!(again.status(), 200);
+    assert_eq!(container_events(&p, "acme", "web", "started"), 2);
+
+    // Settings make a new version; vars reach the environment; wasm-only
+    // settings are refused.
+    let refused = api.put_json(
+        "/v1/tenants/acme/functions/web/settings",
+        Some(json!({"kv": {"cache": "c"}})),
+    );
+    refused.expect_error(400, "invalid_settings");
+
+    // The image is in use: it cannot be deleted; the function can, and its
+    // container goes with it.
+    api.delete(&format!("/v1/tenants/acme/images/{id}"))
+        .expect_error(409, "image_in_use");
+    api.delete("/v1/tenants/acme/functions/web")
+        .expect_status(204);
+    eventually("the deleted function's container is gone", || {
+        podman.containers(&[&mine]).is_empty()
+    });
+    api.delete(&format!("/v1/tenants/acme/images/{id}"))
+        .expect_status(204);
+    let left = api.get("/v1/tenants/acme/images").ok();
+    assert_eq!(left["images"], json!([]));
+}
+
+#[test]
+fn min_instances_keeps_one_warm_and_a_cold_start_under_load_starts_at_most_max_instances() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, node) = perch(podman, "");
+    let api = p.admin();
+    api.put_json("/v1/tenants/load", None).ok();
+    let archive = httpd_image("localhost/load:1");
+    let id = upload_image(&p, "load", &archive).expect_status(201)["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    put_container(
+        &p,
+        "load",
+        "burst",
+        json!({"image": id, "port": 8080, "max_instances": 2, "concurrency": 4}),
+    )
+    .expect_status(201);
+    api.put_json(
+        "/v1/tenants/load/routes/burst.load.test",
+        Some(json!({"function": "burst"})),
+    )
+    .ok();
+    let url = p.data_url.clone();
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                perch_tests::http()
+                    .get(format!("{url}/"))
+                    .header("host", "burst.load.test")
+                    .send()
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let mine = format!("perch.node={node}");
+    assert!(podman.containers(&[&mine]).len() <= 2);
+    assert!(container_events(&p, "load", "burst", "started") <= 2);
+
+    // min_instances: 1 starts one without a request and keeps it.
+    put_container(
+        &p,
+        "load",
+        "warm",
+        json!({"image": id, "port": 8080, "min_instances": 1, "idle_timeout_s": 1}),
+    )
+    .expect_status(201);
+    let warm = [mine.as_str(), "perch.function=warm"];
+    eventually("min_instances starts one", || {
+        podman.containers(&warm).len() == 1
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        podman.containers(&warm).len(),
+        1,
+        "kept past its idle timeout"
+    );
+}
+
+#[test]
+fn a_killed_container_is_replaced_and_a_restarted_perch_adopts_what_runs() {
+    let Some(podman) = Podman::get() else { return };
+    let (mut p, node) = perch(podman, "");
+    let api = p.admin();
+    api.put_json("/v1/tenants/crash", None).ok();
+    let archive = httpd_image("localhost/crash:1");
+    let id = upload_image(&p, "crash", &archive).expect_status(201)["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    put_container(&p, "crash", "svc", json!({"image": id, "port": 8080})).expect_status(201);
+    api.put_json(
+        "/v1/tenants/crash/routes/svc.crash.test",
+        Some(json!({"function": "svc"})),
+    )
+    .ok();
+    assert_eq!(p.get("svc.crash.test", "/").status(), 200);
+    let mine = format!("perch.node={node}");
+    let first = podman.containers(&[&mine]);
+    assert_eq!(first.len(), 1);
+    podman.cli(&["kill", &first[0]]).unwrap();
+    // Requests right after the kill may fail (502 container_error); the
+    // supervisor notices and a replacement serves the next ones.
+    eventually("a replacement serves", || {
+        let r = p.get("svc.crash.test", "/");
+        let status = r.status();
+        if status == 502 {
+            assert_eq!(
+                r.json::<Value>().unwrap()["error"]["code"],
+                "container_error"
+            );
+        }
+        status == 200 && podman.containers(&[&mine]).iter().any(|c| c != &first[0])
+    });
+    // A kill is exit 137, which under a memory limit reads as `oom` where the
+    // engine does not say (cgroup v1): either event names the end.
+    let ended = container_events(&p, "crash", "svc", "crashed")
+        + container_events(&p, "crash", "svc", "oom");
+    assert!(ended >= 1, "{:?}", events(&p, "crash", "svc"));
+
+    // SIGKILL Perch while its container runs; the next Perch adopts it
+    // (no second container, no orphan) and the host answers.
+    let running = podman.containers(&[&mine]);
+    p.sigkill();
+    p.restart();
+    let resp = p.get("svc.crash.test", "/");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        podman.containers(&[&mine]),
+        running,
+        "adopted, not replaced: {}",
+        p.log_lines(&["container"]).join("\n")
+    );
+}
+
+#[test]
+fn bad_container_input_is_refused_precisely_and_leaves_nothing() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, node) = perch(podman, "[max]\ncontainer_memory_mb = 512\n");
+    let api = p.admin();
+    api.put_json("/v1/tenants/bad", None).ok();
+    api.put_json("/v1/tenants/other", None).ok();
+
+    let refuse = |body: &[u8]| upload_image(&p, "bad", body).expect_error(400, "invalid_image");
+    assert!(
+        refuse(b"GIF89a this is not a tar archive at all, not even close......")
+            .contains("not a tar")
+    );
+    let mut no_manifest = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_cksum();
+    no_manifest
+        .append_data(&mut h, "config.json", &b"{}"[..])
+        .unwrap();
+    assert!(refuse(&no_manifest.into_inner().unwrap()).contains("manifest.json"));
+    let (status, body) = api.put_declared("/v1/tenants/bad/images", 9 << 20);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("body_too_large"), "{body}");
+    let wrong = httpd_image("localhost/wrong-type:1");
+    let wrong_type = api.call(
+        Method::PUT,
+        "/v1/tenants/bad/images",
+        Some((wrong.clone(), "application/octet-stream")),
+    );
+    wrong_type.expect_error(400, "invalid_image");
+    assert!(
+        podman.cli(&["image", "exists", &image_id(&wrong)]).is_err(),
+        "a refused archive never reaches the engine"
+    );
+
+    let theirs =
+        upload_image(&p, "other", &httpd_image("localhost/theirs:1")).expect_status(201)["image"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let invalid =
+        |spec: Value| put_container(&p, "bad", "f", spec).expect_error(400, "invalid_container");
+    assert!(invalid(json!({"image": theirs, "port": 8080, "colour": "red"})).contains("colour"));
+    assert!(invalid(json!({"image": theirs, "port": 0})).contains("port"));
+    assert!(
+        invalid(json!({"image": theirs, "port": 8080, "memory_mb": 1024})).contains("memory_mb")
+    );
+    assert!(invalid(json!({"port": 8080})).contains("image"));
+    // Another tenant's image (by id or by its tag) is not this tenant's to run.
+    put_container(&p, "bad", "f", json!({"image": theirs, "port": 8080}))
+        .expect_error(403, "image_not_allowed");
+    put_container(
+        &p,
+        "bad",
+        "f",
+        json!({"image": "localhost/theirs:1", "port": 8080}),
+    )
+    .expect_error(403, "image_not_allowed");
+    api.get("/v1/tenants/bad/functions/f")
+        .expect_error(404, "not_found");
+    assert!(
+        podman
+            .containers(&[&format!("perch.node={node}")])
+            .is_empty()
+    );
+
+    // A node without [containers] refuses both kinds of upload.
+    let plain = Perch::start();
+    plain.admin().put_json("/v1/tenants/bad", None).ok();
+    upload_image(&plain, "bad", &httpd_image("x:1")).expect_error(400, "containers_disabled");
+    put_container(&plain, "bad", "f", json!({"image": theirs, "port": 8080}))
+        .expect_error(400, "containers_disabled");
+}
