@@ -69,8 +69,11 @@ install() {
     need_rust_target wasm32-wasip2 || return
     # The container tests: Podman with runc (each test process starts its
     # own API service in a temporary directory), busybox-static for the
-    # images they build.
-    need_apt podman runc busybox-static
+    # images they build. Named explicitly what --no-install-recommends would
+    # leave out and the tests rely on: catatonit (the containers' init),
+    # netavark + aardvark-dns (the network stack the tests were written on)
+    # and iptables (its port publishing).
+    need_apt podman runc busybox-static catatonit netavark aardvark-dns iptables
 }
 
 if [ "${1:-}" = --install-only ]; then
