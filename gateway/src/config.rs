@@ -83,26 +83,17 @@ impl<'de> Deserialize<'de> for MaxFile {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(d)?;
-        let versions_per_function = match table.remove("versions_per_function") {
-            None => None,
-            Some(v) => Some(
-                v.as_integer()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| {
-                        D::Error::custom("max.versions_per_function must be a positive integer")
-                    })?,
-            ),
+        // Fields of `[max]` that are not per-function limits.
+        let mut count = |name: &str| match table.remove(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_integer()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| D::Error::custom(format!("max.{name} must be a positive integer"))),
         };
-        let container_memory_mb = match table.remove("container_memory_mb") {
-            None => None,
-            Some(v) => Some(
-                v.as_integer()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| {
-                        D::Error::custom("max.container_memory_mb must be a positive integer")
-                    })?,
-            ),
-        };
+        let versions_per_function = count("versions_per_function")?;
+        let container_memory_mb = count("container_memory_mb")?;
         let container_cpus = match table.remove("container_cpus") {
             None => None,
             Some(v) => Some(

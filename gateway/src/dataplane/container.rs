@@ -82,16 +82,7 @@ fn upstream(mut req: Request<LimitedBody>, lease: &Lease) -> Result<Request<Limi
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    let host = super::request_host(&req);
     let client = req.extensions().get::<ClientIp>().map(|c| c.0);
     *req.uri_mut() = Uri::try_from(format!("http://{}{path}", lease.addr()))
         .map_err(|e| Failure::Internal(format!("upstream uri: {e}")))?;

@@ -92,17 +92,10 @@ async fn serve(
         return errors::headers_too_large();
     }
 
-    let raw_host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
-    let host = raw_host.as_deref().map(normalize_host).unwrap_or_default();
+    let host = request_host(&req)
+        .as_deref()
+        .map(normalize_host)
+        .unwrap_or_default();
     let routes = app.registry.routes();
     let Some(target) = routes.lookup(&host, req.uri().path()).cloned() else {
         app.metrics.record_no_route();
@@ -189,6 +182,19 @@ async fn serve(
             respond(errors::failure(&failure))
         }
     }
+}
+
+/// The host a request names: its URI's authority, else its `Host` header.
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
 }
 
 /// Removes every request header whose name starts with `perch-`: the guest

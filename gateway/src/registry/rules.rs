@@ -104,6 +104,20 @@ impl Registry {
         })
     }
 
+    /// The key and a copy of a function, or a new one without versions.
+    fn existing_or_new(s: &State, tenant: &str, name: &str) -> (String, Function) {
+        let key = fn_key(tenant, name);
+        let f = s.functions.get(&key).cloned().unwrap_or_else(|| Function {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            active_version: 0,
+            versions: Vec::new(),
+            latest_version: 0,
+            deployment: None,
+        });
+        (key, f)
+    }
+
     /// The key and a copy of an existing function (404 for it or its tenant).
     fn existing(s: &State, tenant: &str, name: &str) -> Result<(String, Function)> {
         Self::require_tenant(s, tenant)?;
@@ -188,15 +202,7 @@ impl Registry {
     ) -> Result<NewVersion> {
         self.change(|s, b| {
             Self::require_tenant(s, tenant)?;
-            let key = fn_key(tenant, name);
-            let mut f = s.functions.get(&key).cloned().unwrap_or_else(|| Function {
-                tenant: tenant.to_string(),
-                name: name.to_string(),
-                active_version: 0,
-                versions: Vec::new(),
-                latest_version: 0,
-                deployment: None,
-            });
+            let (key, mut f) = Self::existing_or_new(s, tenant, name);
             // New code keeps the settings of the version it replaces.
             let settings = f.active().map(|v| v.settings.clone()).unwrap_or_default();
             let out = self.push_version(&mut f, digest.to_string(), None, settings, activate)?;
@@ -219,15 +225,7 @@ impl Registry {
     ) -> Result<NewVersion> {
         self.change(|s, b| {
             Self::require_tenant(s, tenant)?;
-            let key = fn_key(tenant, name);
-            let mut f = s.functions.get(&key).cloned().unwrap_or_else(|| Function {
-                tenant: tenant.to_string(),
-                name: name.to_string(),
-                active_version: 0,
-                versions: Vec::new(),
-                latest_version: 0,
-                deployment: None,
-            });
+            let (key, mut f) = Self::existing_or_new(s, tenant, name);
             let settings = f.active().map_or_else(Settings::default, |v| Settings {
                 vars: v.settings.vars.clone(),
                 secrets: v.settings.secrets.clone(),
