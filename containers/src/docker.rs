@@ -356,6 +356,64 @@ impl ContainerDriver for DockerDriver {
         })
     }
 
+    async fn watch_exits(
+        &self,
+        node: &str,
+        exits: tokio::sync::mpsc::Sender<String>,
+    ) -> Result<(), DriverError> {
+        let filters = serde_json::json!({
+            "label": [format!("{LABEL_NODE}={node}")],
+            "type": ["container"],
+            "event": ["die"],
+        });
+        let path = format!("/events?filters={}", url_encode(&filters.to_string()));
+        let unavailable = |e: &dyn std::fmt::Display| DriverError::Unavailable(e.to_string());
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, "d")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unavailable(&e))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if !resp.status().is_success() {
+            return Err(DriverError::Refused {
+                status: resp.status().as_u16(),
+                message: "events".into(),
+            });
+        }
+        let mut body = resp.into_body();
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| unavailable(&e))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let died = event["Action"] == "die" || event["status"] == "die";
+                let id = event["Actor"]["ID"].as_str().or(event["id"].as_str());
+                if let (true, Some(id)) = (died, id)
+                    && exits.send(id.to_string()).await.is_err()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn list(&self, node: &str) -> Result<Vec<Listed>, DriverError> {
         let filters = serde_json::json!({ "label": [format!("{LABEL_NODE}={node}")] });
         let query: String = url_encode(&filters.to_string());

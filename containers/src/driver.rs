@@ -167,4 +167,13 @@ pub trait ContainerDriver: Send + Sync + 'static {
 
     /// Every container labelled for `node`, running or not.
     async fn list(&self, node: &str) -> Result<Vec<Listed>, DriverError>;
+
+    /// Sends the id of each container labelled for `node` that exits, as
+    /// the engine reports it, until the engine's event stream ends (or
+    /// `exits` is closed).
+    async fn watch_exits(
+        &self,
+        node: &str,
+        exits: tokio::sync::mpsc::Sender<String>,
+    ) -> Result<(), DriverError>;
 }

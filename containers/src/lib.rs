@@ -134,6 +134,42 @@ impl Backend {
         })
     }
 
+    /// Follows the engine's exits of this node's containers: an instance
+    /// whose container exits is taken out of service (and replaced) at
+    /// once, not only when a request fails on it. Reconnects after the
+    /// engine's stream ends, for as long as the backend lives.
+    pub fn spawn_exit_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(backend) = weak.upgrade() else {
+                    return;
+                };
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+                let driver = backend.driver.clone();
+                let node = backend.node.clone();
+                drop(backend);
+                let watch = tokio::spawn(async move { driver.watch_exits(&node, tx).await });
+                while let Some(container) = rx.recv().await {
+                    let Some(backend) = weak.upgrade() else {
+                        return;
+                    };
+                    let found = backend
+                        .pools()
+                        .into_iter()
+                        .find_map(|p| p.instance_of(&container).map(|i| (p, i)));
+                    if let Some((pool, instance)) = found {
+                        tokio::spawn(async move { pool.check(&instance).await });
+                    }
+                }
+                if let Ok(Err(e)) = watch.await {
+                    tracing::warn!(error = %e, "the engine's event stream failed; following it again");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+
     /// At start: every container labelled for this node is adopted by its
     /// version's pool when that version is deployed and the container
     /// answers, and removed otherwise.

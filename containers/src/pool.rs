@@ -463,18 +463,53 @@ impl Pool {
         }
     }
 
-    /// Checks an instance that failed a request; takes it out of service
-    /// and reports why when its container no longer runs.
-    async fn check(&self, instance: &Arc<Instance>) {
+    /// The instance running `container`, if this pool has it.
+    pub(crate) fn instance_of(&self, container: &str) -> Option<Arc<Instance>> {
+        lock(&self.state)
+            .instances
+            .iter()
+            .find(|i| i.container == container)
+            .cloned()
+    }
+
+    /// Checks an instance that failed a request (or that the engine says
+    /// exited); takes it out of service and reports why when its container
+    /// no longer runs.
+    pub(crate) async fn check(&self, instance: &Arc<Instance>) {
         if instance.gone.load(Ordering::Acquire) {
             return;
         }
-        let state = match self.driver.state(&instance.container).await {
-            Ok(ContainerState::Running) => return,
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(version = %self.id, error = %e, "checking a container");
-                return;
+        // A connection fails a moment before its container is seen to exit,
+        // and an engine may report a dead container as running for a while:
+        // it is alive only while the engine says so and its port answers.
+        let mut looks = [100u64, 200, 400, 800, 1500].into_iter();
+        let state = loop {
+            let seen = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.driver.state(&instance.container),
+            )
+            .await;
+            match seen {
+                Ok(Ok(ContainerState::Running)) => {
+                    if probe(instance.addr, self.spec.health_path.as_deref()).await {
+                        return;
+                    }
+                    match looks.next() {
+                        Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                        None => break ContainerState::Running,
+                    }
+                }
+                Ok(Ok(s)) => break s,
+                Ok(Err(e)) => {
+                    tracing::warn!(version = %self.id, error = %e, "checking a container");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(version = %self.id, "the engine did not answer an inspect within 10 s");
+                    if looks.next().is_none() {
+                        break ContainerState::Running;
+                    }
+                }
             }
         };
         if instance.gone.swap(true, Ordering::AcqRel) {
@@ -485,17 +520,30 @@ impl Pool {
             st.instances.retain(|i| !Arc::ptr_eq(i, instance));
             self.back_off(&mut st);
         }
+        self.wake();
+        // Out of service now; one more look names the end better than
+        // "stopped answering" when the engine has caught up.
+        let state = match state {
+            ContainerState::Running => match self.driver.state(&instance.container).await {
+                Ok(later @ ContainerState::Exited { .. }) => later,
+                _ => state,
+            },
+            other => other,
+        };
+        let stopped = self.driver.stop(&instance.container, Duration::ZERO).await;
+        if let Err(e) = &stopped {
+            tracing::warn!(version = %self.id, error = %e, "removing an ended container");
+        }
         let event = match state {
             ContainerState::Exited { oom: true, .. } => Lifecycle::Oom,
             ContainerState::Exited { code, .. } => Lifecycle::Crashed { code },
-            _ => Lifecycle::Crashed { code: -1 },
+            ContainerState::Gone => Lifecycle::Crashed { code: -1 },
+            ContainerState::Running => Lifecycle::Unhealthy {
+                reason: "stopped answering on its port; replaced".into(),
+            },
         };
         tracing::warn!(version = %self.id, container = %instance.container, event = event.name(), "container ended");
         (self.notices)(&self.id, event);
-        if let Err(e) = self.driver.stop(&instance.container, Duration::ZERO).await {
-            tracing::warn!(version = %self.id, error = %e, "removing an ended container");
-        }
-        self.wake();
     }
 
     /// Adopts an instance found running at start (its port answered).

@@ -373,3 +373,195 @@ fn bad_container_input_is_refused_precisely_and_leaves_nothing() {
     put_container(&plain, "bad", "f", json!({"image": theirs, "port": 8080}))
         .expect_error(400, "containers_disabled");
 }
+
+#[test]
+fn a_container_over_its_memory_or_never_ready_fails_alone() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, _node) = perch(podman, "");
+    let api = p.admin();
+    p.deploy(
+        "calm",
+        "hello",
+        perch_tests::guests::HELLO,
+        "hello.calm.test",
+    );
+    api.put_json("/v1/tenants/oom", None).ok();
+    // The main process waits for the CGI to ask, then grows until the
+    // kernel kills it; the CGI keeps the request open meanwhile.
+    let serve = b"#!/bin/sh\nhttpd -p 8080 -h /www\nwhile [ ! -e /tmp/eat ]; do sleep 0.1; done\nx=a\nwhile :; do x=\"$x$x\"; done\n";
+    let eat = b"#!/bin/sh\ntouch /tmp/eat\nsleep 30\necho 'Content-Type: text/plain'\necho\necho survived\n";
+    let archive = busybox_image(
+        "localhost/oom:1",
+        &[
+            ("serve.sh", serve),
+            ("www/index.html", PAGE),
+            ("www/cgi-bin/eat", eat),
+        ],
+        &["/bin/sh", "/serve.sh"],
+    );
+    let id = image_id(&archive);
+    upload_image(&p, "oom", &archive).expect_status(201);
+    put_container(
+        &p,
+        "oom",
+        "hog",
+        json!({"image": id, "port": 8080, "memory_mb": 32}),
+    )
+    .expect_status(201);
+    api.put_json(
+        "/v1/tenants/oom/routes/hog.oom.test",
+        Some(json!({"function": "hog"})),
+    )
+    .ok();
+    assert_eq!(p.get("hog.oom.test", "/").status(), 200);
+    let resp = p.get("hog.oom.test", "/cgi-bin/eat");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.json::<Value>().unwrap()["error"]["code"],
+        "container_error"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while container_events(&p, "oom", "hog", "oom") != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no oom event: {:?}\n{:?}\n{}",
+            events(&p, "oom", "hog"),
+            podman.cli(&["ps", "-a", "--format", "{{.ID}} {{.Status}} {{.Labels}}"]),
+            p.log_lines(&["container"]).join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let evs = events(&p, "oom", "hog");
+    assert!(
+        evs.iter().any(|e| e["type"] == "request"
+            && e["outcome"] == "container_error"
+            && e["status"] == 502),
+        "{evs:?}"
+    );
+    // Perch and the other tenant carry on.
+    assert_eq!(p.get("hello.calm.test", "/").status(), 200);
+    assert_eq!(
+        p.get("hog.oom.test", "/").status(),
+        200,
+        "a replacement serves"
+    );
+
+    // A container that never listens: 503 container_unavailable, no earlier
+    // than start_timeout_s and well before start_timeout_s + 10 s.
+    put_container(
+        &p,
+        "oom",
+        "mute",
+        json!({"image": id, "port": 8080, "command": ["/bin/sleep", "600"], "start_timeout_s": 2}),
+    )
+    .expect_status(201);
+    api.put_json(
+        "/v1/tenants/oom/routes/mute.oom.test",
+        Some(json!({"function": "mute"})),
+    )
+    .ok();
+    let asked = std::time::Instant::now();
+    let resp = p.get("mute.oom.test", "/");
+    let waited = asked.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(
+        resp.json::<Value>().unwrap()["error"]["code"],
+        "container_unavailable"
+    );
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    assert!(waited < Duration::from_secs(12), "{waited:?}");
+    eventually("an unhealthy event", || {
+        container_events(&p, "oom", "mute", "unhealthy") >= 1
+    });
+    assert_eq!(p.get("hello.calm.test", "/").status(), 200);
+}
+
+#[test]
+fn rolling_a_container_function_to_a_new_version_fails_no_request() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, node) = perch(podman, "");
+    let api = p.admin();
+    api.put_json("/v1/tenants/roll", None).ok();
+    let one = httpd_image("localhost/roll:1");
+    let two = busybox_image(
+        "localhost/roll:2",
+        &[("www/index.html", b"version two\n")],
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
+    let (id1, id2) = (image_id(&one), image_id(&two));
+    upload_image(&p, "roll", &one).expect_status(201);
+    upload_image(&p, "roll", &two).expect_status(201);
+    put_container(
+        &p,
+        "roll",
+        "site",
+        json!({"image": id1, "port": 8080, "idle_timeout_s": 1}),
+    )
+    .expect_status(201);
+    api.put_json(
+        "/v1/tenants/roll/routes/site.roll.test",
+        Some(json!({"function": "site"})),
+    )
+    .ok();
+    assert_eq!(p.get("site.roll.test", "/").status(), 200);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = p.data_url.clone();
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), url.clone());
+            std::thread::spawn(move || {
+                let client = perch_tests::http();
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && seen.len() < 2000 {
+                    let r = client
+                        .get(format!("{url}/"))
+                        .header("host", "site.roll.test")
+                        .send();
+                    seen.push(match r {
+                        Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+                        Err(e) => (0, e.to_string()),
+                    });
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    put_container(
+        &p,
+        "roll",
+        "site",
+        json!({"image": id2, "port": 8080, "idle_timeout_s": 1}),
+    )
+    .expect_status(201);
+    eventually("version two serves", || {
+        p.get("site.roll.test", "/").text().unwrap() == "version two\n"
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen: Vec<(u16, String)> = load.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let failed: Vec<&(u16, String)> = seen.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        seen.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(seen.iter().any(|(_, b)| b.as_bytes() == PAGE));
+    assert!(seen.iter().any(|(_, b)| b == "version two\n"));
+    // The old version's container stops after its idle timeout.
+    let v1 = [format!("perch.node={node}"), "perch.version=1".to_string()];
+    let v1: Vec<&str> = v1.iter().map(String::as_str).collect();
+    eventually("version one's container stops", || {
+        podman.containers(&v1).is_empty()
+    });
+    assert_eq!(
+        podman
+            .containers(&[&format!("perch.node={node}"), "perch.version=2"])
+            .len(),
+        1
+    );
+}

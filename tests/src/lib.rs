@@ -585,9 +585,11 @@ fn require_program_with(program: &str, skip_external: Option<&str>) -> bool {
     }
 }
 
-/// A Podman API service of the test process's own: storage, run state and
-/// network definitions in a temporary directory, runc and cgroupfs (what
-/// works on these machines), started on first use and shared by every
+/// A Podman API service of the test process's own: storage, run state,
+/// locks (file locks: the default shared-memory ones are numbered
+/// machine-wide and collide between services), events and network
+/// definitions in a temporary directory, runc and cgroupfs (what works on
+/// these machines), started on first use and shared by every
 /// test of the process. A watcher removes its containers, its storage and
 /// the directory once the test process has exited.
 pub struct Podman {
@@ -620,8 +622,10 @@ impl Podman {
             format!(
                 "[containers]\ndefault_ulimits = [\"nofile={hard}:{hard}\", \"nproc=32768:32768\"]\n\
                  [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
-                 [network]\nnetwork_config_dir = \"{}\"\n",
-                dir.join("networks").display()
+                 events_logger = \"file\"\nevents_logfile_path = \"{d}/events.log\"\n\
+                 lock_type = \"file\"\ntmp_dir = \"{d}/libpod-tmp\"\n\
+                 [network]\nnetwork_config_dir = \"{d}/networks\"\n",
+                d = dir.display(),
             ),
         )
         .unwrap();
@@ -700,7 +704,9 @@ fn nofile_limits() -> (u64, u64) {
 }
 
 /// A `docker save` archive of a one-layer image: busybox-static at
-/// `/bin/busybox`, the `files` given (path, bytes), and `cmd` as its
+/// `/bin/busybox` (with `sh`, `sleep`, `touch`, `nc`, `httpd`, `cat`,
+/// `echo` and `test` linked to it), the `files` given (path, bytes; made
+/// executable), and `cmd` as its
 /// command. Its id is the SHA-256 of its config, as engines compute it.
 pub fn busybox_image(tag: &str, files: &[(&str, &[u8])], cmd: &[&str]) -> Vec<u8> {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static at /bin/busybox");
@@ -719,6 +725,19 @@ pub fn busybox_image(tag: &str, files: &[(&str, &[u8])], cmd: &[&str]) -> Vec<u8
     add("tmp/.keep", b"", 0o644);
     for (name, bytes) in files {
         add(name, bytes, 0o755);
+    }
+    // The applets scripts in these images call, as links to busybox.
+    for applet in [
+        "sh", "sleep", "touch", "nc", "httpd", "cat", "echo", "test", "[",
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        layer
+            .append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .unwrap();
     }
     let layer = layer.into_inner().unwrap();
     let hex = |b: &[u8]| -> String {

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::common::{
     PageQuery, Resp, TenantCall, blocking, collect_garbage, invalid_name, query_flag, read_body,
 };
-use super::images::containers_disabled;
+use super::images::{containers_disabled, refuse_unread};
 use crate::app::App;
 use crate::http::{error, internal_error, json, method_not_allowed, no_content, tri};
 use crate::names::valid_name;
@@ -163,7 +163,7 @@ async fn upload_container(
     activate: bool,
 ) -> Resp {
     let Some(cc) = app.config.containers.clone() else {
-        return containers_disabled();
+        return refuse_unread(req, containers_disabled()).await;
     };
     let body = tri!(read_body(req, super::common::JSON_LIMIT as u64).await);
     let mut spec = match perch_containers::ContainerSpec::from_upload(&body) {

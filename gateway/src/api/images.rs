@@ -17,9 +17,39 @@ use crate::app::App;
 use crate::http::{error, internal_error, json, method_not_allowed, no_content, tri};
 use crate::registry::{ImageRecord, now};
 
-/// An answer given before the request body was read: the connection
-/// closes after it, so the unread body is never taken for the next request.
-pub(super) fn closing(mut resp: Resp) -> Resp {
+/// Bodies read and dropped before an early refusal is answered; past this
+/// the connection closes after the answer instead.
+const DRAIN_BYTES: usize = 16 << 20;
+
+/// An answer given before the request body was read. The body is read and
+/// dropped first (up to 16 MiB, for 5 s), so the client, which may still be
+/// sending it, gets the answer rather than a broken pipe; a larger or
+/// slower body closes the connection after the answer, so it is never
+/// taken for the next request.
+pub(super) async fn refuse_unread(req: Request<Incoming>, mut resp: Resp) -> Resp {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let drained = match declared {
+        Some(n) if n > DRAIN_BYTES as u64 => false,
+        _ => {
+            let read = http_body_util::Limited::new(req.into_body(), DRAIN_BYTES).collect();
+            matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(5), read).await,
+                Ok(Ok(_))
+            )
+        }
+    };
+    if !drained {
+        resp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// An answer after which the connection closes (the body was not read).
+fn closing(mut resp: Resp) -> Resp {
     resp.headers_mut()
         .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
     resp
@@ -27,11 +57,11 @@ pub(super) fn closing(mut resp: Resp) -> Resp {
 
 /// 400 `containers_disabled`: the node has no container engine.
 pub(super) fn containers_disabled() -> Resp {
-    closing(error(
+    error(
         StatusCode::BAD_REQUEST,
         "containers_disabled",
         "this node runs no containers (the operator has not configured [containers])",
-    ))
+    )
 }
 
 fn invalid_image(message: &str) -> Resp {
@@ -115,18 +145,16 @@ async fn spool(req: Request<Incoming>, path: &Path, limit: u64) -> Result<u64, R
 }
 
 async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String) -> Resp {
-    let Some(backend) = app.containers.clone() else {
-        return containers_disabled();
-    };
-    let Some(cc) = app.config.containers.as_ref() else {
-        return containers_disabled();
+    let (Some(backend), Some(cc)) = (app.containers.clone(), app.config.containers.as_ref()) else {
+        return refuse_unread(req, containers_disabled()).await;
     };
     if !app.registry.tenant_exists(&tenant) {
-        return closing(error(
+        let missing = error(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("tenant `{tenant}` does not exist"),
-        ));
+        );
+        return refuse_unread(req, missing).await;
     }
     let media = req
         .headers()
@@ -140,9 +168,8 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String) -> Resp {
                 .to_ascii_lowercase()
         });
     if media.as_deref().is_some_and(|m| m != "application/x-tar") {
-        return closing(invalid_image(
-            "an image upload's Content-Type is application/x-tar",
-        ));
+        let refused = invalid_image("an image upload's Content-Type is application/x-tar");
+        return refuse_unread(req, refused).await;
     }
     let dir = images_dir(&app.config.data_dir);
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {

@@ -150,7 +150,27 @@ impl Executor for ContainerExecutor {
                 }
             };
             let req = upstream(req, &lease)?;
-            match client.request(req).await {
+            // A safe request without a body (GET, HEAD, OPTIONS) is sent
+            // again when the kept-alive connection it went out on turned out
+            // closed before anything came back.
+            let safe = matches!(
+                *req.method(),
+                http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+            );
+            let replay = (safe && http_body::Body::is_end_stream(req.body())).then(|| {
+                let mut again = Request::new(LimitedBody::empty());
+                *again.method_mut() = req.method().clone();
+                *again.uri_mut() = req.uri().clone();
+                *again.headers_mut() = req.headers().clone();
+                again
+            });
+            let mut sent = client.request(req).await;
+            if let (Err(e), Some(again)) = (&sent, replay)
+                && stale_connection(e)
+            {
+                sent = client.request(again).await;
+            }
+            match sent {
                 Ok(resp) => {
                     log.record(record(
                         &label,
@@ -179,6 +199,19 @@ impl Executor for ContainerExecutor {
             }
         })
     }
+}
+
+/// Whether a request failed because the kept-alive connection it went out
+/// on had been closed by the instance (nothing came back).
+fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Keeps the instance's slot until the response body is done.

@@ -413,5 +413,6 @@ async fn start_containers(
         tracing::warn!(error = %e, "could not list the engine's containers at start");
     }
     backend.spawn_reaper();
+    backend.spawn_exit_watcher();
     Ok(backend)
 }
