@@ -714,3 +714,140 @@ fn scaffolded_project_builds_deploys_and_answers() {
     assert_eq!(json["message"], "Hello, Ada!");
     assert_eq!(perch.get("demo.acme.test", "/nowhere").status(), 404);
 }
+
+/// A signed URL for `container-front`: `path?exp=…&sig=…`.
+fn signed_url(secret: &[u8], path: &str, exp: u64) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let sig = ring::hmac::sign(&key, format!("{path}?exp={exp}").as_bytes());
+    format!("{path}?exp={exp}&sig={}", b64url(sig.as_ref()))
+}
+
+#[test]
+fn example_container_front() {
+    let Some(podman) = perch_tests::Podman::get() else {
+        return;
+    };
+    let node = format!("front-{}", std::process::id());
+    let perch = Perch::start_with(&format!(
+        "[node]\nname = \"{node}\"\n[containers]\nengine = \"{}\"\n",
+        podman.url
+    ));
+    let admin = perch.admin();
+    // Tenant a: a container `app` (busybox httpd, a CGI that shows what it
+    // got) behind the front on a.test.
+    let show = b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"uri=$REQUEST_URI verified=$HTTP_X_FRONT_VERIFIED cookie=[$HTTP_COOKIE] auth=[$HTTP_AUTHORIZATION]\"\n";
+    let archive = perch_tests::busybox_image(
+        "localhost/front-app:1",
+        &[("www/cgi-bin/show", show)],
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
+    admin.put_json("/v1/tenants/a", None).ok();
+    admin
+        .call(
+            reqwest::Method::PUT,
+            "/v1/tenants/a/images",
+            Some((archive.clone(), "application/x-tar")),
+        )
+        .expect_status(201);
+    let image = perch_tests::image_id(&archive);
+    admin
+        .call(
+            reqwest::Method::PUT,
+            "/v1/tenants/a/functions/app",
+            Some((
+                serde_json::json!({"container": {"image": image, "port": 8080}})
+                    .to_string()
+                    .into_bytes(),
+                "application/json",
+            )),
+        )
+        .expect_status(201);
+    let token = perch.deploy("a", "front", guests::CONTAINER_FRONT, "front.a.test");
+    perch.api(&token).put_settings(
+        "a",
+        "front",
+        serde_json::json!({"vars": {"SERVICE": "app"}, "secrets": {"URL_SECRET": "s3cret"}}),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Answered by the front alone: no container is started for it.
+    assert_eq!(
+        perch.get("front.a.test", "/healthz").text().unwrap(),
+        "ok\n"
+    );
+    let mine = format!("perch.node={node}");
+    assert!(podman.containers(&[&mine]).is_empty());
+    // Unsigned, badly signed and expired URLs never reach the container.
+    for path in [
+        "/cgi-bin/show".to_string(),
+        signed_url(b"wrong", "/cgi-bin/show", now + 60),
+        signed_url(b"s3cret", "/cgi-bin/show", now - 1),
+    ] {
+        let resp = perch.get("front.a.test", &path);
+        assert_eq!(resp.status(), 403, "{path}");
+    }
+    assert!(podman.containers(&[&mine]).is_empty());
+    // A signed URL: the container starts and sees the rewritten request.
+    let resp = perch
+        .request(
+            reqwest::Method::GET,
+            "front.a.test",
+            &signed_url(b"s3cret", "/cgi-bin/show", now + 60),
+        )
+        .header("cookie", "session=abc")
+        .header("authorization", "Bearer xyz")
+        .header("x-front-verified", "forged")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().unwrap().trim(),
+        "uri=/cgi-bin/show verified=1 cookie=[] auth=[]"
+    );
+    assert_eq!(podman.containers(&[&mine, "perch.function=app"]).len(), 1);
+
+    // Tenant b runs the same front: a's container is not b's to reach, by
+    // name or by its port on 127.0.0.1.
+    let token_b = perch.deploy("b", "front", guests::CONTAINER_FRONT, "front.b.test");
+    let url = signed_url(b"b-secret", "/cgi-bin/show", now + 60);
+    perch.api(&token_b).put_settings(
+        "b",
+        "front",
+        serde_json::json!({"vars": {"SERVICE": "app"}, "secrets": {"URL_SECRET": "b-secret"}}),
+    );
+    assert_eq!(perch.get("front.b.test", &url).status(), 502);
+    let port = podman
+        .cli(&[
+            "ps",
+            "--filter",
+            &format!("label={mine}"),
+            "--format",
+            "{{.Labels}}",
+        ])
+        .unwrap();
+    let port: String = port
+        .split("perch.port:")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    perch.api(&token_b).put_settings(
+        "b",
+        "front",
+        serde_json::json!({
+            "vars": {"ORIGIN": format!("http://127.0.0.1:{port}")},
+            "secrets": {"URL_SECRET": "b-secret"},
+        }),
+    );
+    assert_eq!(perch.get("front.b.test", &url).status(), 502);
+    perch.wait_for_log("outbound request refused", 1);
+    // Tenant a still gets through.
+    let again = perch.get(
+        "front.a.test",
+        &signed_url(b"s3cret", "/cgi-bin/show", now + 60),
+    );
+    assert_eq!(again.status(), 200);
+}

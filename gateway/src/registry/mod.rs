@@ -100,6 +100,8 @@ pub struct Registry {
     secrets: Arc<SecretBox>,
     kv: std::sync::OnceLock<Arc<dyn perch_kv::KvStore>>,
     containers: std::sync::OnceLock<Arc<perch_containers::Backend>>,
+    /// Functions with container versions, for `NAME.containers.internal`.
+    directory: Arc<crate::routing::ContainerDirectory>,
     inner: Mutex<Inner>,
     routes: ArcSwap<RouteTable>,
     gates: Mutex<HashMap<String, Arc<TenantGate>>>,
@@ -124,6 +126,7 @@ impl Registry {
             secrets,
             kv: std::sync::OnceLock::new(),
             containers: std::sync::OnceLock::new(),
+            directory: Arc::default(),
             inner: Mutex::new(Inner::default()),
             routes: ArcSwap::from_pointee(RouteTable::default()),
             gates: Mutex::new(HashMap::new()),

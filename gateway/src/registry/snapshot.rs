@@ -106,6 +106,7 @@ impl Registry {
                 Some(t) => inner.targets.insert(key.clone(), t.clone()),
                 None => inner.targets.remove(key),
             };
+            self.directory.set(key, target.as_ref());
             for host in inner.hosts.get(key).into_iter().flatten() {
                 table.set(host, target.clone());
             }
@@ -241,6 +242,12 @@ impl Registry {
             max_requests: limits.outbound_requests,
         });
         inv.config = Arc::new(env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+        if self.containers.get().is_some() {
+            inv.internal = Some(Arc::new(crate::routing::ContainerDestinations {
+                tenant: function.tenant.clone(),
+                directory: self.directory.clone(),
+            }));
+        }
         inv.env = env;
         if let Some(kv) = self.kv.get() {
             inv.kv = Some(Arc::new(perch_runtime::KvAccess {

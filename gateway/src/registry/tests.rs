@@ -57,6 +57,7 @@ fn rebuilt(r: &Registry) -> View {
         secrets: r.secrets.clone(),
         kv: std::sync::OnceLock::new(),
         containers: std::sync::OnceLock::new(),
+        directory: Arc::default(),
         inner: Mutex::new(Inner::default()),
         routes: ArcSwap::from_pointee(RouteTable::default()),
         gates: Mutex::new(HashMap::new()),

@@ -9,8 +9,10 @@ use imbl::HashMap;
 use crate::names::{HostPattern, PathPattern, RoutePattern};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+mod internal;
 mod split;
 
+pub use internal::{CONTAINERS_SUFFIX, ContainerDestinations, ContainerDirectory};
 pub use split::{Split, StickyKey, VERSION_OVERRIDE, sticky_bucket};
 
 /// Where a request goes: a function and its deployed versions.
