@@ -565,3 +565,98 @@ fn rolling_a_container_function_to_a_new_version_fails_no_request() {
         1
     );
 }
+
+#[test]
+fn a_tenants_container_reaches_neither_another_tenants_container_nor_the_admin_api() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, node) = perch(podman, "");
+    let api = p.admin();
+    // A CGI that connects where its query string says and reports what
+    // came back (busybox nc, 2 s at most).
+    let probe = b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\nhost=${QUERY_STRING%:*}\nport=${QUERY_STRING#*:}\nout=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 \"$host\" \"$port\" 2>/dev/null)\nif [ -n \"$out\" ]; then echo \"reached: $out\"; else echo unreachable; fi\n";
+    for tenant in ["iso-a", "iso-b"] {
+        api.put_json(&format!("/v1/tenants/{tenant}"), None).ok();
+        let archive = busybox_image(
+            &format!("localhost/{tenant}:1"),
+            &[("www/index.html", PAGE), ("www/cgi-bin/probe", probe)],
+            &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+        );
+        upload_image(&p, tenant, &archive).expect_status(201);
+        put_container(
+            &p,
+            tenant,
+            "svc",
+            json!({"image": image_id(&archive), "port": 8080}),
+        )
+        .expect_status(201);
+        api.put_json(
+            &format!("/v1/tenants/{tenant}/routes/svc.{tenant}.test"),
+            Some(json!({"function": "svc"})),
+        )
+        .ok();
+        assert_eq!(p.get(&format!("svc.{tenant}.test"), "/").status(), 200);
+    }
+    let inspect = |tenant: &str, format: &str| {
+        let ids = podman.containers(&[
+            &format!("perch.node={node}"),
+            &format!("perch.tenant={tenant}"),
+        ]);
+        podman
+            .cli(&["inspect", &ids[0], "--format", format])
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let ip_of = |tenant: &str| {
+        inspect(
+            tenant,
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        )
+    };
+    let gateway_of = |tenant: &str| {
+        inspect(
+            tenant,
+            "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}",
+        )
+    };
+    let (a_ip, b_ip) = (ip_of("iso-a"), ip_of("iso-b"));
+    assert!(
+        !a_ip.is_empty() && !b_ip.is_empty() && a_ip != b_ip,
+        "{a_ip} {b_ip}"
+    );
+    let probe_from = |tenant: &str, target: &str| {
+        p.get(
+            &format!("svc.{tenant}.test"),
+            &format!("/cgi-bin/probe?{target}"),
+        )
+        .text()
+        .unwrap()
+    };
+    // The probe works: a container reaches itself on its own network.
+    assert!(
+        probe_from("iso-a", &format!("{a_ip}:8080")).starts_with("reached"),
+        "self"
+    );
+    // Tenant b's container reaches neither a's container nor the admin API
+    // (on the host's side of its network, or on its own loopback).
+    assert_eq!(
+        probe_from("iso-b", &format!("{a_ip}:8080")).trim(),
+        "unreachable"
+    );
+    let admin_port = p
+        .admin_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let gateway = gateway_of("iso-b");
+    assert_eq!(
+        probe_from("iso-b", &format!("{gateway}:{admin_port}")).trim(),
+        "unreachable"
+    );
+    assert_eq!(
+        probe_from("iso-b", &format!("127.0.0.1:{admin_port}")).trim(),
+        "unreachable"
+    );
+}
