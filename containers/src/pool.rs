@@ -194,10 +194,22 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// Ports instances are published on: below Linux's ephemeral range
+/// (32768–60999), so a port the kernel hands out to some other socket later
+/// never collides with one an instance still holds (an engine forwards a
+/// published port with address translation, not a socket the kernel sees).
+const PUBLISH_PORTS: std::ops::Range<u16> = 20000..32768;
+
+/// A port in [`PUBLISH_PORTS`] that nothing on 127.0.0.1 listens on now.
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let span = u32::from(PUBLISH_PORTS.end - PUBLISH_PORTS.start);
+    for _ in 0..64 {
+        let port = PUBLISH_PORTS.start + (fastrand_u32() % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no free port to publish on"))
 }
 
 impl Pool {

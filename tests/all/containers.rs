@@ -660,3 +660,59 @@ fn a_tenants_container_reaches_neither_another_tenants_container_nor_the_admin_a
         "unreachable"
     );
 }
+
+#[test]
+fn an_http_upgrade_passes_through_to_the_container_both_ways() {
+    use std::io::{Read, Write};
+    let Some(podman) = Podman::get() else { return };
+    let (p, _node) = perch(podman, "");
+    let api = p.admin();
+    api.put_json("/v1/tenants/ws", None).ok();
+    // Reads the request head, switches to the `echo` protocol, then echoes.
+    let upgrade = b"#!/bin/sh\nwhile read -r line; do\n  case \"$line\" in \"\"|\"$(printf '\\r')\") break;; esac\ndone\nprintf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n'\nexec cat\n";
+    let archive = busybox_image(
+        "localhost/ws:1",
+        &[("upgrade.sh", upgrade)],
+        &["/bin/nc", "-ll", "-p", "8080", "-e", "/upgrade.sh"],
+    );
+    upload_image(&p, "ws", &archive).expect_status(201);
+    put_container(
+        &p,
+        "ws",
+        "echo",
+        json!({"image": image_id(&archive), "port": 8080}),
+    )
+    .expect_status(201);
+    api.put_json(
+        "/v1/tenants/ws/routes/echo.ws.test",
+        Some(json!({"function": "echo"})),
+    )
+    .ok();
+    let addr = p
+        .data_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(perch_tests::NO_HANG)).unwrap();
+    conn.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: echo.ws.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(conn.read(&mut byte).unwrap(), 1, "head so far: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("perch-request-id"), "{head}");
+    for message in [&b"ping\n"[..], b"a second message\n"] {
+        conn.write_all(message).unwrap();
+        let mut back = vec![0u8; message.len()];
+        conn.read_exact(&mut back).unwrap();
+        assert_eq!(back, message);
+    }
+}

@@ -61,6 +61,19 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// The protocol a request asks to switch to (`Connection: upgrade` with an
+/// `Upgrade` header), if any.
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -86,8 +99,13 @@ fn upstream(mut req: Request<LimitedBody>, lease: &Lease) -> Result<Request<Limi
     let client = req.extensions().get::<ClientIp>().map(|c| c.0);
     *req.uri_mut() = Uri::try_from(format!("http://{}{path}", lease.addr()))
         .map_err(|e| Failure::Internal(format!("upstream uri: {e}")))?;
+    let upgrade = upgrade_of(req.headers());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
     // Perch says who the client is; what the client claimed is dropped.
     headers.remove("x-forwarded-for");
     headers.remove("forwarded");
@@ -149,6 +167,9 @@ impl Executor for ContainerExecutor {
                     return Err(Failure::ContainerUnavailable(format!("{label}: {e}")));
                 }
             };
+            let mut req = req;
+            let client_upgrade = upgrade_of(req.headers())
+                .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
             let req = upstream(req, &lease)?;
             // A safe request without a body (GET, HEAD, OPTIONS) is sent
             // again when the kept-alive connection it went out on turned out
@@ -178,6 +199,11 @@ impl Executor for ContainerExecutor {
                         Some(resp.status().as_u16()),
                         started,
                     ));
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(client_side) = client_upgrade
+                    {
+                        return Ok(switch(resp, client_side, lease, permit));
+                    }
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     let body = WithPermit {
@@ -199,6 +225,43 @@ impl Executor for ContainerExecutor {
             }
         })
     }
+}
+
+/// Answers a 101 from the instance: the client gets the instance's head,
+/// and once both sides have switched, their bytes are copied both ways
+/// until either closes. The instance's slot and the tenant's concurrency
+/// permit are held as long as the upgraded connection lives.
+fn switch(
+    mut upstream: http::Response<hyper::body::Incoming>,
+    client_side: hyper::upgrade::OnUpgrade,
+    lease: Lease,
+    permit: GatePermit,
+) -> http::Response<crate::http::ResBody> {
+    let instance_side = hyper::upgrade::on(&mut upstream);
+    tokio::spawn(async move {
+        let (client, instance) = match tokio::join!(client_side, instance_side) {
+            (Ok(c), Ok(i)) => (c, i),
+            (c, i) => {
+                tracing::info!(
+                    client = c.is_ok(),
+                    instance = i.is_ok(),
+                    "an upgrade did not complete"
+                );
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut instance = hyper_util::rt::TokioIo::new(instance);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut instance).await;
+        drop((lease, permit));
+    });
+    let (parts, _) = upstream.into_parts();
+    http::Response::from_parts(
+        parts,
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
 }
 
 /// Whether a request failed because the kept-alive connection it went out

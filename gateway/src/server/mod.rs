@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use perch_runtime::{Runtime, RuntimeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -326,14 +325,13 @@ pub async fn serve(
     raise_fd_limit(
         libc::rlim_t::from(config.max_connections) + ADMIN_CONNECTIONS as libc::rlim_t + 1024,
     );
-    let data_graceful = GracefulShutdown::new();
-    let admin_graceful = GracefulShutdown::new();
+    let data_drain = listener::Drain::new(config.max_connections as usize);
+    let admin_drain = listener::Drain::new(ADMIN_CONNECTIONS);
     let data_loop = {
         let dataplane = dataplane.clone();
         listener::accept_loop(
             data_listener,
             listener::Settings {
-                max_connections: config.max_connections as usize,
                 header_read_timeout: config.header_read_timeout,
                 // Perch answers oversized heads itself (431/414 with its
                 // JSON), so hyper's buffer sits above those limits.
@@ -341,7 +339,7 @@ pub async fn serve(
                 nodelay: true,
             },
             stop_rx.clone(),
-            &data_graceful,
+            &data_drain,
             move |peer, req| crate::dataplane::handle(dataplane.clone(), peer, req),
         )
     };
@@ -350,13 +348,12 @@ pub async fn serve(
         listener::accept_loop(
             admin_listener,
             listener::Settings {
-                max_connections: ADMIN_CONNECTIONS,
                 header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
                 max_buf_size: None,
                 nodelay: false,
             },
             stop_rx.clone(),
-            &admin_graceful,
+            &admin_drain,
             move |peer, req| crate::api::handle(app.clone(), peer, req),
         )
     };
@@ -375,7 +372,7 @@ pub async fn serve(
 
     tokio::join!(data_loop, admin_loop, signals);
     let drain = async {
-        tokio::join!(data_graceful.shutdown(), admin_graceful.shutdown());
+        tokio::join!(data_drain.wait(), admin_drain.wait());
     };
     if tokio::time::timeout(config.drain, drain).await.is_err() {
         tracing::warn!("drain period over; closing remaining connections");
