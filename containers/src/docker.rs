@@ -50,6 +50,9 @@ fn engine_error(e: BollardError) -> DriverError {
     }
 }
 
+/// The longest output line passed on; longer ones are split.
+const MAX_LINE: usize = 16 << 10;
+
 /// `perch-net-<tenant>`: a tenant's network.
 pub fn network_name(tenant: &str) -> String {
     format!("perch-net-{tenant}")
@@ -354,6 +357,57 @@ impl ContainerDriver for DockerDriver {
             code,
             oom: state["OOMKilled"] == true || (code == 137 && limited),
         })
+    }
+
+    async fn follow_output(
+        &self,
+        id: &str,
+        since: i64,
+        out: tokio::sync::mpsc::Sender<(bool, String)>,
+    ) -> Result<(), DriverError> {
+        use bollard::container::LogOutput;
+        let opts = bollard::query_parameters::LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            since: since as i32,
+            ..Default::default()
+        };
+        let mut frames = self.docker.logs(id, Some(opts));
+        // Partial lines of stdout and stderr.
+        let mut partial = [Vec::new(), Vec::new()];
+        while let Some(frame) = frames.next().await {
+            let (stderr, bytes) = match frame.map_err(engine_error)? {
+                LogOutput::StdErr { message } => (true, message),
+                LogOutput::StdOut { message } | LogOutput::Console { message } => (false, message),
+                LogOutput::StdIn { .. } => continue,
+            };
+            let buf = &mut partial[usize::from(stderr)];
+            buf.extend_from_slice(&bytes);
+            while let Some(end) = buf
+                .iter()
+                .position(|&b| b == b'\n')
+                .or((buf.len() >= MAX_LINE).then_some(MAX_LINE))
+            {
+                let line: Vec<u8> = buf.drain(..end.min(buf.len())).collect();
+                if buf.first() == Some(&b'\n') {
+                    buf.remove(0);
+                }
+                let text = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                if out.send((stderr, text)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        for (stderr, rest) in partial.into_iter().enumerate() {
+            if !rest.is_empty() {
+                let text = String::from_utf8_lossy(&rest).into_owned();
+                let _ = out.send((stderr == 1, text)).await;
+            }
+        }
+        Ok(())
     }
 
     async fn watch_exits(

@@ -168,6 +168,16 @@ pub trait ContainerDriver: Send + Sync + 'static {
     /// Every container labelled for `node`, running or not.
     async fn list(&self, node: &str) -> Result<Vec<Listed>, DriverError>;
 
+    /// Sends what the container prints, line by line as `(stderr?, line)`
+    /// (a line without its break; at most 16 KiB, longer ones are split),
+    /// from `since` (unix seconds) until it stops or `out` is closed.
+    async fn follow_output(
+        &self,
+        id: &str,
+        since: i64,
+        out: tokio::sync::mpsc::Sender<(bool, String)>,
+    ) -> Result<(), DriverError>;
+
     /// Sends the id of each container labelled for `node` that exits, as
     /// the engine reports it, until the engine's event stream ends (or
     /// `exits` is closed).

@@ -23,7 +23,9 @@ pub mod spec;
 
 pub use docker::{DockerDriver, network_name};
 pub use driver::{ContainerDriver, ContainerState, DriverError, Labels, Listed, RunRequest};
-pub use pool::{AcquireError, Instance, Lease, Lifecycle, Notices, Pool, QUEUE, VersionId};
+pub use pool::{
+    AcquireError, Instance, Lease, Lifecycle, Notices, Pool, QUEUE, VersionId, short_id,
+};
 pub use spec::{ContainerSpec, Maxima, SpecError};
 
 /// How often the reaper looks at every pool.

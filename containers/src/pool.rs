@@ -60,6 +60,13 @@ pub enum Lifecycle {
         /// Why (for the operator; engine text never reaches clients).
         reason: String,
     },
+    /// A line it printed.
+    Output {
+        /// Printed on stderr (else stdout).
+        stderr: bool,
+        /// The line, without its break.
+        line: String,
+    },
 }
 
 impl Lifecycle {
@@ -71,12 +78,19 @@ impl Lifecycle {
             Lifecycle::Crashed { .. } => "crashed",
             Lifecycle::Oom => "oom",
             Lifecycle::Unhealthy { .. } => "unhealthy",
+            Lifecycle::Output { .. } => "output",
         }
     }
 }
 
-/// Where lifecycle events go.
-pub type Notices = Arc<dyn Fn(&VersionId, Lifecycle) + Send + Sync>;
+/// Where lifecycle events and output go: the version, the instance (its
+/// container id, short; empty before one exists), what happened.
+pub type Notices = Arc<dyn Fn(&VersionId, &str, Lifecycle) + Send + Sync>;
+
+/// The short form of a container id (12 hex digits), as engines print it.
+pub fn short_id(container: &str) -> &str {
+    &container[..container.len().min(12)]
+}
 
 /// Why no instance could take a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -333,21 +347,23 @@ impl Pool {
             Ok(instance) => {
                 st.failures = 0;
                 st.backoff_until = None;
-                st.instances.push(instance);
+                st.instances.push(instance.clone());
                 drop(st);
                 self.starts.fetch_add(1, Ordering::Relaxed);
                 (self.notices)(
                     &self.id,
+                    short_id(&instance.container),
                     Lifecycle::Started {
                         ms: began.elapsed().as_millis() as u64,
                     },
                 );
+                self.follow_output(&instance, 0);
             }
             Err(reason) => {
                 self.back_off(&mut st);
                 drop(st);
                 tracing::warn!(version = %self.id, %reason, "container did not start");
-                (self.notices)(&self.id, Lifecycle::Unhealthy { reason });
+                (self.notices)(&self.id, "", Lifecycle::Unhealthy { reason });
             }
         }
         self.wake();
@@ -555,18 +571,52 @@ impl Pool {
             },
         };
         tracing::warn!(version = %self.id, container = %instance.container, event = event.name(), "container ended");
-        (self.notices)(&self.id, event);
+        (self.notices)(&self.id, short_id(&instance.container), event);
     }
 
     /// Adopts an instance found running at start (its port answered).
-    pub(crate) fn adopt(&self, container: String, addr: SocketAddr) {
-        lock(&self.state).instances.push(Arc::new(Instance {
+    pub(crate) fn adopt(self: &Arc<Self>, container: String, addr: SocketAddr) {
+        let instance = Arc::new(Instance {
             container,
             addr,
             in_flight: AtomicU32::new(0),
             idle_since: Mutex::new(Instant::now()),
             gone: AtomicBool::new(false),
-        }));
+        });
+        lock(&self.state).instances.push(instance.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.follow_output(&instance, now);
+    }
+
+    /// Passes what the instance prints on as output notices, from `since`
+    /// (unix seconds; 0: from its start), for as long as it is in service.
+    fn follow_output(self: &Arc<Self>, instance: &Arc<Instance>, since: i64) {
+        let (pool, instance) = (self.clone(), instance.clone());
+        tokio::spawn(async move {
+            let mut since = since;
+            while !instance.gone.load(Ordering::Acquire) {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<(bool, String)>(256);
+                let driver = pool.driver.clone();
+                let container = instance.container.clone();
+                let follow =
+                    tokio::spawn(async move { driver.follow_output(&container, since, tx).await });
+                let short = short_id(&instance.container).to_string();
+                while let Some((stderr, line)) = rx.recv().await {
+                    (pool.notices)(&pool.id, &short, Lifecycle::Output { stderr, line });
+                }
+                if let Ok(Err(e)) = follow.await {
+                    tracing::debug!(version = %pool.id, error = %e, "following a container's output");
+                }
+                // The stream ended (the engine's time-out, or the container
+                // stopped): pick up from now if it still serves.
+                since = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Stops instances idle too long (down to `min_instances`, or all once
@@ -610,7 +660,7 @@ impl Pool {
                 if let Err(e) = pool.driver.stop(&instance.container, STOP_GRACE).await {
                     tracing::warn!(version = %pool.id, error = %e, "stopping a container");
                 }
-                (pool.notices)(&pool.id, Lifecycle::Stopped);
+                (pool.notices)(&pool.id, short_id(&instance.container), Lifecycle::Stopped);
             });
         }
         !(retired != LIVE && empty)

@@ -388,7 +388,7 @@ fn a_container_over_its_memory_or_never_ready_fails_alone() {
     api.put_json("/v1/tenants/oom", None).ok();
     // The main process waits for the CGI to ask, then grows until the
     // kernel kills it; the CGI keeps the request open meanwhile.
-    let serve = b"#!/bin/sh\nhttpd -p 8080 -h /www\nwhile [ ! -e /tmp/eat ]; do sleep 0.1; done\nx=a\nwhile :; do x=\"$x$x\"; done\n";
+    let serve = b"#!/bin/sh\nhttpd -p 8080 -h /www\necho serving\nwhile [ ! -e /tmp/eat ]; do sleep 0.1; done\necho 'eating memory' >&2\nx=a\nwhile :; do x=\"$x$x\"; done\n";
     let eat = b"#!/bin/sh\ntouch /tmp/eat\nsleep 30\necho 'Content-Type: text/plain'\necho\necho survived\n";
     let archive = busybox_image(
         "localhost/oom:1",
@@ -438,6 +438,21 @@ fn a_container_over_its_memory_or_never_ready_fails_alone() {
             && e["status"] == 502),
         "{evs:?}"
     );
+    // What the container printed is in the function's log, by stream.
+    eventually("the container's output", || {
+        let out: Vec<(String, String)> = events(&p, "oom", "hog")
+            .iter()
+            .filter(|e| e["type"] == "output")
+            .map(|e| {
+                (
+                    e["stream"].as_str().unwrap().to_string(),
+                    e["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        out.contains(&("stdout".into(), "serving".into()))
+            && out.contains(&("stderr".into(), "eating memory".into()))
+    });
     // Perch and the other tenant carry on.
     assert_eq!(p.get("hello.calm.test", "/").status(), 200);
     assert_eq!(

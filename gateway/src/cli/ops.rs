@@ -176,6 +176,16 @@ fn event_line(e: &Value, colour: bool) -> String {
         Some("lagged") => {
             return format!("… {} events lost (this follower fell behind)", e["dropped"]);
         }
+        Some("output") => {
+            return format!(
+                "{stamp} {}@{} [{}] {}: {}",
+                cell(&e["function"]),
+                cell(&e["version"]),
+                cell(&e["instance"]),
+                cell(&e["stream"]),
+                cell(&e["message"]),
+            );
+        }
         Some("container") => {
             return format!(
                 "{stamp} {}@{} container {}: {}",

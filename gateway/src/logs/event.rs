@@ -28,6 +28,25 @@ pub enum Event {
     Scheduled(ScheduledEvent),
     /// A container instance's lifecycle change.
     Container(ContainerEvent),
+    /// A line a container instance printed.
+    Output(OutputEvent),
+}
+
+/// A line a container instance printed (stdout or stderr), as printed.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputEvent {
+    /// Unix milliseconds when Perch read it.
+    pub time: u64,
+    /// Function name.
+    pub function: String,
+    /// The version it runs.
+    pub version: u32,
+    /// The instance (short container id).
+    pub instance: String,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    /// The line, without its break.
+    pub message: String,
 }
 
 /// A container instance started, stopped, crashed, was killed for
@@ -43,6 +62,8 @@ pub struct ContainerEvent {
     pub function: String,
     /// The version it runs.
     pub version: u32,
+    /// The instance (short container id; empty when none was created).
+    pub instance: String,
     /// `started`, `stopped`, `crashed`, `oom` or `unhealthy`.
     pub event: &'static str,
     /// What happened, for people.
@@ -128,6 +149,7 @@ impl Event {
             Event::Request(e) => e.time,
             Event::Scheduled(e) => e.time,
             Event::Container(e) => e.time,
+            Event::Output(e) => e.time,
         }
     }
 
@@ -137,6 +159,7 @@ impl Event {
             Event::Request(e) => &e.function,
             Event::Scheduled(e) => &e.function,
             Event::Container(e) => &e.function,
+            Event::Output(e) => &e.function,
         }
     }
 
@@ -150,7 +173,7 @@ impl Event {
         match self {
             Event::Request(e) => Some(&e.run),
             Event::Scheduled(e) => Some(&e.run),
-            Event::Container(_) => None,
+            Event::Container(_) | Event::Output(_) => None,
         }
     }
 
@@ -161,7 +184,8 @@ impl Event {
                 e.request_id.len() + e.function.len() + e.method.len() + e.path.len()
             }
             Event::Scheduled(e) => e.function.len() + e.cron.len(),
-            Event::Container(e) => e.function.len() + e.message.len(),
+            Event::Container(e) => e.function.len() + e.instance.len() + e.message.len(),
+            Event::Output(e) => e.function.len() + e.instance.len() + e.message.len(),
         };
         let lines = self.run().map_or(&[][..], |r| &r.logs);
         256 + strings + lines.iter().map(|l| 48 + l.message.len()).sum::<usize>()

@@ -5,6 +5,8 @@ mod event;
 mod hub;
 mod sink;
 
-pub use event::{ContainerEvent, Event, Line, RequestEvent, Run, ScheduledEvent, StatusFilter};
+pub use event::{
+    ContainerEvent, Event, Line, OutputEvent, RequestEvent, Run, ScheduledEvent, StatusFilter,
+};
 pub use hub::{Followed, Follower, LogHub, MAX_FOLLOWERS, TooManyFollowers};
 pub use sink::{RequestLog, container_notices, outcome_name, perch_status, request_id, unix_ms};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use perch_runtime::{InvocationRecord, LogSink, Outcome, TracingLogSink};
 
-use super::event::{ContainerEvent, Event, Line, RequestEvent, Run};
+use super::event::{ContainerEvent, Event, Line, OutputEvent, RequestEvent, Run};
 use super::hub::LogHub;
 
 /// Unix time in milliseconds.
@@ -65,19 +65,34 @@ pub fn perch_status(outcome: Outcome) -> Option<u16> {
     }
 }
 
-/// The container backend's lifecycle events, as container events in the
-/// function's log (and the server log).
+/// The container backend's notices: lifecycle changes as container events
+/// (also in the server log), output lines as output events, in the
+/// function's log.
 pub fn container_notices(hub: Arc<LogHub>, node: Arc<str>) -> perch_containers::Notices {
     use perch_containers::Lifecycle;
-    Arc::new(move |id, change| {
-        let message = match &change {
+    Arc::new(move |id, instance, change| {
+        let message = match change {
+            Lifecycle::Output { stderr, line } => {
+                let stream = if stderr { "stderr" } else { "stdout" };
+                let event = OutputEvent {
+                    time: unix_ms(),
+                    function: id.function.clone(),
+                    version: id.version,
+                    instance: instance.to_string(),
+                    stream,
+                    message: line,
+                };
+                hub.push(&id.tenant, Event::Output(event));
+                return;
+            }
             Lifecycle::Started { ms } => format!("ready {ms} ms after the start began"),
             Lifecycle::Stopped => "stopped".to_string(),
             Lifecycle::Crashed { code } => format!("exited with {code}"),
             Lifecycle::Oom => "killed: out of memory".to_string(),
-            Lifecycle::Unhealthy { reason } => reason.clone(),
+            Lifecycle::Unhealthy { ref reason } => reason.clone(),
         };
-        tracing::info!(tenant = %id.tenant, function = %id.function, version = id.version, event = change.name(), %message, "container");
+        let name = change.name();
+        tracing::info!(tenant = %id.tenant, function = %id.function, version = id.version, %instance, event = name, %message, "container");
         hub.push(
             &id.tenant,
             Event::Container(ContainerEvent {
@@ -85,7 +100,8 @@ pub fn container_notices(hub: Arc<LogHub>, node: Arc<str>) -> perch_containers::
                 node: node.clone(),
                 function: id.function.clone(),
                 version: id.version,
-                event: change.name(),
+                instance: instance.to_string(),
+                event: name,
                 message,
             }),
         );
