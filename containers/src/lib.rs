@@ -24,7 +24,8 @@ pub mod spec;
 pub use docker::{DockerDriver, network_name};
 pub use driver::{ContainerDriver, ContainerState, DriverError, Labels, Listed, RunRequest};
 pub use pool::{
-    AcquireError, Instance, Lease, Lifecycle, Notices, Pool, QUEUE, VersionId, short_id,
+    AcquireError, COLD_START_BUCKETS, ColdStarts, Instance, Lease, Lifecycle, Notices, Pool, QUEUE,
+    VersionId, short_id,
 };
 pub use spec::{ContainerSpec, Maxima, SpecError};
 
@@ -33,10 +34,7 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// The node's container versions.
 pub struct Backend {
-    driver: Arc<dyn ContainerDriver>,
-    node: String,
-    notices: Notices,
-    images: Option<std::path::PathBuf>,
+    node: Arc<pool::Node>,
     pools: Mutex<HashMap<VersionId, Arc<Pool>>>,
 }
 
@@ -55,17 +53,20 @@ impl Backend {
         images: Option<std::path::PathBuf>,
     ) -> Arc<Backend> {
         Arc::new(Backend {
-            driver,
-            node: node.to_string(),
-            notices,
-            images,
+            node: Arc::new(pool::Node {
+                name: node.to_string(),
+                driver,
+                notices,
+                images,
+                cold_starts: ColdStarts::default(),
+            }),
             pools: Mutex::default(),
         })
     }
 
     /// The engine.
     pub fn driver(&self) -> &Arc<dyn ContainerDriver> {
-        &self.driver
+        &self.node.driver
     }
 
     /// The pool of a version, created on first use. A version is
@@ -79,15 +80,7 @@ impl Backend {
         pools
             .entry(id.clone())
             .or_insert_with(|| {
-                Arc::new(Pool::new(
-                    id,
-                    spec.clone(),
-                    env.to_vec(),
-                    self.node.clone(),
-                    self.driver.clone(),
-                    self.notices.clone(),
-                    self.images.clone(),
-                ))
+                Arc::new(Pool::new(id, spec.clone(), env.to_vec(), self.node.clone()))
             })
             .clone()
     }
@@ -106,6 +99,11 @@ impl Backend {
     /// Every pool (metrics).
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         lock(&self.pools).values().cloned().collect()
+    }
+
+    /// Start-to-ready times of every instance this node started.
+    pub fn cold_starts(&self) -> &ColdStarts {
+        &self.node.cold_starts
     }
 
     /// Stops idle instances and keeps warm ones, every half second, for
@@ -148,8 +146,8 @@ impl Backend {
                     return;
                 };
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
-                let driver = backend.driver.clone();
-                let node = backend.node.clone();
+                let driver = backend.node.driver.clone();
+                let node = backend.node.name.clone();
                 drop(backend);
                 let watch = tokio::spawn(async move { driver.watch_exits(&node, tx).await });
                 while let Some(container) = rx.recv().await {
@@ -176,7 +174,7 @@ impl Backend {
     /// version's pool when that version is deployed and the container
     /// answers, and removed otherwise.
     pub async fn reconcile(&self) -> Result<(), DriverError> {
-        let found = self.driver.list(&self.node).await?;
+        let found = self.node.driver.list(&self.node.name).await?;
         for c in found {
             let id = VersionId {
                 tenant: c.labels.tenant.clone(),
@@ -207,7 +205,7 @@ impl Backend {
                 tracing::info!(version = %id, container = %c.id, "adopted a running container");
             } else {
                 tracing::info!(version = %id, container = %c.id, "removing a container no current version runs");
-                if let Err(e) = self.driver.stop(&c.id, Duration::ZERO).await {
+                if let Err(e) = self.node.driver.stop(&c.id, Duration::ZERO).await {
                     tracing::warn!(container = %c.id, error = %e, "removing a stale container");
                 }
             }
@@ -221,7 +219,7 @@ impl Backend {
         let mut stops = Vec::new();
         for pool in pools {
             for instance in pool.instances() {
-                let driver = self.driver.clone();
+                let driver = self.node.driver.clone();
                 stops.push(tokio::spawn(async move {
                     driver
                         .stop(&instance.container, Duration::from_secs(2))

@@ -143,17 +143,70 @@ pub struct Pool {
     /// Its spec (the image is an id).
     pub spec: ContainerSpec,
     env: Vec<(String, String)>,
-    node: String,
-    driver: Arc<dyn ContainerDriver>,
-    notices: Notices,
-    /// Where image archives are kept (`<hex>.tar`).
-    images: Option<std::path::PathBuf>,
+    node: Arc<Node>,
     state: Mutex<PoolState>,
     /// Bumped whenever a waiting request may now get an instance.
     changed: watch::Sender<u64>,
     retired: AtomicU8,
-    /// Starts and their ready times, for metrics.
+    /// Instances that became ready.
     pub starts: AtomicU32,
+    /// Requests an instance failed (refused, cut, crashed).
+    pub proxy_errors: AtomicU32,
+}
+
+/// What every pool of a node shares.
+pub(crate) struct Node {
+    /// The node's name (the `perch.node` label).
+    pub(crate) name: String,
+    /// The engine.
+    pub(crate) driver: Arc<dyn ContainerDriver>,
+    /// Where lifecycle events and output go.
+    pub(crate) notices: Notices,
+    /// Where image archives are kept (`<hex>.tar`).
+    pub(crate) images: Option<std::path::PathBuf>,
+    /// Start-to-ready times of the node's instances.
+    pub(crate) cold_starts: ColdStarts,
+}
+
+/// Upper bounds (seconds) of the cold-start histogram's buckets.
+pub const COLD_START_BUCKETS: [f64; 9] = [0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 30.0];
+
+/// Start-to-ready times of instances, a histogram for metrics.
+#[derive(Debug, Default)]
+pub struct ColdStarts {
+    /// Per bucket (not cumulative); the last counts those above every bound.
+    buckets: [std::sync::atomic::AtomicU64; COLD_START_BUCKETS.len() + 1],
+    sum_ms: std::sync::atomic::AtomicU64,
+}
+
+impl ColdStarts {
+    fn record(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = COLD_START_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(COLD_START_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ms
+            .fetch_add(took.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound of [`COLD_START_BUCKETS`], then the
+    /// total count and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        let mut cumulative = 0;
+        let mut out = Vec::with_capacity(COLD_START_BUCKETS.len());
+        for b in &self.buckets[..COLD_START_BUCKETS.len()] {
+            cumulative += b.load(Ordering::Relaxed);
+            out.push(cumulative);
+        }
+        let count = cumulative + self.buckets[COLD_START_BUCKETS.len()].load(Ordering::Relaxed);
+        (
+            out,
+            count,
+            self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        )
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -180,6 +233,7 @@ impl Lease {
     /// refused or cut): it checks whether the container still runs, and
     /// replaces it when not.
     pub fn failed(&self) {
+        self.pool.proxy_errors.fetch_add(1, Ordering::Relaxed);
         let pool = self.pool.clone();
         let instance = self.instance.clone();
         tokio::spawn(async move { pool.check(&instance).await });
@@ -231,23 +285,18 @@ impl Pool {
         id: VersionId,
         spec: ContainerSpec,
         env: Vec<(String, String)>,
-        node: String,
-        driver: Arc<dyn ContainerDriver>,
-        notices: Notices,
-        images: Option<std::path::PathBuf>,
+        node: Arc<Node>,
     ) -> Pool {
         Pool {
             id,
             spec,
             env,
             node,
-            driver,
-            notices,
-            images,
             state: Mutex::default(),
             changed: watch::channel(0).0,
             retired: AtomicU8::new(LIVE),
             starts: AtomicU32::new(0),
+            proxy_errors: AtomicU32::new(0),
         }
     }
 
@@ -350,7 +399,8 @@ impl Pool {
                 st.instances.push(instance.clone());
                 drop(st);
                 self.starts.fetch_add(1, Ordering::Relaxed);
-                (self.notices)(
+                self.node.cold_starts.record(began.elapsed());
+                (self.node.notices)(
                     &self.id,
                     short_id(&instance.container),
                     Lifecycle::Started {
@@ -363,7 +413,7 @@ impl Pool {
                 self.back_off(&mut st);
                 drop(st);
                 tracing::warn!(version = %self.id, %reason, "container did not start");
-                (self.notices)(&self.id, "", Lifecycle::Unhealthy { reason });
+                (self.node.notices)(&self.id, "", Lifecycle::Unhealthy { reason });
             }
         }
         self.wake();
@@ -378,8 +428,9 @@ impl Pool {
     async fn launch(&self, began: Instant) -> Result<Arc<Instance>, String> {
         let timeout = Duration::from_secs(u64::from(self.spec.start_timeout_s));
         let network = self
+            .node
             .driver
-            .tenant_network(&self.node, &self.id.tenant)
+            .tenant_network(&self.node.name, &self.id.tenant)
             .await
             .map_err(|e| e.to_string())?;
         let host_port = free_port().map_err(|e| format!("no free port: {e}"))?;
@@ -401,14 +452,19 @@ impl Pool {
             pids: 512,
             network,
             labels: Labels {
-                node: self.node.clone(),
+                node: self.node.name.clone(),
                 tenant: self.id.tenant.clone(),
                 function: self.id.function.clone(),
                 version: self.id.version,
             },
         };
         self.ensure_image().await?;
-        let container = self.driver.run(&req).await.map_err(|e| e.to_string())?;
+        let container = self
+            .node
+            .driver
+            .run(&req)
+            .await
+            .map_err(|e| e.to_string())?;
         let addr = SocketAddr::from(([127, 0, 0, 1], host_port));
         match self.wait_ready(&container, addr, began + timeout).await {
             Ok(()) => Ok(Arc::new(Instance {
@@ -419,7 +475,7 @@ impl Pool {
                 gone: AtomicBool::new(false),
             })),
             Err(reason) => {
-                if let Err(e) = self.driver.stop(&container, Duration::ZERO).await {
+                if let Err(e) = self.node.driver.stop(&container, Duration::ZERO).await {
                     tracing::warn!(version = %self.id, error = %e, "removing a failed container");
                 }
                 Err(reason)
@@ -432,6 +488,7 @@ impl Pool {
     async fn ensure_image(&self) -> Result<(), String> {
         let image = &self.spec.image;
         if self
+            .node
             .driver
             .has_image(image)
             .await
@@ -439,7 +496,7 @@ impl Pool {
         {
             return Ok(());
         }
-        let Some(dir) = &self.images else {
+        let Some(dir) = &self.node.images else {
             return Err(format!("the engine has no image {image}"));
         };
         let archive = dir.join(format!("{}.tar", image.trim_start_matches("sha256:")));
@@ -449,7 +506,8 @@ impl Pool {
             ));
         }
         tracing::info!(version = %self.id, %image, "loading the image from its kept archive");
-        self.driver
+        self.node
+            .driver
             .load_image(&archive)
             .await
             .map_err(|e| format!("reloading image {image}: {e}"))
@@ -475,7 +533,7 @@ impl Pool {
             }
             if now >= next_state_check {
                 next_state_check = now + Duration::from_millis(500);
-                match self.driver.state(container).await {
+                match self.node.driver.state(container).await {
                     Ok(ContainerState::Running) | Err(_) => {}
                     Ok(ContainerState::Exited { code, oom }) => {
                         return Err(match oom {
@@ -514,7 +572,7 @@ impl Pool {
         let state = loop {
             let seen = tokio::time::timeout(
                 Duration::from_secs(10),
-                self.driver.state(&instance.container),
+                self.node.driver.state(&instance.container),
             )
             .await;
             match seen {
@@ -552,13 +610,17 @@ impl Pool {
         // Out of service now; one more look names the end better than
         // "stopped answering" when the engine has caught up.
         let state = match state {
-            ContainerState::Running => match self.driver.state(&instance.container).await {
+            ContainerState::Running => match self.node.driver.state(&instance.container).await {
                 Ok(later @ ContainerState::Exited { .. }) => later,
                 _ => state,
             },
             other => other,
         };
-        let stopped = self.driver.stop(&instance.container, Duration::ZERO).await;
+        let stopped = self
+            .node
+            .driver
+            .stop(&instance.container, Duration::ZERO)
+            .await;
         if let Err(e) = &stopped {
             tracing::warn!(version = %self.id, error = %e, "removing an ended container");
         }
@@ -571,7 +633,7 @@ impl Pool {
             },
         };
         tracing::warn!(version = %self.id, container = %instance.container, event = event.name(), "container ended");
-        (self.notices)(&self.id, short_id(&instance.container), event);
+        (self.node.notices)(&self.id, short_id(&instance.container), event);
     }
 
     /// Adopts an instance found running at start (its port answered).
@@ -598,13 +660,13 @@ impl Pool {
             let mut since = since;
             while !instance.gone.load(Ordering::Acquire) {
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<(bool, String)>(256);
-                let driver = pool.driver.clone();
+                let driver = pool.node.driver.clone();
                 let container = instance.container.clone();
                 let follow =
                     tokio::spawn(async move { driver.follow_output(&container, since, tx).await });
                 let short = short_id(&instance.container).to_string();
                 while let Some((stderr, line)) = rx.recv().await {
-                    (pool.notices)(&pool.id, &short, Lifecycle::Output { stderr, line });
+                    (pool.node.notices)(&pool.id, &short, Lifecycle::Output { stderr, line });
                 }
                 if let Ok(Err(e)) = follow.await {
                     tracing::debug!(version = %pool.id, error = %e, "following a container's output");
@@ -657,10 +719,10 @@ impl Pool {
         for instance in stopping {
             let pool = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = pool.driver.stop(&instance.container, STOP_GRACE).await {
+                if let Err(e) = pool.node.driver.stop(&instance.container, STOP_GRACE).await {
                     tracing::warn!(version = %pool.id, error = %e, "stopping a container");
                 }
-                (pool.notices)(&pool.id, short_id(&instance.container), Lifecycle::Stopped);
+                (pool.node.notices)(&pool.id, short_id(&instance.container), Lifecycle::Stopped);
             });
         }
         !(retired != LIVE && empty)

@@ -141,6 +141,15 @@ fn a_container_version_starts_on_the_first_request_and_scales_to_zero() {
             .any(|e| e["type"] == "request" && e["status"] == 200 && e["outcome"] == "ok"),
         "{evs:?}"
     );
+    // Metrics: one instance of web, one start, one cold start timed.
+    let web = "function=\"web\"";
+    assert_eq!(p.metric("perch_container_instances", web), 1.0);
+    assert_eq!(p.metric("perch_container_starts_total", web), 1.0);
+    assert_eq!(
+        p.metric("perch_container_cold_start_seconds_count", ""),
+        1.0
+    );
+    assert_eq!(p.metric("perch_container_proxy_errors_total", web), 0.0);
     let shown = api.get("/v1/tenants/acme/functions/web/versions/1").ok();
     assert_eq!(shown["kind"], "container");
     assert_eq!(shown["container"]["port"], 8080);
@@ -437,6 +446,10 @@ fn a_container_over_its_memory_or_never_ready_fails_alone() {
             && e["outcome"] == "container_error"
             && e["status"] == 502),
         "{evs:?}"
+    );
+    assert_eq!(
+        p.metric("perch_container_proxy_errors_total", "function=\"hog\""),
+        1.0
     );
     // What the container printed is in the function's log, by stream.
     eventually("the container's output", || {

@@ -24,7 +24,10 @@ pub(super) fn handle<B>(app: &App, req: &Request<B>) -> Option<Resp> {
             "the server is shutting down",
         ),
         "/metrics" => {
-            let mut resp = Response::new(full(app.metrics.render(app.runtime.stats())));
+            let mut resp = Response::new(full(
+                app.metrics
+                    .render(app.runtime.stats(), app.containers.as_deref()),
+            ));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),

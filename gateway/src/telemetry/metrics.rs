@@ -69,8 +69,13 @@ impl Metrics {
         self.no_route.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Renders the Prometheus text format.
-    pub fn render(&self, runtime: &RuntimeStats) -> String {
+    /// Renders the Prometheus text format (with the container backend's
+    /// series when it is on).
+    pub fn render(
+        &self,
+        runtime: &RuntimeStats,
+        containers: Option<&perch_containers::Backend>,
+    ) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP perch_requests_total Data-plane requests by tenant, function and status.\n",
@@ -157,8 +162,83 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        if let Some(backend) = containers {
+            render_containers(&mut out, backend);
+        }
         out
     }
+}
+
+/// The container series, per function (its versions summed, so the
+/// series grow with functions, not with versions).
+fn render_containers(out: &mut String, backend: &perch_containers::Backend) {
+    use std::collections::BTreeMap;
+    #[derive(Default)]
+    struct Row {
+        instances: usize,
+        queued: u32,
+        starts: u64,
+        errors: u64,
+    }
+    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    for pool in backend.pools() {
+        let row = rows
+            .entry((pool.id.tenant.clone(), pool.id.function.clone()))
+            .or_default();
+        row.instances += pool.instances().len();
+        row.queued += pool.queued();
+        row.starts += u64::from(pool.starts.load(Ordering::Relaxed));
+        row.errors += u64::from(pool.proxy_errors.load(Ordering::Relaxed));
+    }
+    /// Name, type, help, and the value of a row.
+    type Series = (&'static str, &'static str, &'static str, fn(&Row) -> u64);
+    let series: [Series; 4] = [
+        (
+            "perch_container_instances",
+            "gauge",
+            "Container instances in service, per function.",
+            |r| r.instances as u64,
+        ),
+        (
+            "perch_container_queued_requests",
+            "gauge",
+            "Requests waiting for a container instance, per function.",
+            |r| u64::from(r.queued),
+        ),
+        (
+            "perch_container_starts_total",
+            "counter",
+            "Container instances started (ready), per function.",
+            |r| r.starts,
+        ),
+        (
+            "perch_container_proxy_errors_total",
+            "counter",
+            "Requests a container instance failed, per function.",
+            |r| r.errors,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for ((t, f), row) in &rows {
+            let _ = writeln!(
+                out,
+                "{name}{{tenant=\"{t}\",function=\"{f}\"}} {}",
+                value(row)
+            );
+        }
+    }
+    let name = "perch_container_cold_start_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Start of a container instance to its first successful probe.\n# TYPE {name} histogram"
+    );
+    let (cumulative, count, sum) = backend.cold_starts().snapshot();
+    for (bound, n) in perch_containers::COLD_START_BUCKETS.iter().zip(cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
 }
 
 #[cfg(test)]
@@ -172,7 +252,7 @@ mod tests {
         m.record("acme", "hello", 200, Duration::from_millis(3));
         m.record("acme", "hello", 500, Duration::from_secs(10));
         m.record("beta", "api", 200, Duration::from_millis(1));
-        let out = m.render(&RuntimeStats::default());
+        let out = m.render(&RuntimeStats::default(), None);
         assert!(out.contains(
             "perch_requests_total{tenant=\"acme\",function=\"hello\",status=\"200\"} 2\n"
         ));
