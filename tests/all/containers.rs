@@ -744,3 +744,69 @@ fn an_http_upgrade_passes_through_to_the_container_both_ways() {
         assert_eq!(back, message);
     }
 }
+
+#[test]
+fn perch_deploy_image_uploads_the_archive_and_creates_a_container_version() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, node) = perch(podman, "");
+    p.admin().put_json("/v1/tenants/cli", None).ok();
+    let archive = httpd_image("localhost/cli:1");
+    let path = p.dir.join("app.tar");
+    std::fs::write(&path, &archive).unwrap();
+    let out = std::process::Command::new(perch_tests::perch_bin())
+        .args(["deploy", "--image"])
+        .arg(&path)
+        .args([
+            "--port",
+            "8080",
+            "--tenant",
+            "cli",
+            "--name",
+            "web",
+            "--route",
+            "web.cli.test",
+        ])
+        .args(["--idle-timeout", "60", "--max-instances", "2"])
+        .env("PERCH_URL", &p.admin_url)
+        .env("PERCH_TOKEN", perch_tests::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = image_id(&archive);
+    assert!(stdout.contains(&format!("image {id}")), "{stdout}");
+    assert!(
+        stdout.contains("deployed cli/web version 1 (container"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("route web.cli.test -> web"), "{stdout}");
+    let v = p
+        .admin()
+        .get("/v1/tenants/cli/functions/web/versions/1")
+        .ok();
+    assert_eq!(v["container"]["idle_timeout_s"], 60);
+    assert_eq!(v["container"]["max_instances"], 2);
+    assert_eq!(
+        v["container"]["memory_mb"], 256,
+        "unset fields keep the defaults"
+    );
+    let resp = p.get("web.cli.test", "/");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().unwrap().as_ref(), PAGE);
+    assert_eq!(podman.containers(&[&format!("perch.node={node}")]).len(), 1);
+    // --image without --port is refused by the CLI itself.
+    let out = std::process::Command::new(perch_tests::perch_bin())
+        .args(["deploy", "--image"])
+        .arg(&path)
+        .args(["--tenant", "cli", "--name", "web"])
+        .env("PERCH_URL", &p.admin_url)
+        .env("PERCH_TOKEN", perch_tests::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
+}

@@ -20,8 +20,15 @@ pub(super) enum Command {
     New(NewArgs),
     /// Upload a component as a new version of a function (and optionally bind a host).
     Deploy {
-        /// The component (`.wasm`).
-        file: PathBuf,
+        /// The component (`.wasm`); with `--image`, none.
+        #[arg(required_unless_present = "image", conflicts_with = "image")]
+        file: Option<PathBuf>,
+        /// A container image archive (`docker save` / `podman save`): it is
+        /// uploaded as the tenant's image and a container version runs it.
+        #[arg(long, requires = "port")]
+        image: Option<PathBuf>,
+        #[command(flatten)]
+        container: ContainerArgs,
         /// Tenant that owns the function.
         #[arg(long)]
         tenant: String,
@@ -357,4 +364,64 @@ pub(super) enum TokenAction {
         /// Token id.
         id: String,
     },
+}
+
+/// The spec of a container version (`perch deploy --image`); unset fields
+/// take the server's defaults.
+#[derive(Debug, clap::Args)]
+pub struct ContainerArgs {
+    /// The port the container listens on.
+    #[arg(long, requires = "image")]
+    pub port: Option<u16>,
+    /// The command, instead of the image's (repeat for each argument).
+    #[arg(long = "command", requires = "image", num_args = 1.., value_name = "ARG")]
+    pub command: Option<Vec<String>>,
+    /// Memory limit, MiB.
+    #[arg(long, requires = "image")]
+    pub memory_mb: Option<u32>,
+    /// CPU limit, in CPUs.
+    #[arg(long, requires = "image")]
+    pub cpus: Option<f64>,
+    /// Instances kept running.
+    #[arg(long, requires = "image")]
+    pub min_instances: Option<u32>,
+    /// Instances at most.
+    #[arg(long, requires = "image")]
+    pub max_instances: Option<u32>,
+    /// In-flight requests per instance.
+    #[arg(long, requires = "image")]
+    pub concurrency: Option<u32>,
+    /// Seconds an idle instance is kept.
+    #[arg(long = "idle-timeout", requires = "image", value_name = "SECONDS")]
+    pub idle_timeout_s: Option<u32>,
+    /// A path that must answer 200 before an instance gets requests.
+    #[arg(long, requires = "image")]
+    pub health_path: Option<String>,
+    /// Seconds a request waits for an instance to become ready.
+    #[arg(long = "start-timeout", requires = "image", value_name = "SECONDS")]
+    pub start_timeout_s: Option<u32>,
+}
+
+impl ContainerArgs {
+    /// The spec's JSON for `image`, with only the fields given.
+    pub fn spec(&self, image: &str) -> serde_json::Value {
+        let mut spec = serde_json::json!({ "image": image, "port": self.port });
+        let fields = [
+            ("command", serde_json::json!(self.command)),
+            ("memory_mb", serde_json::json!(self.memory_mb)),
+            ("cpus", serde_json::json!(self.cpus)),
+            ("min_instances", serde_json::json!(self.min_instances)),
+            ("max_instances", serde_json::json!(self.max_instances)),
+            ("concurrency", serde_json::json!(self.concurrency)),
+            ("idle_timeout_s", serde_json::json!(self.idle_timeout_s)),
+            ("health_path", serde_json::json!(self.health_path)),
+            ("start_timeout_s", serde_json::json!(self.start_timeout_s)),
+        ];
+        for (name, value) in fields {
+            if !value.is_null() {
+                spec[name] = value;
+            }
+        }
+        spec
+    }
 }

@@ -30,12 +30,31 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
         }
         Command::Deploy {
             file,
+            image,
+            container,
             tenant,
             name,
             route,
             stage,
             api,
         } => {
+            let c = client(&api)?;
+            let query = if stage { "?activate=false" } else { "" };
+            let Some(file) = file else {
+                let archive = image.expect("clap: a file or --image");
+                let id = upload_image(&c, &tenant, &archive)?;
+                let v = c.call(
+                    Method::PUT,
+                    &format!("/v1/tenants/{tenant}/functions/{name}{query}"),
+                    body(json!({ "container": container.spec(&id) })),
+                )?;
+                println!(
+                    "{} {tenant}/{name} version {} (container {id})",
+                    if stage { "staged" } else { "deployed" },
+                    v["version"],
+                );
+                return bind_route(&c, &tenant, &name, route);
+            };
             let bytes = std::fs::read(&file)
                 .map_err(|e| ClientError(format!("cannot read {}: {e}", file.display())))?;
             // The server's limit, checked here too so a large file is not
@@ -49,8 +68,6 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
                     limit >> 20
                 )));
             }
-            let c = client(&api)?;
-            let query = if stage { "?activate=false" } else { "" };
             let v = c.call(
                 Method::PUT,
                 &format!("/v1/tenants/{tenant}/functions/{name}{query}"),
@@ -62,15 +79,7 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
                 v["version"],
                 v["digest"].as_str().unwrap_or("")
             );
-            if let Some(host) = route {
-                c.call(
-                    Method::PUT,
-                    &format!("/v1/tenants/{tenant}/routes/{host}"),
-                    body(json!({ "function": name })),
-                )?;
-                println!("route {host} -> {name}");
-            }
-            Ok(())
+            bind_route(&c, &tenant, &name, route)
         }
         Command::Tenants { action, api } => {
             let c = client(&api)?;
@@ -302,4 +311,40 @@ fn run_kv(c: &Client, tenant: &str, action: KvAction) -> Result<(), ClientError>
         }
     }
     Ok(())
+}
+
+/// Binds `route` (if given) to the function.
+fn bind_route(
+    c: &Client,
+    tenant: &str,
+    name: &str,
+    route: Option<String>,
+) -> Result<(), ClientError> {
+    if let Some(host) = route {
+        c.call(
+            Method::PUT,
+            &format!("/v1/tenants/{tenant}/routes/{host}"),
+            body(json!({ "function": name })),
+        )?;
+        println!("route {host} -> {name}");
+    }
+    Ok(())
+}
+
+/// Uploads an image archive as the tenant's image; returns its id.
+fn upload_image(
+    c: &Client,
+    tenant: &str,
+    archive: &std::path::Path,
+) -> Result<String, ClientError> {
+    let bytes = std::fs::read(archive)
+        .map_err(|e| ClientError(format!("cannot read {}: {e}", archive.display())))?;
+    let v = c.call(
+        Method::PUT,
+        &format!("/v1/tenants/{tenant}/images"),
+        Some((Bytes::from(bytes), "application/x-tar")),
+    )?;
+    let id = v["image"].as_str().unwrap_or("").to_string();
+    println!("image {id} ({} bytes)", v["size"]);
+    Ok(id)
 }
