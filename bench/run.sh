@@ -23,6 +23,11 @@
 #                log follower attached, and with a follower that stopped
 #                reading (goal: each ≥ 0.95 × plain); then the delay from a
 #                response to its event reaching a follower (goal ≤ 100 ms)
+#   containers   container cold start (no instance running): a request through
+#                Perch to its first byte, against create + start + first 200
+#                through the same engine API (bench/coldstart.py), alternating,
+#                CROUNDS rounds (10); on a Podman service of its own (not in
+#                the default list: it needs podman)
 #
 # It installs what is missing (wrk and h2load with apt-get, wasmtime-cli
 # 48.0.8 with cargo install, cached under ~/.cache/perch-bench), builds Perch
@@ -96,6 +101,11 @@ install_tools() {
     command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v curl >/dev/null || missing+=(curl)
+    if has_scenario containers; then
+        command -v podman >/dev/null || missing+=(podman catatonit netavark aardvark-dns iptables)
+        command -v runc >/dev/null || missing+=(runc)
+        [ -x /bin/busybox ] || missing+=(busybox-static)
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         local sudo=; [ "$(id -u)" -ne 0 ] && sudo=sudo
@@ -727,6 +737,62 @@ EOF
 
 install_tools
 build
+scenario_containers() {
+    log "scenario containers: cold start through Perch against the raw engine"
+    local w=$WORK/podman
+    mkdir -p "$w/networks" "$w/rootfs/bin" "$w/rootfs/www"
+    cat >"$w/containers.conf" <<CONF
+[containers]
+default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$w/events.log"
+lock_type = "file"
+tmp_dir = "$w/libpod-tmp"
+[network]
+network_config_dir = "$w/networks"
+CONF
+    export CONTAINERS_CONF=$w/containers.conf
+    local P=(podman --root "$w/storage" --runroot "$w/run")
+    cp /bin/busybox "$w/rootfs/bin/busybox"
+    echo '<h1>hello from container</h1>' >"$w/rootfs/www/index.html"
+    tar -C "$w/rootfs" -cf "$w/rootfs.tar" .
+    "${P[@]}" import -q --change 'CMD ["/bin/busybox","httpd","-f","-p","8080","-h","/www"]' \
+        "$w/rootfs.tar" localhost/bench-httpd:1 >/dev/null
+    "${P[@]}" save -q -o "$w/httpd.tar" localhost/bench-httpd:1
+    "${P[@]}" system service --time=0 "unix://$w/podman.sock" >"$w/service.log" 2>&1 &
+    local svc=$!
+    PIDS+=("$svc")
+    for _ in $(seq 1 500); do
+        curl -sf --unix-socket "$w/podman.sock" http://d/_ping >/dev/null 2>&1 && break
+        sleep 0.02
+    done
+    local node=bench-node
+    start_perch "$WORK/containers" "$(printf '[node]\nname = "%s"\n[containers]\nengine = "unix://%s/podman.sock"\n' "$node" "$w")"
+    local pid=$PERCH_PID
+    api PUT /v1/tenants/bench-c -o /dev/null
+    local image
+    image=$(api PUT /v1/tenants/bench-c/images -H 'content-type: application/x-tar' \
+        --data-binary @"$w/httpd.tar" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"])')
+    api PUT /v1/tenants/bench-c/functions/web -H 'content-type: application/json' \
+        -d "{\"container\":{\"image\":\"$image\",\"port\":8080,\"idle_timeout_s\":1}}" -o /dev/null
+    api PUT /v1/tenants/bench-c/routes/web.containers.bench -H 'content-type: application/json' \
+        -d '{"function":"web"}' -o /dev/null
+    # One start first: the tenant's network exists for the raw rounds too.
+    curl -sf -o /dev/null -H 'Host: web.containers.bench' "http://$DATA/" || { log "the container does not answer"; exit 1; }
+    python3 "$ROOT/bench/coldstart.py" --socket "$w/podman.sock" --image "$image" \
+        --network perch-net-bench-c --perch "$DATA" --host web.containers.bench --node "$node" \
+        --rounds "${CROUNDS:-10}" | sed 's/^/containers\t/' >>"$SAMPLES"
+    stop_pid "$pid"
+    stop_pid "$svc"
+    "${P[@]}" rm -f -a -t 0 >/dev/null 2>&1 || true
+    "${P[@]}" system reset -f >/dev/null 2>&1 || true
+    unset CONTAINERS_CONF
+    python3 "$ROOT/bench/coldstart.py" --report "$SAMPLES" | tee -a "$REPORT"
+}
+
 for f in "$PERCH" "$HELLO"; do [ -f "$f" ] || { log "missing $f"; exit 1; }; done
 if has_scenario isolation && [ ! -f "$FAULTY" ]; then log "missing $FAULTY"; exit 1; fi
 
@@ -761,6 +827,7 @@ for s in "${SCENARIOS[@]}"; do
         isolation) scenario_isolation ;;
         image) scenario_image ;;
         ops) scenario_ops ;;
+        containers) scenario_containers ;;
         *) log "unknown scenario $s"; exit 2 ;;
     esac
 done

@@ -545,7 +545,7 @@ impl Pool {
                 }
             }
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(now))).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 

@@ -810,3 +810,64 @@ fn perch_deploy_image_uploads_the_archive_and_creates_a_container_version() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
 }
+
+#[test]
+fn requests_beyond_every_instance_and_the_queue_get_503_overloaded() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, _node) = perch(podman, "");
+    let api = p.admin();
+    api.put_json("/v1/tenants/busy", None).ok();
+    let slow = b"#!/bin/sh\nsleep 2\necho 'Content-Type: text/plain'\necho\necho done\n";
+    let archive = busybox_image(
+        "localhost/busy:1",
+        &[("www/index.html", PAGE), ("www/cgi-bin/slow", slow)],
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+    );
+    upload_image(&p, "busy", &archive).expect_status(201);
+    put_container(
+        &p,
+        "busy",
+        "one",
+        json!({"image": image_id(&archive), "port": 8080, "concurrency": 1, "start_timeout_s": 3}),
+    )
+    .expect_status(201);
+    api.put_json(
+        "/v1/tenants/busy/routes/one.busy.test",
+        Some(json!({"function": "one"})),
+    )
+    .ok();
+    assert_eq!(p.get("one.busy.test", "/").status(), 200, "started");
+    // One instance, one request at a time: 1 in flight, 100 waiting, and
+    // the rest refused at once.
+    let url = p.data_url.clone();
+    let threads: Vec<_> = (0..104)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = perch_tests::http()
+                    .get(format!("{url}/cgi-bin/slow"))
+                    .header("host", "one.busy.test")
+                    .send()
+                    .unwrap();
+                let status = r.status().as_u16();
+                let code = r
+                    .json::<Value>()
+                    .ok()
+                    .map(|v| v["error"]["code"].to_string());
+                (status, code.unwrap_or_default())
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let count = |status: u16, code: &str| {
+        answers
+            .iter()
+            .filter(|(s, c)| *s == status && (code.is_empty() || c.contains(code)))
+            .count()
+    };
+    let (ok, overloaded) = (count(200, ""), count(503, "\"overloaded\""));
+    let waited_out = count(503, "container_unavailable");
+    assert!(ok >= 1, "{answers:?}");
+    assert!(overloaded >= 1, "{answers:?}");
+    assert_eq!(ok + overloaded + waited_out, answers.len(), "{answers:?}");
+}
