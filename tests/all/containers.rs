@@ -273,9 +273,37 @@ fn a_killed_container_is_replaced_and_a_restarted_perch_adopts_what_runs() {
     let mine = format!("perch.node={node}");
     let first = podman.containers(&[&mine]);
     assert_eq!(first.len(), 1);
+    // Traffic runs while the container is killed: each answer is a 200, or
+    // a 502 container_error for a request the dying instance failed, or
+    // (while the replacement starts) still a 200 after waiting.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), p.data_url.clone());
+            std::thread::spawn(move || {
+                let client = perch_tests::http();
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && seen.len() < 5000 {
+                    let r = client
+                        .get(format!("{url}/"))
+                        .header("host", "svc.crash.test")
+                        .send();
+                    seen.push(match r {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let body = r.text().unwrap_or_default();
+                            (status, body)
+                        }
+                        Err(e) => (0, e.to_string()),
+                    });
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
     podman.cli(&["kill", &first[0]]).unwrap();
-    // Requests right after the kill may fail (502 container_error); the
-    // supervisor notices and a replacement serves the next ones.
+    // The supervisor notices and a replacement serves the next ones.
     eventually("a replacement serves", || {
         let r = p.get("svc.crash.test", "/");
         let status = r.status();
@@ -287,6 +315,25 @@ fn a_killed_container_is_replaced_and_a_restarted_perch_adopts_what_runs() {
         }
         status == 200 && podman.containers(&[&mine]).iter().any(|c| c != &first[0])
     });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen: Vec<(u16, String)> = load.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let odd: Vec<&(u16, String)> = seen
+        .iter()
+        .filter(|(s, b)| !(*s == 200 || (*s == 502 && b.contains("container_error"))))
+        .collect();
+    assert!(
+        odd.is_empty(),
+        "{} of {}: {:?}",
+        odd.len(),
+        seen.len(),
+        &odd[..odd.len().min(5)]
+    );
+    assert_eq!(
+        seen.last().map(|(s, _)| *s),
+        Some(200),
+        "served again at the end"
+    );
     // A kill is exit 137, which under a memory limit reads as `oom` where the
     // engine does not say (cgroup v1): either event names the end.
     let ended = container_events(&p, "crash", "svc", "crashed")
