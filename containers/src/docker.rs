@@ -94,13 +94,14 @@ impl DockerDriver {
     }
 
     /// One request to the engine's socket outside bollard (Podman's own
-    /// API); returns the status and body.
-    async fn raw(
+    /// API, plain-JSON reads, the event stream); the answer's head, its
+    /// body still to read.
+    async fn send(
         &self,
         method: &str,
         path: &str,
         body: Vec<u8>,
-    ) -> Result<(u16, Bytes), DriverError> {
+    ) -> Result<http::Response<hyper::body::Incoming>, DriverError> {
         let unavailable = |e: &dyn std::fmt::Display| DriverError::Unavailable(e.to_string());
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
@@ -116,16 +117,23 @@ impl DockerDriver {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| unavailable(&e))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        sender.send_request(req).await.map_err(|e| unavailable(&e))
+    }
+
+    /// [`DockerDriver::send`], with the whole body read: status and body.
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Bytes), DriverError> {
+        let resp = self.send(method, path, body).await?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| unavailable(&e))?
+            .map_err(|e| DriverError::Unavailable(e.to_string()))?
             .to_bytes();
         Ok((status, body))
     }
@@ -415,28 +423,15 @@ impl ContainerDriver for DockerDriver {
         node: &str,
         exits: tokio::sync::mpsc::Sender<String>,
     ) -> Result<(), DriverError> {
+        // Every container event of the node: engines name an exit `die`
+        // (Docker) or `died` (Podman).
         let filters = serde_json::json!({
             "label": [format!("{LABEL_NODE}={node}")],
             "type": ["container"],
-            "event": ["die"],
         });
         let path = format!("/events?filters={}", url_encode(&filters.to_string()));
         let unavailable = |e: &dyn std::fmt::Display| DriverError::Unavailable(e.to_string());
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unavailable(&e))?;
-        tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header(http::header::HOST, "d")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| unavailable(&e))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let resp = self.send("GET", &path, Vec::new()).await?;
         if !resp.status().is_success() {
             return Err(DriverError::Refused {
                 status: resp.status().as_u16(),
@@ -456,7 +451,8 @@ impl ContainerDriver for DockerDriver {
                 let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) else {
                     continue;
                 };
-                let died = event["Action"] == "die" || event["status"] == "die";
+                let action = event["Action"].as_str().or(event["status"].as_str());
+                let died = matches!(action, Some("die" | "died"));
                 let id = event["Actor"]["ID"].as_str().or(event["id"].as_str());
                 if let (true, Some(id)) = (died, id)
                     && exits.send(id.to_string()).await.is_err()

@@ -27,6 +27,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
+/// The node's default caps on the timeouts a guest may ask for: 10 s
+/// connect, 60 s first byte, 60 s between bytes.
+pub const DEFAULT_MAX_TIMEOUTS: [Duration; 3] = [
+    Duration::from_secs(10),
+    Duration::from_secs(60),
+    Duration::from_secs(60),
+];
+
 /// Node-wide egress settings.
 #[derive(Debug, Clone, Default)]
 pub struct EgressConfig {
@@ -51,11 +59,7 @@ impl EgressConfig {
         EgressConfig {
             exempt,
             node_addrs: local_addresses(),
-            max_timeouts: [
-                Duration::from_secs(10),
-                Duration::from_secs(60),
-                Duration::from_secs(60),
-            ],
+            max_timeouts: DEFAULT_MAX_TIMEOUTS,
             ca_file: None,
             tls: None,
         }
@@ -232,6 +236,21 @@ pub(crate) async fn send(
     };
     let timeouts = Timeouts::capped(options, config.max_timeouts);
     let stream = dial(&addrs, tls, timeouts.connect).await?;
+    exchange(stream, request, timeouts).await
+}
+
+/// Sends `request` over plain HTTP/1.1 to `addr`, a destination Perch
+/// chose itself (an internal one, see [`crate::InternalDestinations`]): no
+/// egress checks, the same timeouts as any outbound request (the guest's,
+/// capped by `max_timeouts`).
+pub async fn send_direct(
+    addr: SocketAddr,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+    max_timeouts: [Duration; 3],
+) -> SendResult {
+    let timeouts = Timeouts::capped(options, max_timeouts);
+    let stream = dial(&[addr], None, timeouts.connect).await?;
     exchange(stream, request, timeouts).await
 }
 

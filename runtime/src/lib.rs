@@ -66,7 +66,7 @@ pub use compile::{
     CompileChildError, CompilerCommand, EngineSettings, compile_child, engine_config,
 };
 pub use digest::Digest;
-pub use egress::{EgressConfig, OutboundPolicy, refused_ip};
+pub use egress::{DEFAULT_MAX_TIMEOUTS, EgressConfig, OutboundPolicy, refused_ip, send_direct};
 pub use error::{InvokeError, RuntimeError, ValidationError};
 pub use host::Host;
 pub use internal::{InternalDestinations, OutboundFuture, OutboundResponse, Route};

@@ -11,7 +11,6 @@ use std::sync::{Arc, RwLock, Weak};
 use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use perch_containers::Lease;
 use perch_runtime::{
     HttpError, InternalDestinations, OutboundResponse, RequestOptions, Route, WasiBody,
@@ -89,66 +88,45 @@ impl InternalDestinations for ContainerDestinations {
                 .acquire()
                 .await
                 .map_err(|_| HttpError::ConnectionRefused)?;
-            send(request, lease).await
+            send(request, options, lease).await
         }))
     }
 }
 
-/// Sends `request` to the lease's instance over a fresh connection.
+/// Sends `request` to the lease's instance over a fresh connection, with
+/// the timeouts of any outbound request.
 async fn send(
-    mut request: http::Request<WasiBody>,
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
     lease: Lease,
 ) -> Result<OutboundResponse, HttpError> {
-    let stream = tokio::net::TcpStream::connect(lease.addr())
-        .await
-        .map_err(|_| {
-            lease.failed();
-            HttpError::ConnectionRefused
-        })?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(HttpError::Hyper)?;
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    *request.uri_mut() = http::Uri::builder()
-        .path_and_query(path)
-        .build()
-        .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-    let mut conn = Box::pin(conn);
-    let send = sender.send_request(request);
-    tokio::pin!(send);
-    let head = tokio::select! {
-        head = &mut send => head,
-        done = &mut conn => {
-            done.map_err(HttpError::Hyper)?;
-            send.await
-        }
-    };
-    let response = match head {
-        Ok(r) => r,
+    let sent = perch_runtime::send_direct(
+        lease.addr(),
+        request,
+        options,
+        perch_runtime::DEFAULT_MAX_TIMEOUTS,
+    )
+    .await;
+    let (response, io) = match sent {
+        Ok(answer) => answer,
         Err(e) => {
             lease.failed();
-            return Err(HttpError::Hyper(e));
+            return Err(e);
         }
     };
-    let response = response.map(|incoming| {
+    let response = response.map(|inner| {
         Leased {
-            incoming,
+            inner,
             _lease: lease,
         }
         .boxed_unsync()
     });
-    let io = async move { conn.await.map_err(HttpError::Hyper) };
-    Ok((response, Box::new(io)))
+    Ok((response, io))
 }
 
 /// The instance's answer, holding its slot until the body is read.
 struct Leased {
-    incoming: hyper::body::Incoming,
+    inner: WasiBody,
     _lease: Lease,
 }
 
@@ -160,16 +138,14 @@ impl http_body::Body for Leased {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.incoming)
-            .poll_frame(cx)
-            .map_err(HttpError::Hyper)
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.incoming.size_hint()
+        self.inner.size_hint()
     }
 }
