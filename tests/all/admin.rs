@@ -1,6 +1,6 @@
 //! The admin API contract: auth rules, shapes and status codes.
 use perch_tests::{Perch, guests};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn auth_scopes_and_host_claims() {
@@ -258,4 +258,69 @@ fn failed_auth_is_throttled_but_valid_tokens_are_not() {
         !perch.logs().contains("perch_wrong"),
         "a presented token reached the log"
     );
+}
+
+#[test]
+fn tokens_can_be_named_and_expire() {
+    let perch = Perch::start();
+    let admin = perch.admin();
+    admin.put_json("/v1/tenants/x", None).ok();
+    // Bad lifetimes and names are refused precisely.
+    for bad in [
+        json!(0),
+        json!(315_360_001u64),
+        json!(-5),
+        json!(1.5),
+        json!("60"),
+    ] {
+        admin
+            .post_json(
+                "/v1/tenants/x/tokens",
+                json!({"scopes": ["*"], "expires_in_s": bad}),
+            )
+            .expect_error(400, "invalid_expiry");
+    }
+    for bad in ["", "has space", &"n".repeat(65), "semi;colon"] {
+        admin
+            .post_json(
+                "/v1/tenants/x/tokens",
+                json!({"scopes": ["*"], "name": bad}),
+            )
+            .expect_error(400, "invalid_name");
+    }
+    // A named token that never expires, and one that expires in 1 s.
+    let lasting = admin
+        .post_json(
+            "/v1/tenants/x/tokens",
+            json!({"scopes": ["*"], "name": "ci-deploy"}),
+        )
+        .expect_status(201);
+    assert_eq!(lasting["name"], "ci-deploy");
+    assert_eq!(lasting["expires_at"], Value::Null);
+    let brief = admin
+        .post_json(
+            "/v1/tenants/x/tokens",
+            json!({"scopes": ["*"], "expires_in_s": 1}),
+        )
+        .expect_status(201);
+    let created = brief["created_at"].as_u64().unwrap();
+    assert_eq!(brief["expires_at"].as_u64(), Some(created + 1));
+    let listed = admin.get("/v1/tenants/x/tokens").ok();
+    let names: Vec<&Value> = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["name"])
+        .collect();
+    assert!(names.contains(&&json!("ci-deploy")), "{listed}");
+    // Once past expires_at the token is refused like an unknown one; the
+    // lasting token still works.
+    let brief_api = perch.api(brief["token"].as_str().unwrap());
+    perch_tests::eventually("the short token expires", || {
+        brief_api.get("/v1/tenants/x/functions").status == 401
+    });
+    perch
+        .api(lasting["token"].as_str().unwrap())
+        .get("/v1/tenants/x/functions")
+        .ok();
 }

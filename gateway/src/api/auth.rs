@@ -151,6 +151,8 @@ mod tests {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 created_at: 0,
                 hash: "h".into(),
+                name: None,
+                expires_at: None,
             })
         };
         let kv = token(&["kv"]);

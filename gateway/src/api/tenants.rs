@@ -203,6 +203,8 @@ mod tests {
                 scopes: vec!["*".into()],
                 created_at: 0,
                 hash: "h".into(),
+                name: None,
+                expires_at: None,
             })
             .unwrap();
 

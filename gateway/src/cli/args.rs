@@ -358,6 +358,12 @@ pub(super) enum TokenAction {
         /// Scope (repeatable).
         #[arg(long = "scope", required = true, value_parser = clap::builder::PossibleValuesParser::new(crate::registry::SCOPES))]
         scopes: Vec<String>,
+        /// Seconds until the token stops working (default: never).
+        #[arg(long = "expires-in", value_name = "SECONDS")]
+        expires_in_s: Option<u64>,
+        /// A label for people (1–64 of A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Revoke a token.
     Revoke {

@@ -216,8 +216,19 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
                     "tokens",
                     ops::TOKEN_COLUMNS,
                 ),
-                TokenAction::Create { scopes } => {
-                    print(&c.call(Method::POST, &base, body(json!({ "scopes": scopes })))?)
+                TokenAction::Create {
+                    scopes,
+                    expires_in_s,
+                    name,
+                } => {
+                    let mut request = json!({ "scopes": scopes });
+                    if let Some(s) = expires_in_s {
+                        request["expires_in_s"] = json!(s);
+                    }
+                    if let Some(n) = name {
+                        request["name"] = json!(n);
+                    }
+                    print(&c.call(Method::POST, &base, body(request))?)
                 }
                 TokenAction::Revoke { id } => {
                     c.call(Method::DELETE, &format!("{base}/{id}"), None)?;

@@ -286,8 +286,10 @@ pub(super) const TENANT_COLUMNS: &[(&str, &str)] = &[("NAME", "name"), ("DOMAINS
 /// Tokens.
 pub(super) const TOKEN_COLUMNS: &[(&str, &str)] = &[
     ("ID", "id"),
+    ("NAME", "name"),
     ("SCOPES", "scopes"),
     ("CREATED", "created_at"),
+    ("EXPIRES", "expires_at"),
 ];
 
 #[cfg(test)]

@@ -41,9 +41,20 @@ pub struct TokenRecord {
     pub created_at: u64,
     /// Lowercase hex SHA-256 of the token.
     pub hash: String,
+    /// A label for people (not unique).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Unix seconds from which the token no longer works; `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }
 
 impl TokenRecord {
+    /// Whether the token no longer works at unix second `now`.
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
     /// True when the token grants `scope`.
     pub fn allows(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == "*" || s == scope)

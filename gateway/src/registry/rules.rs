@@ -183,9 +183,9 @@ impl Registry {
         })
     }
 
-    /// The token whose SHA-256 is `hash`.
+    /// The token whose SHA-256 is `hash`, unless it has expired.
     pub fn lookup_token(&self, hash: &str) -> Option<TokenRecord> {
-        self.read(|s| s.tokens.get(hash).cloned())
+        self.read(|s| s.tokens.get(hash).filter(|t| !t.expired(now())).cloned())
     }
 
     // ---- functions ----

@@ -527,3 +527,29 @@ fn records_from_before_deployments_are_read_as_deployed() {
     f.upgrade();
     assert!(f.deployment.is_some());
 }
+
+#[test]
+fn an_expired_token_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in stores(dir.path()) {
+        let r = open_on(store);
+        r.put_tenant("t", None).unwrap();
+        let token = |hash: &str, expires_at: Option<u64>| TokenRecord {
+            id: hash.into(),
+            tenant: "t".into(),
+            scopes: vec!["*".into()],
+            created_at: 1,
+            hash: hash.into(),
+            name: Some("ci".into()),
+            expires_at,
+        };
+        r.add_token(token("past", Some(now() - 1))).unwrap();
+        r.add_token(token("future", Some(now() + 3600))).unwrap();
+        r.add_token(token("never", None)).unwrap();
+        assert!(r.lookup_token("past").is_none(), "{name}");
+        assert!(r.lookup_token("future").is_some(), "{name}");
+        assert_eq!(r.lookup_token("never").unwrap().name.as_deref(), Some("ci"));
+        // Still listed (with its expiry) until it is revoked.
+        assert_eq!(r.list_tokens("t").unwrap().len(), 3);
+    }
+}
