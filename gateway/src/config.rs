@@ -37,6 +37,9 @@ pub struct FileConfig {
     /// The container backend (off without `engine`).
     #[serde(default)]
     pub containers: ContainersFile,
+    /// What a tenant without quotas of its own may hold (absent: unlimited).
+    #[serde(default)]
+    pub quotas: crate::registry::Quotas,
 }
 
 /// The `[containers]` table.
@@ -225,6 +228,8 @@ pub struct Config {
     pub compile: CompileBudget,
     /// The container backend; `None` when off.
     pub containers: Option<ContainersConfig>,
+    /// The default quotas of tenants.
+    pub quotas: crate::registry::Quotas,
 }
 
 /// Values given on the command line or in the environment (already merged
@@ -372,6 +377,7 @@ impl Config {
                 wall_seconds: file.compile.wall_seconds.unwrap_or(120),
             },
             containers: containers_config(file.containers, &file.max)?,
+            quotas: file.quotas,
         };
         config.validate()?;
         Ok(config)

@@ -324,3 +324,78 @@ fn tokens_can_be_named_and_expire() {
         .get("/v1/tenants/x/functions")
         .ok();
 }
+
+#[test]
+fn quotas_bound_functions_and_routes_with_config_defaults_and_tenant_overrides() {
+    let perch = Perch::start_with("[quotas]\nfunctions = 2\n");
+    let admin = perch.admin();
+    admin.put_json("/v1/tenants/q", None).ok();
+    let wasm = std::fs::read(guests::HELLO).unwrap();
+    for f in ["f1", "f2"] {
+        admin.upload("q", f, &wasm).expect_status(201);
+    }
+    let body = admin.upload("q", "f3", &wasm).expect_status(403);
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert_eq!(body["error"]["quota"], "functions");
+    assert_eq!(body["error"]["limit"], 2);
+    admin
+        .get("/v1/tenants/q/functions/f3")
+        .expect_error(404, "not_found");
+    // A new version of an existing function is not a new function.
+    admin.upload("q", "f1", &wasm).expect_status(201);
+
+    // The tenant's own quota replaces the default; null resets it; keys
+    // left out are kept.
+    let t = admin
+        .put_json(
+            "/v1/tenants/q",
+            Some(json!({"quotas": {"functions": 3, "routes": 1}})),
+        )
+        .ok();
+    assert_eq!(t["quotas"], json!({"functions": 3, "routes": 1}));
+    admin.upload("q", "f3", &wasm).expect_status(201);
+    admin
+        .put_json(
+            "/v1/tenants/q/routes/one.q.test",
+            Some(json!({"function": "f1"})),
+        )
+        .ok();
+    // Re-binding the same pattern is not a new route.
+    admin
+        .put_json(
+            "/v1/tenants/q/routes/one.q.test",
+            Some(json!({"function": "f2"})),
+        )
+        .ok();
+    let body = admin
+        .put_json(
+            "/v1/tenants/q/routes/two.q.test",
+            Some(json!({"function": "f1"})),
+        )
+        .expect_status(403);
+    assert_eq!(body["error"]["quota"], "routes");
+    let t = admin
+        .put_json(
+            "/v1/tenants/q",
+            Some(json!({"quotas": {"functions": null}})),
+        )
+        .ok();
+    assert_eq!(t["quotas"], json!({"routes": 1}));
+    // Over the default again (3 held, 2 allowed): nothing is taken away,
+    // nothing new is added.
+    admin.upload("q", "f4", &wasm).expect_status(403);
+    assert_eq!(perch.get("one.q.test", "/").status(), 200);
+    // Bad quota bodies.
+    for bad in [
+        json!({"kv_bytes": 10}),
+        json!({"functions": -1}),
+        json!({"routes": "5"}),
+    ] {
+        admin
+            .put_json("/v1/tenants/q", Some(json!({"quotas": bad})))
+            .expect_error(400, "invalid_quota");
+    }
+    // The tenants listing shows them too.
+    let list = admin.get("/v1/tenants").ok();
+    assert_eq!(list["tenants"][0]["quotas"], json!({"routes": 1}));
+}

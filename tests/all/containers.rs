@@ -918,3 +918,73 @@ fn requests_beyond_every_instance_and_the_queue_get_503_overloaded() {
     assert!(overloaded >= 1, "{answers:?}");
     assert_eq!(ok + overloaded + waited_out, answers.len(), "{answers:?}");
 }
+
+#[test]
+fn image_bytes_and_container_memory_quotas_refuse_what_does_not_fit() {
+    let Some(podman) = Podman::get() else { return };
+    let (p, _node) = perch(podman, "[quotas]\ncontainer_memory_mb = 512\n");
+    let api = p.admin();
+    api.put_json("/v1/tenants/quota", None).ok();
+    let archive = httpd_image("localhost/quota:1");
+    let id = image_id(&archive);
+    // Too small for the archive: refused before the engine sees it.
+    api.put_json(
+        "/v1/tenants/quota",
+        Some(json!({"quotas": {"image_bytes": 1000}})),
+    )
+    .ok();
+    let body = upload_image(&p, "quota", &archive).expect_status(403);
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert_eq!(body["error"]["quota"], "image_bytes");
+    assert!(
+        podman.cli(&["image", "exists", &id]).is_err(),
+        "not in the engine"
+    );
+    api.put_json(
+        "/v1/tenants/quota",
+        Some(json!({"quotas": {"image_bytes": null}})),
+    )
+    .ok();
+    upload_image(&p, "quota", &archive).expect_status(201);
+    // 256 MiB × 2 fits the default 512; × 3 does not.
+    put_container(
+        &p,
+        "quota",
+        "a",
+        json!({"image": id, "port": 8080, "max_instances": 2}),
+    )
+    .expect_status(201);
+    let body = put_container(
+        &p,
+        "quota",
+        "b",
+        json!({"image": id, "port": 8080, "memory_mb": 64}),
+    )
+    .expect_status(403);
+    assert_eq!(body["error"]["quota"], "container_memory_mb");
+    assert_eq!(body["error"]["limit"], 512);
+    // Staged, it takes no memory; deploying it would.
+    put_container(
+        &p,
+        "quota",
+        "b",
+        json!({"image": id, "port": 8080, "memory_mb": 64}),
+    )
+    .expect_status(403);
+    let staged = p.admin().call(
+        Method::PUT,
+        "/v1/tenants/quota/functions/b?activate=false",
+        Some((
+            json!({"container": {"image": id, "port": 8080, "memory_mb": 64}})
+                .to_string()
+                .into_bytes(),
+            "application/json",
+        )),
+    );
+    staged.expect_status(201);
+    api.put_json(
+        "/v1/tenants/quota/functions/b/deployment",
+        Some(json!({"versions": [{"version": 1, "percent": 100}]})),
+    )
+    .expect_error(403, "quota_exceeded");
+}

@@ -76,6 +76,14 @@ pub(crate) fn registry_error(e: RegistryError) -> Resp {
         RegistryError::InvalidSettings(m) => error(StatusCode::BAD_REQUEST, "invalid_settings", &m),
         RegistryError::ImageInUse(m) => error(StatusCode::CONFLICT, "image_in_use", &m),
         RegistryError::ImageNotAllowed(m) => error(StatusCode::FORBIDDEN, "image_not_allowed", &m),
+        RegistryError::QuotaExceeded {
+            quota,
+            limit,
+            message,
+        } => crate::http::json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": {"code": "quota_exceeded", "message": message, "quota": quota, "limit": limit}}),
+        ),
         other => {
             tracing::error!(error = %other, "registry failure");
             internal_error()

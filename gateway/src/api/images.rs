@@ -216,6 +216,15 @@ async fn store(
     if let Some(have) = existing.iter().find(|i| i.id == image.id) {
         return json(StatusCode::OK, &image_json(have));
     }
+    // Refused before the engine sees it when the tenant has no room.
+    tri!(
+        blocking({
+            let app = app.clone();
+            let tenant = tenant.to_string();
+            move || app.registry.image_fits(&tenant, size)
+        })
+        .await
+    );
     if let Err(e) = tokio::fs::rename(spooled, &kept).await {
         tracing::error!(error = %e, "keeping an image archive");
         return internal_error();
@@ -255,13 +264,18 @@ async fn store(
         size,
         created_at: now(),
     };
-    let (record, created) = tri!(
-        blocking({
-            let app = app.clone();
-            move || app.registry.put_image(record)
-        })
-        .await
-    );
+    let recorded = blocking({
+        let app = app.clone();
+        move || app.registry.put_image(record)
+    })
+    .await;
+    let (record, created) = match recorded {
+        Ok(r) => r,
+        Err(resp) => {
+            forget_archive(app, tenant, &image.id, &kept).await;
+            return resp;
+        }
+    };
     tracing::info!(%tenant, image = %record.id, size, "image uploaded");
     let status = if created {
         StatusCode::CREATED

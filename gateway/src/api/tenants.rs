@@ -12,8 +12,8 @@ use perch_kv::KvStore;
 use super::common::{PageQuery, Resp, TenantCall, blocking, collect_garbage, read_json};
 use super::kv::kv_error;
 use crate::app::App;
-use crate::http::{json, method_not_allowed, no_content, tri};
-use crate::registry::{Registry, Tenant};
+use crate::http::{error, json, method_not_allowed, no_content, tri};
+use crate::registry::{QUOTAS, Registry, Tenant};
 
 /// `GET /v1/tenants?limit=&cursor=`, by name.
 pub(super) fn list(app: Arc<App>, method: Method, req: &Request<Incoming>) -> Resp {
@@ -28,10 +28,7 @@ pub(super) fn list(app: Arc<App>, method: Method, req: &Request<Incoming>) -> Re
             .filter(|t| after.as_deref().is_none_or(|c| t.name.as_str() > c)),
         |t| t.name.clone(),
     );
-    let items: Vec<_> = items
-        .iter()
-        .map(|t| json!({"name": t.name, "domains": t.domains}))
-        .collect();
+    let items: Vec<_> = items.iter().map(|t| tenant_json(t)).collect();
     json(
         StatusCode::OK,
         &json!({ "tenants": items, "cursor": cursor }),
@@ -42,6 +39,42 @@ pub(super) fn list(app: Arc<App>, method: Method, req: &Request<Incoming>) -> Re
 #[serde(deny_unknown_fields)]
 struct TenantBody {
     domains: Option<Vec<String>>,
+    /// Keys present replace, `null` resets to the default, omitted keys
+    /// are kept.
+    quotas: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The quota edits of a PUT body, or why not.
+fn quota_edits(
+    body: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<(&'static str, Option<u64>)>, String> {
+    let mut out = Vec::new();
+    for (name, value) in body {
+        let Some(known) = QUOTAS.iter().find(|q| **q == name.as_str()) else {
+            return Err(format!(
+                "unknown quota `{name}`; quotas are {}",
+                QUOTAS.join(", ")
+            ));
+        };
+        let value =
+            match value {
+                serde_json::Value::Null => None,
+                v => Some(v.as_u64().ok_or_else(|| {
+                    format!("quota `{name}` must be a non-negative integer or null")
+                })?),
+            };
+        out.push((*known, value));
+    }
+    Ok(out)
+}
+
+/// A tenant as the API shows it (`quotas` only when it has its own).
+fn tenant_json(t: &Tenant) -> serde_json::Value {
+    let mut v = json!({"name": t.name, "domains": t.domains});
+    if !t.quotas.is_empty() {
+        v["quotas"] = json!(t.quotas);
+    }
+    v
 }
 
 /// `PUT` (create, or replace the domains) and `DELETE` one tenant.
@@ -50,15 +83,30 @@ pub(super) async fn one(call: TenantCall) -> Resp {
     match method {
         Method::PUT => {
             let body: Option<TenantBody> = tri!(read_json(req, true).await);
-            let domains = body.and_then(|b| b.domains);
-            let (t, created) =
-                tri!(put(app.registry.clone(), app.kv.as_ref(), tenant, domains).await);
+            let (domains, quotas) = body.map_or((None, None), |b| (b.domains, b.quotas));
+            let edits = match quotas.as_ref().map(quota_edits).transpose() {
+                Ok(edits) => edits,
+                Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_quota", &m),
+            };
+            let (mut t, created) = tri!(
+                put(
+                    app.registry.clone(),
+                    app.kv.as_ref(),
+                    tenant.clone(),
+                    domains
+                )
+                .await
+            );
+            if let Some(edits) = edits {
+                let registry = app.registry.clone();
+                t = tri!(blocking(move || registry.set_quotas(&tenant, &edits)).await);
+            }
             let status = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            json(status, &json!({"name": t.name, "domains": t.domains}))
+            json(status, &tenant_json(&t))
         }
         Method::DELETE => {
             let images: Vec<String> = app

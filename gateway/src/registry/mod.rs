@@ -31,8 +31,8 @@ mod state;
 mod store;
 
 pub use model::{
-    Deployment, Function, ImageRecord, Outbound, Route, SCOPES, Settings, Split, Tenant,
-    TokenRecord, Version, VersionKind, WORLD_P2, now, scopes_text, secret_context,
+    Deployment, Function, ImageRecord, Outbound, QUOTAS, Quotas, Route, SCOPES, Settings, Split,
+    Tenant, TokenRecord, Version, VersionKind, WORLD_P2, now, scopes_text, secret_context,
     var_secret_collision,
 };
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
@@ -74,6 +74,16 @@ pub enum RegistryError {
     /// An image the tenant may not run.
     #[error("{0}")]
     ImageNotAllowed(String),
+    /// The change would take the tenant past one of its quotas.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Which quota (one of `QUOTAS`).
+        quota: &'static str,
+        /// Its limit.
+        limit: u64,
+        /// For people.
+        message: String,
+    },
     /// The store failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -108,6 +118,8 @@ pub struct Registry {
     defaults: LimitSet,
     /// Versions kept per function (`max.versions_per_function`).
     max_versions: u32,
+    /// The config's `[quotas]`: what a tenant without its own may hold.
+    quota_defaults: Quotas,
 }
 
 /// Versions kept per function unless the config says otherwise.
@@ -132,9 +144,16 @@ impl Registry {
             gates: Mutex::new(HashMap::new()),
             defaults,
             max_versions: DEFAULT_MAX_VERSIONS,
+            quota_defaults: Quotas::default(),
         };
         registry.reload(&mut registry.lock())?;
         Ok(registry)
+    }
+
+    /// What a tenant without quotas of its own may hold.
+    pub fn with_quota_defaults(mut self, defaults: Quotas) -> Self {
+        self.quota_defaults = defaults;
+        self
     }
 
     /// Keeps at most `n` versions per function (retention).

@@ -26,6 +26,63 @@ pub struct Tenant {
     pub domains: Vec<String>,
     /// Unix seconds.
     pub created_at: u64,
+    /// The tenant's own quotas; an unset one is the config's default.
+    #[serde(default, skip_serializing_if = "Quotas::is_empty")]
+    pub quotas: Quotas,
+}
+
+/// What a tenant may hold. `None`: no quota of its own (for a tenant: the
+/// config's `[quotas]` default; for the defaults: unlimited).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Functions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functions: Option<u64>,
+    /// Route patterns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<u64>,
+    /// Bytes of the tenant's container image archives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_bytes: Option<u64>,
+    /// Σ `memory_mb` × `max_instances` over deployed container versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_memory_mb: Option<u64>,
+}
+
+/// The quotas Perch enforces, by name.
+pub const QUOTAS: &[&str] = &["functions", "routes", "image_bytes", "container_memory_mb"];
+
+impl Quotas {
+    /// Whether none is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Quotas::default()
+    }
+
+    /// The one named `name` (one of [`QUOTAS`]).
+    pub fn get(&self, name: &str) -> Option<u64> {
+        match name {
+            "functions" => self.functions,
+            "routes" => self.routes,
+            "image_bytes" => self.image_bytes,
+            "container_memory_mb" => self.container_memory_mb,
+            _ => None,
+        }
+    }
+
+    /// Sets (or with `None` clears) the one named `name`; false for a name
+    /// not in [`QUOTAS`].
+    pub fn set(&mut self, name: &str, value: Option<u64>) -> bool {
+        let slot = match name {
+            "functions" => &mut self.functions,
+            "routes" => &mut self.routes,
+            "image_bytes" => &mut self.image_bytes,
+            "container_memory_mb" => &mut self.container_memory_mb,
+            _ => return false,
+        };
+        *slot = value;
+        true
+    }
 }
 
 /// A tenant token (its secret is never stored, only its SHA-256).

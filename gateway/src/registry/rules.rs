@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use perch_containers::ContainerSpec;
 
 use super::model::{
-    Deployment, Function, ImageRecord, Route, Settings, Split, Tenant, TokenRecord, Version,
-    VersionKind, WORLD_P2, fn_key, now,
+    Deployment, Function, ImageRecord, Quotas, Route, Settings, Split, Tenant, TokenRecord,
+    Version, VersionKind, WORLD_P2, fn_key, now,
 };
 use super::state::{State, overlapping, retain};
 use super::store::Change;
@@ -39,6 +39,7 @@ impl Registry {
                 name: name.to_string(),
                 domains: Vec::new(),
                 created_at: now(),
+                quotas: Quotas::default(),
             });
             let changed = created || domains.as_ref().is_some_and(|d| *d != tenant.domains);
             if let Some(d) = &domains {
@@ -50,6 +51,93 @@ impl Registry {
             }
             Ok((tenant, created))
         })
+    }
+
+    /// Edits a tenant's own quotas: each `(name, value)` sets one (`None`
+    /// resets it to the config's default); returns the tenant.
+    pub fn set_quotas(&self, name: &str, edits: &[(&'static str, Option<u64>)]) -> Result<Tenant> {
+        self.change(|s, b| {
+            let mut tenant = s.tenants.get(name).cloned().ok_or_else(|| {
+                RegistryError::NotFound(format!("tenant `{name}` does not exist"))
+            })?;
+            for (quota, value) in edits {
+                tenant.quotas.set(quota, *value);
+            }
+            if s.tenants.get(name) != Some(&tenant) {
+                b.push(Change::PutTenant(tenant.clone()));
+                s.tenants.insert(name.to_string(), tenant.clone());
+            }
+            Ok(tenant)
+        })
+    }
+
+    /// The quota `quota` of `tenant`: its own, else the default.
+    fn quota(&self, s: &State, tenant: &str, quota: &'static str) -> Option<u64> {
+        s.tenants
+            .get(tenant)
+            .and_then(|t| t.quotas.get(quota))
+            .or(self.quota_defaults.get(quota))
+    }
+
+    /// Refuses a change that takes `tenant` to `used` of `quota` when that
+    /// is over its limit and more than it held (`before`): shrinking is
+    /// always allowed.
+    fn within(
+        &self,
+        s: &State,
+        tenant: &str,
+        quota: &'static str,
+        before: u64,
+        used: u64,
+    ) -> Result<()> {
+        match self.quota(s, tenant, quota) {
+            Some(limit) if used > limit && used > before => Err(RegistryError::QuotaExceeded {
+                quota,
+                limit,
+                message: format!(
+                    "tenant `{tenant}` would hold {used} of its {quota} quota of {limit}"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Σ `memory_mb` × `max_instances` over the tenant's deployed container
+    /// versions, with `changed` in place of its stored self.
+    fn container_memory(s: &State, tenant: &str, changed: Option<&Function>) -> u64 {
+        let deployed = |f: &Function| -> u64 {
+            let Some(d) = &f.deployment else { return 0 };
+            d.versions
+                .iter()
+                .filter_map(|split| f.version(split.version)?.container.as_ref())
+                .map(|c| u64::from(c.memory_mb) * u64::from(c.max_instances))
+                .sum()
+        };
+        let others: u64 = s
+            .functions
+            .values()
+            .filter(|f| f.tenant == tenant)
+            .filter(|f| changed.is_none_or(|c| c.name != f.name))
+            .map(deployed)
+            .sum();
+        others + changed.map_or(0, deployed)
+    }
+
+    /// Checks a function's new state against the tenant's function and
+    /// container-memory quotas.
+    fn function_quotas(&self, s: &State, f: &Function) -> Result<()> {
+        let key = fn_key(&f.tenant, &f.name);
+        if !s.functions.contains_key(&key) {
+            let count = s
+                .functions
+                .values()
+                .filter(|g| g.tenant == f.tenant)
+                .count() as u64;
+            self.within(s, &f.tenant, "functions", count, count + 1)?;
+        }
+        let before = Self::container_memory(s, &f.tenant, None);
+        let after = Self::container_memory(s, &f.tenant, Some(f));
+        self.within(s, &f.tenant, "container_memory_mb", before, after)
     }
 
     /// All tenants, by name.
@@ -206,6 +294,7 @@ impl Registry {
             // New code keeps the settings of the version it replaces.
             let settings = f.active().map(|v| v.settings.clone()).unwrap_or_default();
             let out = self.push_version(&mut f, digest.to_string(), None, settings, activate)?;
+            self.function_quotas(s, &f)?;
             b.push(Change::PutFunction(f.clone()));
             s.functions.insert(key, f);
             Ok(out)
@@ -239,6 +328,7 @@ impl Registry {
                 settings,
                 activate,
             )?;
+            self.function_quotas(s, &f)?;
             b.push(Change::PutFunction(f.clone()));
             s.functions.insert(key, f);
             Ok(out)
@@ -265,6 +355,7 @@ impl Registry {
                 container_settings(&settings)?;
             }
             let out = self.push_version(&mut f, base.digest, base.container, settings, activate)?;
+            self.function_quotas(s, &f)?;
             b.push(Change::PutFunction(f.clone()));
             s.functions.insert(key, f);
             Ok(out)
@@ -353,6 +444,7 @@ impl Registry {
                 updated_at: now(),
                 previous: None,
             });
+            self.function_quotas(s, &f)?;
             b.push(Change::PutFunction(f.clone()));
             s.functions.insert(key, f.clone());
             Ok(f)
@@ -447,9 +539,30 @@ impl Registry {
             if let Some(old) = s.images.get(&key) {
                 return Ok((old.clone(), false));
             }
+            let held: u64 = s
+                .images
+                .values()
+                .filter(|i| i.tenant == image.tenant)
+                .map(|i| i.size)
+                .sum();
+            self.within(s, &image.tenant, "image_bytes", held, held + image.size)?;
             b.push(Change::PutImage(image.clone()));
             s.images.insert(key, image.clone());
             Ok((image.clone(), true))
+        })
+    }
+
+    /// Whether `tenant` may add an image of `size` bytes (checked again
+    /// when it is recorded).
+    pub fn image_fits(&self, tenant: &str, size: u64) -> Result<()> {
+        self.read(|s| {
+            let held: u64 = s
+                .images
+                .values()
+                .filter(|i| i.tenant == tenant)
+                .map(|i| i.size)
+                .sum();
+            self.within(s, tenant, "image_bytes", held, held + size)
         })
     }
 
@@ -589,6 +702,10 @@ impl Registry {
                 function: function.to_string(),
             };
             let created = !s.routes.contains_key(&key);
+            if created {
+                let count = s.routes.values().filter(|r| r.tenant == tenant).count() as u64;
+                self.within(s, tenant, "routes", count, count + 1)?;
+            }
             if s.routes.get(&key) != Some(&route) {
                 b.push(Change::PutRoute(route.clone()));
                 s.routes.insert(key.clone(), route.clone());

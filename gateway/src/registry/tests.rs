@@ -63,6 +63,7 @@ fn rebuilt(r: &Registry) -> View {
         gates: Mutex::new(HashMap::new()),
         defaults: r.defaults,
         max_versions: r.max_versions,
+        quota_defaults: r.quota_defaults,
     };
     scratch.republish(&mut scratch.lock(), state, 0);
     view(&scratch.routes())
@@ -218,6 +219,7 @@ fn commits_are_compare_and_set_on_every_store() {
                 name: n.into(),
                 domains: vec![],
                 created_at: 0,
+                quotas: Quotas::default(),
             })
         };
         assert_eq!(store.commit(0, &[t("a")]), Ok(1), "{name}");

@@ -210,6 +210,7 @@ pub async fn serve(
     let db_path = config.data_dir.join("perch.redb");
     let defaults = config.limits;
     let max_versions = config.max_versions;
+    let quota_defaults = config.quotas;
     let opened = tokio::task::spawn_blocking(move || {
         let db = redb::Database::create(&db_path)
             .map_err(|e| ServeError::Data(format!("cannot open {}: {e}", db_path.display())))?;
@@ -217,7 +218,9 @@ pub async fn serve(
         let store: Arc<dyn RegistryStore> = Arc::new(RedbStore::open(db.clone())?);
         Ok::<_, ServeError>((
             db,
-            Registry::open(store, defaults, secrets)?.with_max_versions(max_versions),
+            Registry::open(store, defaults, secrets)?
+                .with_max_versions(max_versions)
+                .with_quota_defaults(quota_defaults),
         ))
     });
     let (db, registry) = opened
