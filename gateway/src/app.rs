@@ -28,6 +28,8 @@ pub struct App {
     pub scheduler: Arc<Scheduler>,
     /// The container backend, when `[containers]` turns it on.
     pub containers: Option<Arc<perch_containers::Backend>>,
+    /// The audit log of admin changes.
+    pub audit: Arc<dyn crate::audit::AuditStore>,
     /// The key-value store, its limits checked.
     pub kv: Arc<dyn perch_kv::KvStore>,
     /// Counters (shared with the data plane).

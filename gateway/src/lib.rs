@@ -31,6 +31,7 @@
 pub mod api;
 pub mod app;
 pub mod artifacts;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod cron;

@@ -399,3 +399,80 @@ fn quotas_bound_functions_and_routes_with_config_defaults_and_tenant_overrides()
     let list = admin.get("/v1/tenants").ok();
     assert_eq!(list["tenants"][0]["quotas"], json!({"routes": 1}));
 }
+
+#[test]
+fn admin_changes_are_audited_and_readable_by_admin_and_tenant() {
+    let perch = Perch::start();
+    let admin = perch.admin();
+    admin.put_json("/v1/tenants/au", None).expect_status(201);
+    admin.put_json("/v1/tenants/other", None).expect_status(201);
+    let token = admin
+        .post_json("/v1/tenants/au/tokens", json!({"scopes": ["functions"]}))
+        .expect_status(201);
+    let tenant = perch.api(token["token"].as_str().unwrap());
+    let wasm = std::fs::read(guests::HELLO).unwrap();
+    tenant.upload("au", "web", &wasm).expect_status(201);
+    // A refused change is audited with its status; reads and KV data are not.
+    tenant
+        .put_json(
+            "/v1/tenants/au/functions/web/deployment",
+            Some(json!({"versions": []})),
+        )
+        .expect_error(400, "invalid_deployment");
+    tenant.get("/v1/tenants/au/functions").ok();
+    admin.delete("/v1/tenants/other").expect_status(204);
+
+    let all = admin.get("/v1/audit").ok();
+    let rows: Vec<(String, String, String, u64)> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["tenant"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                e["token_id"].as_str().unwrap().to_string(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let tid = token["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        rows,
+        [
+            ("other".into(), "tenant.delete".into(), "admin".into(), 204),
+            ("au".into(), "deployment.put".into(), tid.clone(), 400),
+            ("au".into(), "function.upload".into(), tid.clone(), 201),
+            ("au".into(), "token.create".into(), "admin".into(), 201),
+            ("other".into(), "tenant.put".into(), "admin".into(), 201),
+            ("au".into(), "tenant.put".into(), "admin".into(), 201),
+        ]
+    );
+    // The tenant reads its own (any scope), newest first, paged.
+    let own = tenant.get("/v1/tenants/au/audit?limit=2").ok();
+    let actions: Vec<&str> = own["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["deployment.put", "function.upload"]);
+    let cursor = own["cursor"].as_str().unwrap();
+    let next = tenant
+        .get(&format!("/v1/tenants/au/audit?limit=2&cursor={cursor}"))
+        .ok();
+    assert_eq!(next["entries"][0]["action"], "token.create");
+    // Only the admin reads everyone's; a tenant never reads another's.
+    tenant.get("/v1/audit").expect_error(403, "forbidden");
+    tenant
+        .get("/v1/tenants/other/audit")
+        .expect_error(403, "forbidden");
+    let filtered = admin.get("/v1/audit?tenant=other").ok();
+    assert_eq!(filtered["entries"].as_array().unwrap().len(), 2);
+    // Kept across a restart.
+    let mut perch = perch;
+    perch.sigterm();
+    perch.restart();
+    let again = perch.admin().get("/v1/audit").ok();
+    assert_eq!(again["entries"].as_array().unwrap().len(), 6);
+}

@@ -91,6 +91,7 @@ pub fn authenticate<B>(
 fn scope_of(rest: &[&str]) -> Result<Option<&'static str>, ()> {
     match rest.first() {
         None | Some(&"tokens") => Ok(None),
+        Some(&"audit") => Ok(Some(ANY_SCOPE)),
         Some(segment) => SCOPES
             .iter()
             .find(|s| **s != "*" && **s == *segment)
@@ -98,6 +99,9 @@ fn scope_of(rest: &[&str]) -> Result<Option<&'static str>, ()> {
             .ok_or(()),
     }
 }
+
+/// What a path readable with any scope of its tenant needs (its audit log).
+const ANY_SCOPE: &str = "";
 
 /// Lets the admin anywhere, and a tenant token only under its own tenant
 /// with the scope the path names; 403 otherwise (even for a tenant that
@@ -111,6 +115,7 @@ pub fn authorize(who: &Principal, tenant: &str, rest: &[&str]) -> Result<(), Ref
     match who {
         Principal::Admin => Ok(()),
         Principal::Tenant(rec) => match scope {
+            Some(ANY_SCOPE) if rec.tenant == tenant => Ok(()),
             Some(scope) if rec.tenant == tenant && rec.allows(scope) => Ok(()),
             _ => Err(Refused::Forbidden),
         },

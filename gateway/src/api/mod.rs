@@ -13,6 +13,7 @@
 //! | `GET`, `PUT …/functions/{name}/deployment` | `functions` | `deployment.rs` |
 //! | `POST …/functions/{name}/scheduled?cron=EXPR` | `functions` | `scheduled.rs` |
 //! | `PUT`, `GET …/images`, `GET`, `DELETE …/images/{id}` | `images` | `images.rs` |
+//! | `GET /v1/audit`, `GET …/audit` | admin; any scope of the tenant | `audit.rs` |
 //! | `GET /v1/tenants/{tenant}/logs?function=&status=&limit=&follow=` | `logs` | `logs.rs` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
 //! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{pattern}` (`host[/path]`) | `routes` | `routes.rs` |
@@ -34,6 +35,7 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 
+mod audit;
 pub mod auth;
 pub mod common;
 mod deployment;
@@ -70,12 +72,33 @@ pub async fn handle(app: Arc<App>, peer: SocketAddr, req: Request<Incoming>) -> 
         .map(percent_decode)
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    route(app, principal, req, &segs).await
+    let change = crate::audit::action(req.method(), &segs);
+    let token_id = match &principal {
+        Principal::Admin => "admin".to_string(),
+        Principal::Tenant(rec) => rec.id.clone(),
+    };
+    let resp = route(app.clone(), principal, req, &segs).await;
+    if let Some((tenant, action, target)) = change {
+        audit::record(
+            &app,
+            tenant,
+            action,
+            target,
+            token_id,
+            resp.status().as_u16(),
+        )
+        .await;
+    }
+    resp
 }
 
 async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&str]) -> Resp {
     let method = req.method().clone();
     match segs {
+        ["v1", "audit"] => match who {
+            Principal::Admin => audit::list(app, method, &req, None).await,
+            Principal::Tenant(_) => common::forbidden(),
+        },
         ["v1", "tenants"] => match who {
             Principal::Admin => tenants::list(app, method, &req),
             Principal::Tenant(_) => common::forbidden(),
@@ -110,6 +133,10 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                 }
                 ["functions", name, "scheduled"] => scheduled::handle(call, name.to_string()).await,
                 ["logs"] => logs::handle(call).await,
+                ["audit"] => {
+                    let (app, method, req, tenant) = call.into_parts();
+                    audit::list(app, method, &req, Some(tenant)).await
+                }
                 ["images"] => images::list_or_upload(call).await,
                 ["images", id] => images::one(call, id.to_string()).await,
                 ["routes", rest @ ..] => routes::handle(call, rest).await,

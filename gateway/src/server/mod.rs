@@ -235,6 +235,8 @@ pub async fn serve(
         }
     }
 
+    let audit: Arc<dyn crate::audit::AuditStore> =
+        Arc::new(crate::audit::RedbAudit::new(db.clone()));
     let redb =
         perch_kv::RedbKv::open(db).map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
     let kv: Arc<dyn perch_kv::KvStore> = Arc::new(perch_kv::CheckedKv::new(
@@ -291,6 +293,7 @@ pub async fn serve(
     let app = Arc::new(App {
         stopping: stop_rx.clone(),
         containers,
+        audit,
         kv,
         registry,
         runtime,
