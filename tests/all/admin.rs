@@ -476,3 +476,58 @@ fn admin_changes_are_audited_and_readable_by_admin_and_tenant() {
     let again = perch.admin().get("/v1/audit").ok();
     assert_eq!(again["entries"].as_array().unwrap().len(), 6);
 }
+
+#[test]
+fn a_request_rate_quota_answers_429_rate_limited_past_it() {
+    let perch = Perch::start();
+    let admin = perch.admin();
+    perch.deploy("slow", "hello", guests::HELLO, "hello.slow.test");
+    perch.deploy("free", "hello", guests::HELLO, "hello.free.test");
+    admin
+        .put_json(
+            "/v1/tenants/slow",
+            Some(json!({"quotas": {"requests_per_second": 1}})),
+        )
+        .ok();
+    // One request a second (a bucket of one): of 10 sent back to back, at
+    // most 1 + the seconds they took get through; the others are refused.
+    let started = std::time::Instant::now();
+    let answers: Vec<(u16, bool, String)> = (0..10)
+        .map(|_| {
+            let r = perch.get("hello.slow.test", "/");
+            let retry = r.headers().contains_key("retry-after");
+            let status = r.status().as_u16();
+            (status, retry, r.text().unwrap_or_default())
+        })
+        .collect();
+    let took = started.elapsed().as_secs_f64();
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    assert!(
+        ok >= 1 && ok as f64 <= 1.0 + took.ceil(),
+        "{ok} in {took} s: {answers:?}"
+    );
+    let refused: Vec<&(u16, bool, String)> = answers.iter().filter(|a| a.0 != 200).collect();
+    assert!(!refused.is_empty(), "{answers:?}");
+    for (status, retry, body) in refused {
+        assert_eq!(*status, 429);
+        assert!(*retry);
+        assert!(body.contains("rate_limited"), "{body}");
+    }
+    // Another tenant is not limited; the bucket refills.
+    for _ in 0..10 {
+        assert_eq!(perch.get("hello.free.test", "/").status(), 200);
+    }
+    perch_tests::eventually("the bucket refills", || {
+        perch.get("hello.slow.test", "/").status() == 200
+    });
+    // Reset to the default (none): no limit.
+    admin
+        .put_json(
+            "/v1/tenants/slow",
+            Some(json!({"quotas": {"requests_per_second": null}})),
+        )
+        .ok();
+    for _ in 0..10 {
+        assert_eq!(perch.get("hello.slow.test", "/").status(), 200);
+    }
+}

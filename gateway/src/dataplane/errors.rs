@@ -72,6 +72,16 @@ pub fn tenant_busy() -> Response<ResBody> {
     ))
 }
 
+/// 429 `rate_limited` with `Retry-After`: the tenant's
+/// `requests_per_second` quota on this node.
+pub fn rate_limited() -> Response<ResBody> {
+    retry_after(error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "this tenant is over its request rate; retry shortly",
+    ))
+}
+
 /// 413 `body_too_large`.
 pub fn body_too_large() -> Response<ResBody> {
     error(

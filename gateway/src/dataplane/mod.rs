@@ -145,6 +145,9 @@ async fn serve(
         respond(resp)
     };
 
+    if !target.gate.admit() {
+        return reject(log, errors::rate_limited());
+    }
     let Some(permit) = target.gate.try_enter(config.tenant_concurrency) else {
         return reject(log, errors::tenant_busy());
     };

@@ -48,10 +48,19 @@ pub struct Quotas {
     /// Σ `memory_mb` × `max_instances` over deployed container versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_memory_mb: Option<u64>,
+    /// Data-plane requests per second, per node (a token bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u64>,
 }
 
 /// The quotas Perch enforces, by name.
-pub const QUOTAS: &[&str] = &["functions", "routes", "image_bytes", "container_memory_mb"];
+pub const QUOTAS: &[&str] = &[
+    "functions",
+    "routes",
+    "image_bytes",
+    "container_memory_mb",
+    "requests_per_second",
+];
 
 impl Quotas {
     /// Whether none is set.
@@ -66,6 +75,7 @@ impl Quotas {
             "routes" => self.routes,
             "image_bytes" => self.image_bytes,
             "container_memory_mb" => self.container_memory_mb,
+            "requests_per_second" => self.requests_per_second,
             _ => None,
         }
     }
@@ -78,6 +88,7 @@ impl Quotas {
             "routes" => &mut self.routes,
             "image_bytes" => &mut self.image_bytes,
             "container_memory_mb" => &mut self.container_memory_mb,
+            "requests_per_second" => &mut self.requests_per_second,
             _ => return false,
         };
         *slot = value;

@@ -112,6 +112,15 @@ impl Registry {
             }
         }
         inner.state = state;
+        // Each tenant's request rate (its quota, else the default) on the
+        // gate its targets share.
+        for t in inner.state.tenants.values() {
+            let rate = t
+                .quotas
+                .requests_per_second
+                .or(self.quota_defaults.requests_per_second);
+            self.gate(&t.name).set_rate(rate);
+        }
         self.routes.store(Arc::new(table));
         if let Some(backend) = self.containers.get() {
             retire_undeployed(backend, inner);
@@ -137,7 +146,7 @@ impl Registry {
         })
     }
 
-    fn gate(&self, tenant: &str) -> Arc<TenantGate> {
+    pub(super) fn gate(&self, tenant: &str) -> Arc<TenantGate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
         gates
             .entry(tenant.to_string())

@@ -57,13 +57,47 @@ impl Target {
     }
 }
 
-/// Counts a tenant's in-flight requests on this node.
+/// Counts a tenant's in-flight requests on this node, and holds its
+/// request-rate bucket when it has a `requests_per_second` quota.
 #[derive(Debug, Default)]
 pub struct TenantGate {
     in_flight: AtomicU32,
+    /// Requests per second allowed; 0: no limit (the fast path reads only
+    /// this).
+    rate: AtomicU32,
+    /// Tokens left and when they were last refilled (used only with a rate).
+    bucket: std::sync::Mutex<Option<(f64, std::time::Instant)>>,
 }
 
 impl TenantGate {
+    /// Sets the tenant's requests-per-second limit (`None`: none). The
+    /// bucket holds one second's worth.
+    pub fn set_rate(&self, per_second: Option<u64>) {
+        let rate = per_second.map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX));
+        self.rate.store(rate, Ordering::Relaxed);
+    }
+
+    /// Takes one request from the bucket; false when the tenant is over its
+    /// rate on this node.
+    pub fn admit(&self) -> bool {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return true;
+        }
+        let rate = f64::from(rate);
+        let now = std::time::Instant::now();
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = bucket.get_or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Takes a slot unless `cap` are taken; the permit frees it on drop.
     pub fn try_enter(self: &Arc<Self>, cap: u32) -> Option<GatePermit> {
         let mut cur = self.in_flight.load(Ordering::Relaxed);
