@@ -1,4 +1,6 @@
-//! Shared HTTP plumbing: the response body type and JSON error bodies.
+//! Shared HTTP plumbing: the response body type, JSON error bodies, and a
+//! body that holds something (a concurrency permit, an instance's slot)
+//! until it is done.
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -8,6 +10,58 @@ use http_body_util::{BodyExt, Full};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body Perch sends.
 pub type ResBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body that keeps `guard` alive until the body is dropped: whatever the
+/// guard gives back on drop (a tenant's concurrency slot, a container
+/// instance's slot) is held while the body streams.
+pub struct Holding<B, G> {
+    inner: B,
+    _guard: G,
+}
+
+impl<B, G> Holding<B, G> {
+    /// `inner`, holding `guard`.
+    pub fn new(inner: B, guard: G) -> Self {
+        Holding {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: http_body::Body + Unpin, G: Unpin> http_body::Body for Holding<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body length a request declares (`Content-Length`), if it parses.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+/// The media type of a request's `Content-Type`, lowercase, without its
+/// parameters (`application/json` for `Application/JSON; charset=utf-8`).
+pub fn media_type(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next()?.trim().to_ascii_lowercase())
+}
 
 /// A fixed body.
 pub fn full(bytes: impl Into<Bytes>) -> ResBody {

@@ -1,6 +1,6 @@
-//! Bodies on the data plane: the request body as the guest sees it (an
-//! error once it passes the limit), and the response body that holds the
-//! tenant's concurrency slot until it is done.
+//! The request body as the guest sees it: an error once it passes the
+//! limit. (Response bodies hold the tenant's concurrency slot through
+//! `http::Holding`.)
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +10,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use perch_runtime::HttpError;
-
-use crate::routing::GatePermit;
 
 /// The request body as the guest sees it: an error once it passes the limit.
 pub struct LimitedBody {
@@ -69,31 +67,5 @@ impl Body for LimitedBody {
             Some(b) => b.size_hint(),
             None => SizeHint::with_exact(0),
         }
-    }
-}
-
-/// Holds the tenant's concurrency slot until the response body is done.
-pub(super) struct WithPermit<B> {
-    pub(super) inner: B,
-    pub(super) _permit: GatePermit,
-}
-
-impl<B: Body + Unpin> Body for WithPermit<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -16,10 +16,10 @@ use hyper_util::rt::TokioExecutor;
 use perch_containers::{AcquireError, Lease};
 use perch_runtime::{InvocationRecord, LogSink, Outcome};
 
-use super::body::{LimitedBody, WithPermit};
+use super::body::LimitedBody;
 use super::errors::Failure;
 use super::executor::{Execution, Executor};
-use crate::http::BoxError;
+use crate::http::{BoxError, Holding};
 use crate::routing::{GatePermit, Runnable, Target};
 
 /// The client's address, put on a container request by the data plane.
@@ -61,26 +61,29 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// The protocol a request asks to switch to (`Connection: upgrade` with an
-/// `Upgrade` header), if any.
-fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
+/// The tokens of the `Connection` headers (`keep-alive`, `upgrade`, names
+/// of other hop-by-hop headers).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .map(str::trim)
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` with an
+/// `Upgrade` header), if any.
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    connection_tokens(headers)
+        .any(|t| t.eq_ignore_ascii_case("upgrade"))
+        .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    let listed: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for name in HOP_BY_HOP.iter().chain(listed.iter()) {
         headers.remove(name);
@@ -88,8 +91,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// The request as the instance at `lease` gets it.
-fn upstream(mut req: Request<LimitedBody>, lease: &Lease) -> Result<Request<LimitedBody>, Failure> {
+/// The request as the instance at `lease` gets it; `upgrade` is the
+/// protocol it asks to switch to ([`upgrade_of`]), kept for the instance.
+fn upstream(
+    mut req: Request<LimitedBody>,
+    lease: &Lease,
+    upgrade: Option<HeaderValue>,
+) -> Result<Request<LimitedBody>, Failure> {
     let path = req
         .uri()
         .path_and_query()
@@ -99,7 +107,6 @@ fn upstream(mut req: Request<LimitedBody>, lease: &Lease) -> Result<Request<Limi
     let client = req.extensions().get::<ClientIp>().map(|c| c.0);
     *req.uri_mut() = Uri::try_from(format!("http://{}{path}", lease.addr()))
         .map_err(|e| Failure::Internal(format!("upstream uri: {e}")))?;
-    let upgrade = upgrade_of(req.headers());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
@@ -168,9 +175,11 @@ impl Executor for ContainerExecutor {
                 }
             };
             let mut req = req;
-            let client_upgrade = upgrade_of(req.headers())
+            let upgrade = upgrade_of(req.headers());
+            let client_upgrade = upgrade
+                .as_ref()
                 .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
-            let req = upstream(req, &lease)?;
+            let req = upstream(req, &lease, upgrade)?;
             // A safe request without a body (GET, HEAD, OPTIONS) is sent
             // again when the kept-alive connection it went out on turned out
             // closed before anything came back.
@@ -206,15 +215,9 @@ impl Executor for ContainerExecutor {
                     }
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    let body = WithPermit {
-                        inner: HoldLease {
-                            inner: body,
-                            _lease: lease,
-                        },
-                        _permit: permit,
-                    }
-                    .map_err(|e| Box::new(e) as BoxError)
-                    .boxed_unsync();
+                    let body = Holding::new(body, (lease, permit))
+                        .map_err(|e| Box::new(e) as BoxError)
+                        .boxed_unsync();
                     Ok(http::Response::from_parts(parts, body))
                 }
                 Err(e) => {
@@ -275,32 +278,6 @@ fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
         source = err.source();
     }
     false
-}
-
-/// Keeps the instance's slot until the response body is done.
-struct HoldLease<B> {
-    inner: B,
-    _lease: Lease,
-}
-
-impl<B: http_body::Body + Unpin> http_body::Body for HoldLease<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

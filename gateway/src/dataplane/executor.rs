@@ -11,10 +11,10 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use perch_runtime::{InvokeError, LogSink, Runtime};
 
-use super::body::{LimitedBody, WithPermit};
+use super::body::LimitedBody;
 use super::container::ContainerExecutor;
 use super::errors::Failure;
-use crate::http::{BoxError, ResBody};
+use crate::http::{BoxError, Holding, ResBody};
 use crate::routing::{GatePermit, Runnable, Target};
 
 /// The future of one execution.
@@ -66,12 +66,9 @@ impl Executor for WasmExecutor {
             };
             match runtime.handle_logged(invocation, req, log).await {
                 Ok(resp) => Ok(resp.map(|body| {
-                    WithPermit {
-                        inner: body,
-                        _permit: permit,
-                    }
-                    .map_err(|e| Box::new(e) as BoxError)
-                    .boxed_unsync()
+                    Holding::new(body, permit)
+                        .map_err(|e| Box::new(e) as BoxError)
+                        .boxed_unsync()
                 })),
                 Err(e) => {
                     let detail = e.to_string();

@@ -6,9 +6,7 @@
 //! name that is not a container function, or `https` is refused like a
 //! denied destination.
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock, Weak};
-use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
 use perch_containers::Lease;
@@ -114,38 +112,6 @@ async fn send(
             return Err(e);
         }
     };
-    let response = response.map(|inner| {
-        Leased {
-            inner,
-            _lease: lease,
-        }
-        .boxed_unsync()
-    });
+    let response = response.map(|body| crate::http::Holding::new(body, lease).boxed_unsync());
     Ok((response, io))
-}
-
-/// The instance's answer, holding its slot until the body is read.
-struct Leased {
-    inner: WasiBody,
-    _lease: Lease,
-}
-
-impl http_body::Body for Leased {
-    type Data = bytes::Bytes;
-    type Error = HttpError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }
