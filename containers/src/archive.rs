@@ -126,6 +126,11 @@ pub fn inspect_reader(reader: impl Read) -> Result<ArchiveImage, ArchiveError> {
     })
 }
 
+/// Where the archive of image `id` is kept in `dir`: `<dir>/<hex>.tar`.
+pub fn archive_path(dir: &Path, id: &str) -> std::path::PathBuf {
+    dir.join(format!("{}.tar", id.trim_start_matches("sha256:")))
+}
+
 /// Whether `text` is an image id as Perch writes them.
 pub fn is_image_id(text: &str) -> bool {
     text.strip_prefix("sha256:").is_some_and(|h| {

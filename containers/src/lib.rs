@@ -11,7 +11,7 @@
 //!
 //! Proxying a request to the instance a [`Lease`] names is the data
 //! plane's job (the gateway's container executor).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,26 +72,30 @@ impl Backend {
     /// The pool of a version, created on first use. A version is
     /// immutable (settings make new versions), so its pool is too.
     pub fn pool(&self, id: VersionId, spec: &ContainerSpec, env: &[(String, String)]) -> Arc<Pool> {
-        let mut pools = lock(&self.pools);
-        if let Some(pool) = pools.get(&id) {
-            pool.revive();
-            return pool.clone();
-        }
-        pools
+        let pool = lock(&self.pools)
             .entry(id.clone())
             .or_insert_with(|| {
                 Arc::new(Pool::new(id, spec.clone(), env.to_vec(), self.node.clone()))
             })
-            .clone()
+            .clone();
+        // Deployed (again, after a rollback): it starts instances.
+        pool.revive();
+        pool
     }
 
-    /// Every pool not in `deployed` is retired: its instances stop after
-    /// their idle timeout, or at once for versions that no longer exist
-    /// (`exists` says false).
-    pub fn retain(&self, deployed: &HashSet<VersionId>, exists: impl Fn(&VersionId) -> bool) {
+    /// The pools of a function's versions not in `deployed` are retired:
+    /// their instances stop after their idle timeout, or at once for
+    /// versions that no longer exist (`exists` says false).
+    pub fn retire_function(
+        &self,
+        tenant: &str,
+        function: &str,
+        deployed: &[u32],
+        exists: impl Fn(u32) -> bool,
+    ) {
         for (id, pool) in lock(&self.pools).iter() {
-            if !deployed.contains(id) {
-                pool.retire(!exists(id));
+            if id.tenant == tenant && id.function == function && !deployed.contains(&id.version) {
+                pool.retire(!exists(id.version));
             }
         }
     }
@@ -184,21 +188,7 @@ impl Backend {
             let pool = lock(&self.pools).get(&id).cloned();
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], c.host_port));
             let adopted = match pool {
-                Some(pool)
-                    if c.running && pool.instances().len() < pool.spec.max_instances as usize =>
-                {
-                    let ready = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        tokio::net::TcpStream::connect(addr),
-                    )
-                    .await;
-                    if matches!(ready, Ok(Ok(_))) {
-                        pool.adopt(c.id.clone(), addr);
-                        true
-                    } else {
-                        false
-                    }
-                }
+                Some(pool) if c.running => pool.adopt(c.id.clone(), addr).await,
                 _ => false,
             };
             if adopted {

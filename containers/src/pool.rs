@@ -117,6 +117,17 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A new instance, in service and idle from now.
+    fn new(container: String, addr: SocketAddr) -> Arc<Instance> {
+        Arc::new(Instance {
+            container,
+            addr,
+            in_flight: AtomicU32::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            gone: AtomicBool::new(false),
+        })
+    }
+
     /// Requests it is serving.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)
@@ -272,7 +283,7 @@ const PUBLISH_PORTS: std::ops::Range<u16> = 20000..32768;
 fn free_port() -> std::io::Result<u16> {
     let span = u32::from(PUBLISH_PORTS.end - PUBLISH_PORTS.start);
     for _ in 0..64 {
-        let port = PUBLISH_PORTS.start + (fastrand_u32() % span) as u16;
+        let port = PUBLISH_PORTS.start + (fastrand::u32(..span)) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
         }
@@ -440,7 +451,7 @@ impl Pool {
                 self.id.tenant,
                 self.id.function,
                 self.id.version,
-                fastrand_u32()
+                fastrand::u32(..)
             ),
             image: self.spec.image.clone(),
             command: self.spec.command.clone(),
@@ -467,13 +478,7 @@ impl Pool {
             .map_err(|e| e.to_string())?;
         let addr = SocketAddr::from(([127, 0, 0, 1], host_port));
         match self.wait_ready(&container, addr, began + timeout).await {
-            Ok(()) => Ok(Arc::new(Instance {
-                container,
-                addr,
-                in_flight: AtomicU32::new(0),
-                idle_since: Mutex::new(Instant::now()),
-                gone: AtomicBool::new(false),
-            })),
+            Ok(()) => Ok(Instance::new(container, addr)),
             Err(reason) => {
                 if let Err(e) = self.node.driver.stop(&container, Duration::ZERO).await {
                     tracing::warn!(version = %self.id, error = %e, "removing a failed container");
@@ -499,7 +504,7 @@ impl Pool {
         let Some(dir) = &self.node.images else {
             return Err(format!("the engine has no image {image}"));
         };
-        let archive = dir.join(format!("{}.tar", image.trim_start_matches("sha256:")));
+        let archive = crate::archive::archive_path(dir, image);
         if !archive.exists() {
             return Err(format!(
                 "the engine has no image {image} and no archive of it is kept"
@@ -636,20 +641,18 @@ impl Pool {
         (self.node.notices)(&self.id, short_id(&instance.container), event);
     }
 
-    /// Adopts an instance found running at start (its port answered).
-    pub(crate) fn adopt(self: &Arc<Self>, container: String, addr: SocketAddr) {
-        let instance = Arc::new(Instance {
-            container,
-            addr,
-            in_flight: AtomicU32::new(0),
-            idle_since: Mutex::new(Instant::now()),
-            gone: AtomicBool::new(false),
-        });
+    /// Adopts a container found running at start, when the pool has room
+    /// and it answers its readiness probe; returns whether it did.
+    pub(crate) async fn adopt(self: &Arc<Self>, container: String, addr: SocketAddr) -> bool {
+        if self.instances().len() >= self.spec.max_instances as usize
+            || !probe(addr, self.spec.health_path.as_deref()).await
+        {
+            return false;
+        }
+        let instance = Instance::new(container, addr);
         lock(&self.state).instances.push(instance.clone());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        self.follow_output(&instance, now);
+        self.follow_output(&instance, unix_seconds());
+        true
     }
 
     /// Passes what the instance prints on as output notices, from `since`
@@ -673,9 +676,7 @@ impl Pool {
                 }
                 // The stream ended (the engine's time-out, or the container
                 // stopped): pick up from now if it still serves.
-                since = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
+                since = unix_seconds();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
@@ -742,10 +743,10 @@ impl Pool {
     }
 }
 
-fn fastrand_u32() -> u32 {
-    let mut b = [0u8; 4];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok();
-    u32::from_le_bytes(b)
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// One readiness probe: a TCP connect, or `GET path` answering 200.

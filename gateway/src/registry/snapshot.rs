@@ -14,25 +14,24 @@ use super::model::{Function, Version, fn_key, secret_context};
 use super::state::{State, Touched};
 use crate::routing::{Deployed, RouteTable, Runnable, Split, StickyKey, Target, TenantGate};
 
-/// Tells the container backend which container versions are deployed:
-/// the others drain (at once when their function is gone).
-fn retire_undeployed(backend: &perch_containers::Backend, inner: &Inner) {
-    let deployed: std::collections::HashSet<perch_containers::VersionId> = inner
+/// Tells the container backend which container versions of a touched
+/// function are deployed now: its others drain (at once when they no longer
+/// exist).
+fn retire_undeployed(backend: &perch_containers::Backend, inner: &Inner, key: &str) {
+    let Some((tenant, function)) = key.split_once('/') else {
+        return;
+    };
+    let deployed: Vec<u32> = inner
         .targets
-        .values()
-        .flat_map(|t| {
-            t.versions.iter().filter_map(|d| match &d.run {
-                Runnable::Container(pool) => Some(pool.id.clone()),
-                Runnable::Wasm(_) => None,
-            })
-        })
+        .get(key)
+        .into_iter()
+        .flat_map(|t| t.versions.iter())
+        .filter(|d| matches!(d.run, Runnable::Container(_)))
+        .map(|d| d.version)
         .collect();
-    backend.retain(&deployed, |id| {
-        inner
-            .state
-            .functions
-            .get(&fn_key(&id.tenant, &id.function))
-            .is_some_and(|f| f.version(id.version).is_some())
+    let kept = inner.state.functions.get(key);
+    backend.retire_function(tenant, function, &deployed, |v| {
+        kept.is_some_and(|f| f.version(v).is_some())
     });
 }
 
@@ -112,18 +111,20 @@ impl Registry {
             }
         }
         inner.state = state;
-        // Each tenant's request rate (its quota, else the default) on the
-        // gate its targets share.
-        for t in inner.state.tenants.values() {
-            let rate = t
-                .quotas
-                .requests_per_second
+        // A written tenant's request rate (its quota, else the default) on
+        // the gate its targets share.
+        for name in &touched.tenants {
+            let own = inner.state.tenants.get(name);
+            let rate = own
+                .and_then(|t| t.quotas.requests_per_second)
                 .or(self.quota_defaults.requests_per_second);
-            self.gate(&t.name).set_rate(rate);
+            self.gate(name).set_rate(rate);
         }
         self.routes.store(Arc::new(table));
         if let Some(backend) = self.containers.get() {
-            retire_undeployed(backend, inner);
+            for key in &touched.functions {
+                retire_undeployed(backend, inner, key);
+            }
         }
     }
 

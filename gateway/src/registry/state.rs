@@ -47,6 +47,18 @@ impl State {
     }
 }
 
+/// The values of a map keyed `tenant/…` (functions, images) that belong to
+/// `tenant`, in key order: a range, not a scan of every tenant's.
+pub(super) fn of_tenant<'a, V: Clone>(
+    map: &'a OrdMap<String, V>,
+    tenant: &str,
+) -> impl Iterator<Item = &'a V> + 'a {
+    let prefix = format!("{tenant}/");
+    map.range(prefix.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+}
+
 /// Removes the entries `keep` rejects (`OrdMap` has no `retain`).
 pub(super) fn retain<V: Clone>(
     map: &mut OrdMap<String, V>,
@@ -98,6 +110,8 @@ pub(super) fn overlapping<'a>(
 pub(super) struct Touched {
     pub(super) functions: HashSet<String>,
     pub(super) hosts: HashSet<String>,
+    /// Tenant records written (their quotas feed the tenant gates).
+    pub(super) tenants: HashSet<String>,
 }
 
 impl Touched {
@@ -111,6 +125,9 @@ impl Touched {
                 (Kind::Route, key) => {
                     t.hosts.insert(key);
                 }
+                (Kind::Tenant, key) => {
+                    t.tenants.insert(key);
+                }
                 _ => {}
             }
         }
@@ -121,6 +138,7 @@ impl Touched {
         Touched {
             functions: state.functions.keys().cloned().collect(),
             hosts: state.routes.keys().cloned().collect(),
+            tenants: state.tenants.keys().cloned().collect(),
         }
     }
 }
