@@ -11,7 +11,7 @@ use serde_json::json;
 use super::common::{PageQuery, Resp, query_params};
 use crate::app::App;
 use crate::audit::AuditEntry;
-use crate::http::{error, internal_error, json, method_not_allowed, tri};
+use crate::http::{error, internal_error, json, method_not_allowed, off_thread, tri};
 use crate::registry::now;
 
 /// Appends the entry of one admin change; a failure is logged (the change
@@ -34,12 +34,13 @@ pub(super) async fn record(
         status,
     };
     let store = app.audit.clone();
-    let written = tokio::task::spawn_blocking(move || store.append(&entry)).await;
-    match written {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "writing the audit log"),
-        Err(e) => tracing::error!(error = %e, "writing the audit log"),
-    }
+    // A failure is logged by `audit_error`; the answer stands.
+    let _ = off_thread(move || store.append(&entry), audit_error).await;
+}
+
+fn audit_error(e: String) -> Resp {
+    tracing::error!(error = %e, "audit log storage");
+    internal_error()
 }
 
 /// The entries, newest first: `{"entries":[…],"cursor"}`; `cursor` is the
@@ -73,19 +74,13 @@ pub(super) async fn list(
     };
     let limit = page.limit;
     let store = app.audit.clone();
-    let listed =
-        tokio::task::spawn_blocking(move || store.list(tenant.as_deref(), before, limit + 1)).await;
-    let mut entries = match listed {
-        Ok(Ok(e)) => e,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "reading the audit log");
-            return internal_error();
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reading the audit log");
-            return internal_error();
-        }
-    };
+    let mut entries = tri!(
+        off_thread(
+            move || store.list(tenant.as_deref(), before, limit + 1),
+            audit_error
+        )
+        .await
+    );
     let more = entries.len() > limit;
     entries.truncate(limit);
     let cursor = more

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -109,10 +109,7 @@ pub enum BodyError {
 /// Reads a body of at most `limit` bytes, refusing a larger declared length
 /// before reading anything.
 pub async fn read_limited(req: Request<Incoming>, limit: u64) -> Result<Bytes, BodyError> {
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(len) = crate::http::declared_length(req.headers())
         && len > limit
     {
         return Err(BodyError::TooLarge);

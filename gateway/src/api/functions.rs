@@ -143,11 +143,7 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
 /// Whether the upload's media type is `application/json` (a container
 /// version's spec); anything else is component bytes.
 fn is_json(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    crate::http::media_type(req.headers()).as_deref() == Some("application/json")
 }
 
 fn invalid_container(message: &str) -> Resp {

@@ -9,12 +9,16 @@ use std::sync::Arc;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use perch_containers::archive::archive_path;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::common::{Resp, TenantCall, blocking};
 use crate::app::App;
-use crate::http::{error, internal_error, json, method_not_allowed, no_content, tri};
+use crate::http::{
+    declared_length, error, internal_error, json, media_type, method_not_allowed, no_content,
+    off_thread, tri,
+};
 use crate::registry::{ImageRecord, now};
 
 /// Bodies read and dropped before an early refusal is answered; past this
@@ -26,12 +30,8 @@ const DRAIN_BYTES: usize = 16 << 20;
 /// sending it, gets the answer rather than a broken pipe; a larger or
 /// slower body closes the connection after the answer, so it is never
 /// taken for the next request.
-pub(super) async fn refuse_unread(req: Request<Incoming>, mut resp: Resp) -> Resp {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let drained = match declared {
+pub(super) async fn refuse_unread(req: Request<Incoming>, resp: Resp) -> Resp {
+    let drained = match declared_length(req.headers()) {
         Some(n) if n > DRAIN_BYTES as u64 => false,
         _ => {
             let read = http_body_util::Limited::new(req.into_body(), DRAIN_BYTES).collect();
@@ -41,11 +41,7 @@ pub(super) async fn refuse_unread(req: Request<Incoming>, mut resp: Resp) -> Res
             )
         }
     };
-    if !drained {
-        resp.headers_mut()
-            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-    }
-    resp
+    if drained { resp } else { closing(resp) }
 }
 
 /// An answer after which the connection closes (the body was not read).
@@ -77,10 +73,6 @@ pub fn images_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("images")
 }
 
-fn archive_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("{}.tar", id.trim_start_matches("sha256:")))
-}
-
 /// `PUT` (upload) and `GET` (list) `…/images`.
 pub(super) async fn list_or_upload(call: TenantCall) -> Resp {
     let (app, method, req, tenant) = call.into_parts();
@@ -110,11 +102,7 @@ async fn spool(req: Request<Incoming>, path: &Path, limit: u64) -> Result<u64, R
             &format!("image archives are limited to {} MiB", limit >> 20),
         ))
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if declared_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let failed = |e: std::io::Error| {
@@ -156,18 +144,7 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String) -> Resp {
         );
         return refuse_unread(req, missing).await;
     }
-    let media = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    if media.as_deref().is_some_and(|m| m != "application/x-tar") {
+    if media_type(req.headers()).is_some_and(|m| m != "application/x-tar") {
         let refused = invalid_image("an image upload's Content-Type is application/x-tar");
         return refuse_unread(req, refused).await;
     }
@@ -193,38 +170,27 @@ async fn store(
 ) -> Resp {
     let size = tri!(spool(req, spooled, limit).await);
     let path = spooled.to_path_buf();
-    let inspected =
-        tokio::task::spawn_blocking(move || perch_containers::archive::inspect(&path)).await;
-    let image = match inspected {
-        Ok(Ok(image)) => image,
-        Ok(Err(e)) => return invalid_image(&e.0),
-        Err(e) => {
-            tracing::error!(error = %e, "inspecting an image archive");
-            return internal_error();
-        }
-    };
-    let dir = images_dir(&app.config.data_dir);
-    let kept = archive_path(&dir, &image.id);
-    let existing = tri!(
+    let image = tri!(
+        off_thread(
+            move || perch_containers::archive::inspect(&path),
+            |e| invalid_image(&e.0)
+        )
+        .await
+    );
+    let kept = archive_path(&images_dir(&app.config.data_dir), &image.id);
+    // The tenant's own already (200), or refused before the engine sees it
+    // when the tenant has no room for it.
+    let admitted = tri!(
         blocking({
             let app = app.clone();
-            let tenant = tenant.to_string();
-            move || app.registry.list_images(&tenant)
+            let (tenant, id) = (tenant.to_string(), image.id.clone());
+            move || app.registry.admit_image(&tenant, &id, size)
         })
         .await
     );
-    if let Some(have) = existing.iter().find(|i| i.id == image.id) {
-        return json(StatusCode::OK, &image_json(have));
+    if let Some(have) = admitted {
+        return json(StatusCode::OK, &image_json(&have));
     }
-    // Refused before the engine sees it when the tenant has no room.
-    tri!(
-        blocking({
-            let app = app.clone();
-            let tenant = tenant.to_string();
-            move || app.registry.image_fits(&tenant, size)
-        })
-        .await
-    );
     if let Err(e) = tokio::fs::rename(spooled, &kept).await {
         tracing::error!(error = %e, "keeping an image archive");
         return internal_error();
@@ -237,14 +203,14 @@ async fn store(
     match loaded {
         Ok(true) => {}
         Ok(false) => {
-            forget_archive(app, tenant, &image.id, &kept).await;
+            forget_archive(app, tenant, &image.id).await;
             return invalid_image(
                 "the engine loaded the archive but has no image with the id of its config",
             );
         }
         Err(e) => {
             tracing::warn!(%tenant, image = %image.id, error = %e, "the engine refused an image archive");
-            forget_archive(app, tenant, &image.id, &kept).await;
+            forget_archive(app, tenant, &image.id).await;
             return match e {
                 perch_containers::DriverError::Refused { .. } => {
                     invalid_image("the container engine could not load this archive")
@@ -272,7 +238,7 @@ async fn store(
     let (record, created) = match recorded {
         Ok(r) => r,
         Err(resp) => {
-            forget_archive(app, tenant, &image.id, &kept).await;
+            forget_archive(app, tenant, &image.id).await;
             return resp;
         }
     };
@@ -287,10 +253,11 @@ async fn store(
 
 /// Removes the archive (and the engine's image) unless another tenant
 /// holds the same image.
-async fn forget_archive(app: &Arc<App>, tenant: &str, id: &str, path: &Path) {
+async fn forget_archive(app: &Arc<App>, tenant: &str, id: &str) {
     if app.registry.image_held_elsewhere(tenant, id) {
         return;
     }
+    let path = archive_path(&images_dir(&app.config.data_dir), id);
     let _ = tokio::fs::remove_file(path).await;
     if let Some(backend) = &app.containers
         && let Err(e) = backend.driver().remove_image(id).await
@@ -333,8 +300,7 @@ pub(super) async fn one(call: TenantCall, id: String) -> Resp {
                 })
                 .await
             );
-            let path = archive_path(&images_dir(&app.config.data_dir), &id);
-            forget_archive(&app, &tenant, &id, &path).await;
+            forget_archive(&app, &tenant, &id).await;
             no_content()
         }
         _ => method_not_allowed("GET, DELETE"),
@@ -344,9 +310,7 @@ pub(super) async fn one(call: TenantCall, id: String) -> Resp {
 /// After a tenant was deleted: removes its images from the engine and the
 /// image directory, except those another tenant also holds.
 pub(crate) async fn forget_tenant_images(app: &Arc<App>, tenant: &str, images: Vec<String>) {
-    let dir = images_dir(&app.config.data_dir);
     for id in images {
-        let path = archive_path(&dir, &id);
-        forget_archive(app, tenant, &id, &path).await;
+        forget_archive(app, tenant, &id).await;
     }
 }

@@ -153,11 +153,7 @@ async fn serve(
     };
 
     let limit = config.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if crate::http::declared_length(req.headers()).is_some_and(|n| n > limit) {
         return reject(log, errors::body_too_large());
     }
     let req = req.map(|body| LimitedBody {

@@ -11,7 +11,7 @@ use super::model::{
     Deployment, Function, ImageRecord, Quotas, Route, Settings, Split, Tenant, TokenRecord,
     Version, VersionKind, WORLD_P2, fn_key, now,
 };
-use super::state::{State, overlapping, retain};
+use super::state::{State, of_tenant, overlapping, retain};
 use super::store::Change;
 use super::{Registry, RegistryError, Result};
 use crate::names::{HostPattern, RoutePattern};
@@ -113,10 +113,7 @@ impl Registry {
                 .map(|c| u64::from(c.memory_mb) * u64::from(c.max_instances))
                 .sum()
         };
-        let others: u64 = s
-            .functions
-            .values()
-            .filter(|f| f.tenant == tenant)
+        let others: u64 = of_tenant(&s.functions, tenant)
             .filter(|f| changed.is_none_or(|c| c.name != f.name))
             .map(deployed)
             .sum();
@@ -128,11 +125,7 @@ impl Registry {
     fn function_quotas(&self, s: &State, f: &Function) -> Result<()> {
         let key = fn_key(&f.tenant, &f.name);
         if !s.functions.contains_key(&key) {
-            let count = s
-                .functions
-                .values()
-                .filter(|g| g.tenant == f.tenant)
-                .count() as u64;
+            let count = of_tenant(&s.functions, &f.tenant).count() as u64;
             self.within(s, &f.tenant, "functions", count, count + 1)?;
         }
         let before = Self::container_memory(s, &f.tenant, None);
@@ -455,11 +448,7 @@ impl Registry {
     pub fn list_functions(&self, tenant: &str) -> Result<Vec<Function>> {
         self.read(|s| {
             Self::require_tenant(s, tenant)?;
-            Ok(s.functions
-                .values()
-                .filter(|f| f.tenant == tenant)
-                .cloned()
-                .collect())
+            Ok(of_tenant(&s.functions, tenant).cloned().collect())
         })
     }
 
@@ -539,43 +528,37 @@ impl Registry {
             if let Some(old) = s.images.get(&key) {
                 return Ok((old.clone(), false));
             }
-            let held: u64 = s
-                .images
-                .values()
-                .filter(|i| i.tenant == image.tenant)
-                .map(|i| i.size)
-                .sum();
-            self.within(s, &image.tenant, "image_bytes", held, held + image.size)?;
+            self.image_room(s, &image.tenant, image.size)?;
             b.push(Change::PutImage(image.clone()));
             s.images.insert(key, image.clone());
             Ok((image.clone(), true))
         })
     }
 
-    /// Whether `tenant` may add an image of `size` bytes (checked again
-    /// when it is recorded).
-    pub fn image_fits(&self, tenant: &str, size: u64) -> Result<()> {
+    /// The tenant's record of image `id` if it has one; else whether it may
+    /// add it (`size` bytes) within its `image_bytes` quota (checked again
+    /// when the image is recorded).
+    pub fn admit_image(&self, tenant: &str, id: &str, size: u64) -> Result<Option<ImageRecord>> {
         self.read(|s| {
-            let held: u64 = s
-                .images
-                .values()
-                .filter(|i| i.tenant == tenant)
-                .map(|i| i.size)
-                .sum();
-            self.within(s, tenant, "image_bytes", held, held + size)
+            Self::require_tenant(s, tenant)?;
+            if let Some(have) = s.images.get(&fn_key(tenant, id)) {
+                return Ok(Some(have.clone()));
+            }
+            self.image_room(s, tenant, size).map(|()| None)
         })
+    }
+
+    /// Refuses an image of `size` bytes past the tenant's `image_bytes`.
+    fn image_room(&self, s: &State, tenant: &str, size: u64) -> Result<()> {
+        let held: u64 = of_tenant(&s.images, tenant).map(|i| i.size).sum();
+        self.within(s, tenant, "image_bytes", held, held + size)
     }
 
     /// A tenant's images, by id.
     pub fn list_images(&self, tenant: &str) -> Result<Vec<ImageRecord>> {
         self.read(|s| {
             Self::require_tenant(s, tenant)?;
-            let prefix = format!("{tenant}/");
-            Ok(s.images
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(_, i)| i.clone())
-                .collect())
+            Ok(of_tenant(&s.images, tenant).cloned().collect())
         })
     }
 
@@ -594,15 +577,12 @@ impl Registry {
     ) -> Result<String> {
         self.read(|s| {
             Self::require_tenant(s, tenant)?;
-            let own = |i: &&ImageRecord| i.tenant == tenant;
             if allowed.iter().any(|a| a == reference)
                 || s.images.contains_key(&fn_key(tenant, reference))
             {
                 return Ok(reference.to_string());
             }
-            s.images
-                .values()
-                .filter(own)
+            of_tenant(&s.images, tenant)
                 .filter(|i| i.tags.iter().any(|t| t == reference))
                 .max_by_key(|i| i.created_at)
                 .map(|i| i.id.clone())
@@ -625,10 +605,11 @@ impl Registry {
                     "tenant `{tenant}` has no image `{id}`"
                 )));
             }
-            let user = s.functions.values().find_map(|f| {
-                let v = f.versions.iter().find(|v| {
-                    f.tenant == tenant && v.container.as_ref().is_some_and(|c| c.image == id)
-                })?;
+            let user = of_tenant(&s.functions, tenant).find_map(|f| {
+                let v = f
+                    .versions
+                    .iter()
+                    .find(|v| v.container.as_ref().is_some_and(|c| c.image == id))?;
                 Some(format!("{}@{}", f.name, v.version))
             });
             if let Some(user) = user {
