@@ -60,6 +60,16 @@ fn put_container(p: &Perch, tenant: &str, name: &str, spec: Value) -> perch_test
     )
 }
 
+/// Routes `FUNCTION.TENANT.test` to the tenant's function.
+fn route(p: &Perch, tenant: &str, function: &str) {
+    p.admin()
+        .put_json(
+            &format!("/v1/tenants/{tenant}/routes/{function}.{tenant}.test"),
+            Some(json!({ "function": function })),
+        )
+        .ok();
+}
+
 fn events(p: &Perch, tenant: &str, function: &str) -> Vec<Value> {
     p.admin()
         .get(&format!(
@@ -109,11 +119,7 @@ fn a_container_version_starts_on_the_first_request_and_scales_to_zero() {
         (&v["kind"], &v["image"], &v["version"], &v["active"]),
         (&json!("container"), &json!(id), &json!(1), &json!(true))
     );
-    api.put_json(
-        "/v1/tenants/acme/routes/web.acme.test",
-        Some(json!({"function": "web"})),
-    )
-    .ok();
+    route(&p, "acme", "web");
     let mine = format!("perch.node={node}");
     assert!(
         podman.containers(&[&mine]).is_empty(),
@@ -207,11 +213,7 @@ fn min_instances_keeps_one_warm_and_a_cold_start_under_load_starts_at_most_max_i
         json!({"image": id, "port": 8080, "max_instances": 2, "concurrency": 4}),
     )
     .expect_status(201);
-    api.put_json(
-        "/v1/tenants/load/routes/burst.load.test",
-        Some(json!({"function": "burst"})),
-    )
-    .ok();
+    route(&p, "load", "burst");
     let url = p.data_url.clone();
     let threads: Vec<_> = (0..50)
         .map(|_| {
@@ -264,11 +266,7 @@ fn a_killed_container_is_replaced_and_a_restarted_perch_adopts_what_runs() {
         .unwrap()
         .to_string();
     put_container(&p, "crash", "svc", json!({"image": id, "port": 8080})).expect_status(201);
-    api.put_json(
-        "/v1/tenants/crash/routes/svc.crash.test",
-        Some(json!({"function": "svc"})),
-    )
-    .ok();
+    route(&p, "crash", "svc");
     assert_eq!(p.get("svc.crash.test", "/").status(), 200);
     let mine = format!("perch.node={node}");
     let first = podman.containers(&[&mine]);
@@ -464,11 +462,7 @@ fn a_container_over_its_memory_or_never_ready_fails_alone() {
         json!({"image": id, "port": 8080, "memory_mb": 32}),
     )
     .expect_status(201);
-    api.put_json(
-        "/v1/tenants/oom/routes/hog.oom.test",
-        Some(json!({"function": "hog"})),
-    )
-    .ok();
+    route(&p, "oom", "hog");
     assert_eq!(p.get("hog.oom.test", "/").status(), 200);
     let resp = p.get("hog.oom.test", "/cgi-bin/eat");
     assert_eq!(resp.status(), 502);
@@ -530,11 +524,7 @@ fn a_container_over_its_memory_or_never_ready_fails_alone() {
         json!({"image": id, "port": 8080, "command": ["/bin/sleep", "600"], "start_timeout_s": 2}),
     )
     .expect_status(201);
-    api.put_json(
-        "/v1/tenants/oom/routes/mute.oom.test",
-        Some(json!({"function": "mute"})),
-    )
-    .ok();
+    route(&p, "oom", "mute");
     let asked = std::time::Instant::now();
     let resp = p.get("mute.oom.test", "/");
     let waited = asked.elapsed();
@@ -574,11 +564,7 @@ fn rolling_a_container_function_to_a_new_version_fails_no_request() {
         json!({"image": id1, "port": 8080, "idle_timeout_s": 1}),
     )
     .expect_status(201);
-    api.put_json(
-        "/v1/tenants/roll/routes/site.roll.test",
-        Some(json!({"function": "site"})),
-    )
-    .ok();
+    route(&p, "roll", "site");
     assert_eq!(p.get("site.roll.test", "/").status(), 200);
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -664,11 +650,7 @@ fn a_tenants_container_reaches_neither_another_tenants_container_nor_the_admin_a
             json!({"image": image_id(&archive), "port": 8080}),
         )
         .expect_status(201);
-        api.put_json(
-            &format!("/v1/tenants/{tenant}/routes/svc.{tenant}.test"),
-            Some(json!({"function": "svc"})),
-        )
-        .ok();
+        route(&p, tenant, "svc");
         assert_eq!(p.get(&format!("svc.{tenant}.test"), "/").status(), 200);
     }
     let inspect = |tenant: &str, format: &str| {
@@ -758,11 +740,7 @@ fn an_http_upgrade_passes_through_to_the_container_both_ways() {
         json!({"image": image_id(&archive), "port": 8080}),
     )
     .expect_status(201);
-    api.put_json(
-        "/v1/tenants/ws/routes/echo.ws.test",
-        Some(json!({"function": "echo"})),
-    )
-    .ok();
+    route(&p, "ws", "echo");
     let addr = p
         .data_url
         .trim_start_matches("http://")
@@ -878,11 +856,7 @@ fn requests_beyond_every_instance_and_the_queue_get_503_overloaded() {
         json!({"image": image_id(&archive), "port": 8080, "concurrency": 1, "start_timeout_s": 3}),
     )
     .expect_status(201);
-    api.put_json(
-        "/v1/tenants/busy/routes/one.busy.test",
-        Some(json!({"function": "one"})),
-    )
-    .ok();
+    route(&p, "busy", "one");
     assert_eq!(p.get("one.busy.test", "/").status(), 200, "started");
     // One instance, one request at a time: 1 in flight, 100 waiting, and
     // the rest refused at once.
