@@ -65,8 +65,24 @@ need_rust_target() {
     rustup target list --installed | grep -qx "$1" || rustup target add "$1"
 }
 
+# need_python — a virtualenv with the PyPI packages the telemetry tests
+# parse with: prometheus-client's text parser, opentelemetry-proto's OTLP
+# messages. Its interpreter is PERCH_PYTHON for the tests.
+PYTHON_VENV=${PERCH_PYTHON_VENV:-$HOME/.cache/perch/python}
+need_python() {
+    local py=$PYTHON_VENV/bin/python
+    if ! "$py" -c 'import prometheus_client, opentelemetry.proto' 2>/dev/null; then
+        python3 -m venv "$PYTHON_VENV" 2>/dev/null || { need_apt python3-venv && python3 -m venv "$PYTHON_VENV"; } || return
+        echo "[test.sh] installing prometheus-client and opentelemetry-proto into $PYTHON_VENV" >&2
+        "$PYTHON_VENV/bin/pip" install -q --disable-pip-version-check \
+            'prometheus-client==0.21.*' 'opentelemetry-proto==1.45.2' 'protobuf>=5,<8' || return
+    fi
+    export PERCH_PYTHON=$py
+}
+
 install() {
     need_rust_target wasm32-wasip2 || return
+    need_python || return
     # The container tests: Podman with runc (each test process starts its
     # own API service in a temporary directory), busybox-static for the
     # images they build. Named explicitly what --no-install-recommends would

@@ -114,6 +114,8 @@ pub struct Instance {
     idle_since: Mutex<Instant>,
     /// Taken out of service (stopping, or found dead).
     gone: AtomicBool,
+    /// When it entered service.
+    since: Instant,
 }
 
 impl Instance {
@@ -125,6 +127,7 @@ impl Instance {
             in_flight: AtomicU32::new(0),
             idle_since: Mutex::new(Instant::now()),
             gone: AtomicBool::new(false),
+            since: Instant::now(),
         })
     }
 
@@ -232,9 +235,16 @@ impl std::fmt::Debug for Pool {
 pub struct Lease {
     pool: Arc<Pool>,
     instance: Arc<Instance>,
+    cold: bool,
 }
 
 impl Lease {
+    /// Whether the request waited for an instance that entered service
+    /// while it waited (a cold start, as far as this request is concerned).
+    pub fn cold_start(&self) -> bool {
+        self.cold
+    }
+
     /// Where to send the request.
     pub fn addr(&self) -> SocketAddr {
         self.instance.addr
@@ -336,6 +346,7 @@ impl Pool {
     /// place in the queue.
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, AcquireError> {
         let timeout = Duration::from_secs(u64::from(self.spec.start_timeout_s));
+        let asked = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.changed.subscribe();
         let mut queued: Option<Queued<'_>> = None;
@@ -352,10 +363,12 @@ impl Pool {
                 if let Some(instance) = free {
                     instance.in_flight.fetch_add(1, Ordering::AcqRel);
                     drop(st);
+                    let cold = queued.is_some() && instance.since >= asked;
                     drop(queued);
                     return Ok(Lease {
                         pool: self.clone(),
                         instance,
+                        cold,
                     });
                 }
                 if queued.is_none() {

@@ -9,6 +9,7 @@
 //! the guest as a bare "storage error"; their detail goes to the server log.
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -29,6 +30,104 @@ pub struct KvAccess {
     pub bindings: HashMap<String, String>,
     /// Operations allowed per invocation.
     pub max_ops: u32,
+    /// The node's counts of guest operations (shared by every function).
+    pub counters: Arc<KvCounters>,
+}
+
+/// A guest's KV operation, by the name of the call it made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum KvOp {
+    Open,
+    Get,
+    Exists,
+    GetEntry,
+    GetMany,
+    Set,
+    SetWithOptions,
+    SetMany,
+    Delete,
+    DeleteMany,
+    Increment,
+    CompareAndSwap,
+    ListKeys,
+    Scan,
+}
+
+impl KvOp {
+    /// Every operation, in the order of [`KvCounters::counts`].
+    pub const ALL: [KvOp; 14] = [
+        KvOp::Open,
+        KvOp::Get,
+        KvOp::Exists,
+        KvOp::GetEntry,
+        KvOp::GetMany,
+        KvOp::Set,
+        KvOp::SetWithOptions,
+        KvOp::SetMany,
+        KvOp::Delete,
+        KvOp::DeleteMany,
+        KvOp::Increment,
+        KvOp::CompareAndSwap,
+        KvOp::ListKeys,
+        KvOp::Scan,
+    ];
+
+    /// Its name in metrics and trace spans (`kv.<name>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvOp::Open => "open",
+            KvOp::Get => "get",
+            KvOp::Exists => "exists",
+            KvOp::GetEntry => "get_entry",
+            KvOp::GetMany => "get_many",
+            KvOp::Set => "set",
+            KvOp::SetWithOptions => "set_with_options",
+            KvOp::SetMany => "set_many",
+            KvOp::Delete => "delete",
+            KvOp::DeleteMany => "delete_many",
+            KvOp::Increment => "increment",
+            KvOp::CompareAndSwap => "compare_and_swap",
+            KvOp::ListKeys => "list_keys",
+            KvOp::Scan => "scan",
+        }
+    }
+}
+
+/// How many guest KV operations of each kind succeeded and failed.
+#[derive(Debug, Default)]
+pub struct KvCounters {
+    counts: [[AtomicU64; 2]; KvOp::ALL.len()],
+}
+
+impl KvCounters {
+    fn count(&self, op: KvOp, ok: bool) {
+        self.counts[op as usize][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(op, succeeded, failed)` for every operation.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64, u64)> + '_ {
+        KvOp::ALL.iter().map(|op| {
+            let [ok, err] = &self.counts[*op as usize];
+            (
+                op.as_str(),
+                ok.load(Ordering::Relaxed),
+                err.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// Traces one request's guest calls: a span per call.
+pub trait CallTracer: Send + Sync {
+    /// Starts the span of `op`; it ends when [`CallSpan::end`] is called.
+    fn start(&self, op: KvOp) -> Box<dyn CallSpan>;
+}
+
+/// A started span of a guest call.
+pub trait CallSpan: Send {
+    /// Ends the span; `error` is the message the guest got, if it failed.
+    fn end(self: Box<Self>, error: Option<&str>);
 }
 
 impl std::fmt::Debug for KvAccess {
@@ -45,12 +144,42 @@ impl std::fmt::Debug for KvAccess {
 pub struct KvCtx {
     access: Arc<KvAccess>,
     ops: u32,
+    tracer: Option<Arc<dyn CallTracer>>,
 }
 
 impl KvCtx {
-    /// A context for one invocation.
-    pub fn new(access: Arc<KvAccess>) -> Self {
-        KvCtx { access, ops: 0 }
+    /// A context for one invocation; with a `tracer`, each call is a span.
+    pub fn new(access: Arc<KvAccess>, tracer: Option<Arc<dyn CallTracer>>) -> Self {
+        KvCtx {
+            access,
+            ops: 0,
+            tracer,
+        }
+    }
+}
+
+/// One guest call being watched: counted when it ends, and its span ended.
+struct Watch {
+    op: KvOp,
+    counters: Option<Arc<KvCounters>>,
+    span: Option<Box<dyn CallSpan>>,
+}
+
+impl Watch {
+    fn end<T>(self, result: GResult<T>) -> GResult<T> {
+        if let Some(c) = &self.counters {
+            c.count(self.op, result.is_ok());
+        }
+        if let Some(span) = self.span {
+            span.end(match &result {
+                Ok(_) => None,
+                Err(GuestError::NoSuchStore) => Some("no such store"),
+                Err(GuestError::AccessDenied) => Some("access denied"),
+                Err(GuestError::Other(m)) => Some(m),
+                Err(GuestError::Trap(_)) => Some("host error"),
+            });
+        }
+        result
     }
 }
 
@@ -135,6 +264,16 @@ pub fn add_to_linker<T: KvView + 'static>(linker: &mut Linker<T>) -> wasmtime::R
 }
 
 impl KvHost<'_> {
+    /// Starts watching a call of `op` (nothing to watch when KV is off).
+    fn watch(&self, op: KvOp) -> Watch {
+        let ctx = self.0.as_ref().map(|v| &*v.ctx);
+        Watch {
+            op,
+            counters: ctx.map(|c| c.access.counters.clone()),
+            span: ctx.and_then(|c| c.tracer.as_ref()).map(|t| t.start(op)),
+        }
+    }
+
     fn parts(&mut self) -> GResult<(&mut KvCtx, &mut ResourceTable)> {
         match &mut self.0 {
             Some(v) => Ok((&mut *v.ctx, &mut *v.table)),
@@ -163,47 +302,61 @@ impl KvHost<'_> {
 
     async fn get_entry(
         &mut self,
+        op: KvOp,
         bucket: &Resource<Bucket>,
         key: String,
     ) -> GResult<Option<Entry>> {
-        let access = self.charge(1)?;
-        let ns = self.bucket_ns(bucket)?;
-        // A cache hit answers inline, without a thread hop.
-        if let Some(hit) = access.store.get_cached(&ns, &key) {
-            return Ok(hit);
-        }
-        Ok(access.store.get(&ns, &key).await?)
+        let watch = self.watch(op);
+        let result = async {
+            let access = self.charge(1)?;
+            let ns = self.bucket_ns(bucket)?;
+            // A cache hit answers inline, without a thread hop.
+            if let Some(hit) = access.store.get_cached(&ns, &key) {
+                return Ok(hit);
+            }
+            Ok(access.store.get(&ns, &key).await?)
+        };
+        watch.end(result.await)
     }
 
     async fn write(
         &mut self,
+        op: KvOp,
         bucket: &Resource<Bucket>,
         ops: Vec<WriteOp>,
     ) -> GResult<Vec<WriteResult>> {
-        let access = self.charge(ops.len().max(1))?;
-        let ns = self.bucket_ns(bucket)?;
-        Ok(access.store.write(&ns, ops).await?)
+        let watch = self.watch(op);
+        let result = async {
+            let access = self.charge(ops.len().max(1))?;
+            let ns = self.bucket_ns(bucket)?;
+            Ok(access.store.write(&ns, ops).await?)
+        };
+        watch.end(result.await)
     }
 }
 
 impl store::Host for KvHost<'_> {
     async fn open(&mut self, identifier: String) -> GResult<Resource<Bucket>> {
-        let access = self.charge(1)?;
-        let name = match identifier.as_str() {
-            "" | "default" => "default".to_string(),
-            other => access
-                .bindings
-                .get(other)
-                .cloned()
-                .ok_or(GuestError::NoSuchStore)?,
+        let watch = self.watch(KvOp::Open);
+        let result = async {
+            let access = self.charge(1)?;
+            let name = match identifier.as_str() {
+                "" | "default" => "default".to_string(),
+                other => access
+                    .bindings
+                    .get(other)
+                    .cloned()
+                    .ok_or(GuestError::NoSuchStore)?,
+            };
+            let ns = NamespaceId::new(&access.tenant, &name);
+            // Namespaces are created on first use; once known, no disk access.
+            if !access.store.namespace_known(&ns) {
+                access.store.create_namespace(&ns).await?;
+            }
+            let (_, table) = self.parts()?;
+            Ok(table.push(Bucket { ns })?)
         };
-        let ns = NamespaceId::new(&access.tenant, &name);
-        // Namespaces are created on first use; once known, no disk access.
-        if !access.store.namespace_known(&ns) {
-            access.store.create_namespace(&ns).await?;
-        }
-        let (_, table) = self.parts()?;
-        Ok(table.push(Bucket { ns })?)
+        watch.end(result.await)
     }
 
     fn convert_error(&mut self, err: GuestError) -> wasmtime::Result<store::Error> {
@@ -218,11 +371,15 @@ impl store::Host for KvHost<'_> {
 
 impl store::HostBucket for KvHost<'_> {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> GResult<Option<Vec<u8>>> {
-        Ok(self.get_entry(&bucket, key).await?.map(|e| e.value))
+        Ok(self
+            .get_entry(KvOp::Get, &bucket, key)
+            .await?
+            .map(|e| e.value))
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> GResult<()> {
         self.write(
+            KvOp::Set,
             &bucket,
             vec![WriteOp::Put {
                 key,
@@ -235,13 +392,13 @@ impl store::HostBucket for KvHost<'_> {
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> GResult<()> {
-        self.write(&bucket, vec![WriteOp::Delete { key }])
+        self.write(KvOp::Delete, &bucket, vec![WriteOp::Delete { key }])
             .await
             .map(drop)
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> GResult<bool> {
-        Ok(self.get_entry(&bucket, key).await?.is_some())
+        Ok(self.get_entry(KvOp::Exists, &bucket, key).await?.is_some())
     }
 
     async fn list_keys(
@@ -249,29 +406,33 @@ impl store::HostBucket for KvHost<'_> {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> GResult<store::KeyResponse> {
-        // The draft's cursor is a number: the count of keys already returned.
-        let access = self.charge(1)?;
-        let ns = self.bucket_ns(&bucket)?;
-        let page_size = access.store.limits().unwrap_or_default().max_page;
-        let mut skip = cursor.unwrap_or(0);
-        let mut after: Option<String> = None;
-        loop {
-            let page = access
-                .store
-                .list(&ns, "", after.as_deref(), page_size)
-                .await?;
-            let n = page.keys.len() as u64;
-            if skip >= n && page.cursor.is_some() {
-                skip -= n;
-                after = page.cursor;
-                continue;
+        let watch = self.watch(KvOp::ListKeys);
+        let result = async {
+            // The draft's cursor is a number: the count of keys already returned.
+            let access = self.charge(1)?;
+            let ns = self.bucket_ns(&bucket)?;
+            let page_size = access.store.limits().unwrap_or_default().max_page;
+            let mut skip = cursor.unwrap_or(0);
+            let mut after: Option<String> = None;
+            loop {
+                let page = access
+                    .store
+                    .list(&ns, "", after.as_deref(), page_size)
+                    .await?;
+                let n = page.keys.len() as u64;
+                if skip >= n && page.cursor.is_some() {
+                    skip -= n;
+                    after = page.cursor;
+                    continue;
+                }
+                let start = skip.min(n) as usize;
+                let keys: Vec<String> = page.keys.into_iter().skip(start).map(|k| k.name).collect();
+                let returned = cursor.unwrap_or(0) + keys.len() as u64;
+                let next = page.cursor.map(|_| returned);
+                return Ok(store::KeyResponse { keys, cursor: next });
             }
-            let start = skip.min(n) as usize;
-            let keys: Vec<String> = page.keys.into_iter().skip(start).map(|k| k.name).collect();
-            let returned = cursor.unwrap_or(0) + keys.len() as u64;
-            let next = page.cursor.map(|_| returned);
-            return Ok(store::KeyResponse { keys, cursor: next });
-        }
+        };
+        watch.end(result.await)
     }
 
     async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -292,7 +453,11 @@ impl atomics::Host for KvHost<'_> {
         let delta =
             i64::try_from(delta).map_err(|_| GuestError::Other("delta too large".into()))?;
         match self
-            .write(&bucket, vec![WriteOp::Increment { key, delta }])
+            .write(
+                KvOp::Increment,
+                &bucket,
+                vec![WriteOp::Increment { key, delta }],
+            )
             .await?
             .pop()
         {
@@ -312,14 +477,18 @@ impl batch::Host for KvHost<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> GResult<Vec<Option<(String, Vec<u8>)>>> {
-        let access = self.charge(keys.len().max(1))?;
-        let ns = self.bucket_ns(&bucket)?;
-        let entries = access.store.get_many(&ns, &keys).await?;
-        Ok(keys
-            .into_iter()
-            .zip(entries)
-            .map(|(k, e)| e.map(|e| (k, e.value)))
-            .collect())
+        let watch = self.watch(KvOp::GetMany);
+        let result = async {
+            let access = self.charge(keys.len().max(1))?;
+            let ns = self.bucket_ns(&bucket)?;
+            let entries = access.store.get_many(&ns, &keys).await?;
+            Ok(keys
+                .into_iter()
+                .zip(entries)
+                .map(|(k, e)| e.map(|e| (k, e.value)))
+                .collect())
+        };
+        watch.end(result.await)
     }
 
     async fn set_many(
@@ -335,7 +504,7 @@ impl batch::Host for KvHost<'_> {
                 options: PutOptions::default(),
             })
             .collect();
-        self.write(&bucket, ops).await.map(drop)
+        self.write(KvOp::SetMany, &bucket, ops).await.map(drop)
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> GResult<()> {
@@ -343,7 +512,7 @@ impl batch::Host for KvHost<'_> {
             .into_iter()
             .map(|key| WriteOp::Delete { key })
             .collect();
-        self.write(&bucket, ops).await.map(drop)
+        self.write(KvOp::DeleteMany, &bucket, ops).await.map(drop)
     }
 }
 
@@ -364,6 +533,7 @@ impl ext::Host for KvHost<'_> {
             metadata,
         };
         self.write(
+            KvOp::SetWithOptions,
             &bucket,
             vec![WriteOp::Put {
                 key,
@@ -380,7 +550,7 @@ impl ext::Host for KvHost<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> GResult<Option<ext::Entry>> {
-        Ok(KvHost::get_entry(self, &bucket, key)
+        Ok(KvHost::get_entry(self, KvOp::GetEntry, &bucket, key)
             .await?
             .map(|e| ext::Entry {
                 value: e.value,
@@ -396,24 +566,28 @@ impl ext::Host for KvHost<'_> {
         cursor: Option<String>,
         limit: u32,
     ) -> GResult<ext::Page> {
-        let access = self.charge(1)?;
-        let ns = self.bucket_ns(&bucket)?;
-        let page = access
-            .store
-            .list(&ns, &prefix, cursor.as_deref(), limit as usize)
-            .await?;
-        Ok(ext::Page {
-            keys: page
-                .keys
-                .into_iter()
-                .map(|k| ext::KeyInfo {
-                    name: k.name,
-                    expires_at: k.expires_at_ms,
-                    metadata: k.metadata,
-                })
-                .collect(),
-            cursor: page.cursor,
-        })
+        let watch = self.watch(KvOp::Scan);
+        let result = async {
+            let access = self.charge(1)?;
+            let ns = self.bucket_ns(&bucket)?;
+            let page = access
+                .store
+                .list(&ns, &prefix, cursor.as_deref(), limit as usize)
+                .await?;
+            Ok(ext::Page {
+                keys: page
+                    .keys
+                    .into_iter()
+                    .map(|k| ext::KeyInfo {
+                        name: k.name,
+                        expires_at: k.expires_at_ms,
+                        metadata: k.metadata,
+                    })
+                    .collect(),
+                cursor: page.cursor,
+            })
+        };
+        watch.end(result.await)
     }
 
     async fn compare_and_swap(
@@ -426,6 +600,7 @@ impl ext::Host for KvHost<'_> {
         let new = new.map(|v| (v, PutOptions::default()));
         match self
             .write(
+                KvOp::CompareAndSwap,
                 &bucket,
                 vec![WriteOp::CompareAndSwap { key, expected, new }],
             )

@@ -85,8 +85,11 @@ async fn storage_failures_reach_the_guest_without_their_detail() {
         tenant: "t".into(),
         bindings: HashMap::from([("OTHER".into(), "other".into())]),
         max_ops: 100,
+        counters: Arc::default(),
     };
-    let mut ctx = KvCtx::new(Arc::new(access));
+    let counters = access.counters.clone();
+    let spans = Spans::default();
+    let mut ctx = KvCtx::new(Arc::new(access), Some(Arc::new(spans.clone())));
     let mut table = ResourceTable::new();
     let mut host = KvHost(Some(KvCtxView {
         ctx: &mut ctx,
@@ -116,6 +119,60 @@ async fn storage_failures_reach_the_guest_without_their_detail() {
 
     let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
     assert_eq!(log.matches(DETAIL).count(), 7, "{log}");
+
+    // Each call was counted by how it ended, and traced as one span.
+    let counts: Vec<_> = counters
+        .counts()
+        .filter(|(_, ok, err)| ok + err > 0)
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("open", 1, 1),
+            ("get", 0, 1),
+            ("get_many", 0, 1),
+            ("set", 0, 1),
+            ("increment", 0, 1),
+            ("list_keys", 0, 1),
+            ("scan", 0, 1),
+        ]
+    );
+    let spans = spans.0.lock().unwrap().clone();
+    assert_eq!(spans.len(), 8);
+    assert_eq!(spans[0], ("open", None));
+    assert!(
+        spans[1..]
+            .iter()
+            .all(|(_, e)| e.as_deref() == Some("storage error")),
+        "{spans:?}"
+    );
+    assert_eq!(spans[2], ("get", Some("storage error".to_string())));
+}
+
+/// A span seen: the op and the error it ended with.
+type Seen = (&'static str, Option<String>);
+
+/// Records the spans of guest calls.
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<Vec<Seen>>>);
+
+struct Span(Spans, KvOp);
+
+impl CallTracer for Spans {
+    fn start(&self, op: KvOp) -> Box<dyn CallSpan> {
+        Box::new(Span(self.clone(), op))
+    }
+}
+
+impl CallSpan for Span {
+    fn end(self: Box<Self>, error: Option<&str>) {
+        let Span(spans, op) = *self;
+        spans
+            .0
+            .lock()
+            .unwrap()
+            .push((op.as_str(), error.map(str::to_string)));
+    }
 }
 
 #[test]

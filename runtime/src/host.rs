@@ -3,6 +3,7 @@
 //! stdout/stderr.
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use perch_kv::guest::{KvCtx, KvCtxView, KvView};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::egress::{EgressConfig, OutboundPolicy};
-use crate::internal::{InternalDestinations, Route};
+use crate::internal::{InternalDestinations, OutboundFuture, OutboundResponse, Route};
 use crate::limits::InstanceLimiter;
 use crate::logs::{GuestOutput, LogStream};
 use crate::meter::RequestState;
@@ -76,12 +77,16 @@ pub(crate) struct PerchHooks {
     pub(crate) internal: Option<Arc<dyn InternalDestinations>>,
     pub(crate) label: Arc<str>,
     pub(crate) sent: u32,
+    /// Counts refusals (`egress_refused`).
+    pub(crate) stats: Arc<crate::RuntimeStats>,
+    /// The request's trace, if it is traced (replaced per request).
+    pub(crate) trace: Option<Arc<dyn crate::RequestTrace>>,
 }
 
 impl WasiHttpHooks for PerchHooks {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<
@@ -98,19 +103,55 @@ impl WasiHttpHooks for PerchHooks {
         self.sent = self.sent.saturating_add(1);
         if self.sent > self.policy.max_requests {
             tracing::info!(function = %self.label, limit = self.policy.max_requests, "outbound request refused: per-invocation limit");
+            self.stats.egress_refused.fetch_add(1, Ordering::Relaxed);
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        let span = self.trace.as_ref().map(|t| {
+            let (method, uri) = (request.method().clone(), request.uri().clone());
+            t.outbound(&method, &uri, request.headers_mut())
+        });
         let (request, options) = match &self.internal {
             Some(internal) => match internal.route(request, options) {
-                Route::Internal(response) => return Box::new(response),
+                Route::Internal(response) => return traced(span, response),
                 Route::External(request, options) => (request, options),
             },
             None => (request, options),
         };
         let (egress, policy, label) =
             (self.egress.clone(), self.policy.clone(), self.label.clone());
-        Box::new(crate::egress::send(egress, policy, label, request, options))
+        let stats = self.stats.clone();
+        traced(
+            span,
+            Box::pin(async move {
+                let sent = crate::egress::send(egress, policy, label, request, options).await;
+                if let Err(HttpError::HttpRequestDenied | HttpError::DestinationIpProhibited) =
+                    &sent
+                {
+                    stats.egress_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                sent
+            }),
+        )
     }
+}
+
+/// `sent`, ending the request's client span (if traced) with its status
+/// or its error once the response head is in.
+fn traced(
+    span: Option<Box<dyn crate::OutboundSpan>>,
+    sent: OutboundFuture,
+) -> Box<dyn Future<Output = Result<OutboundResponse, HttpError>> + Send> {
+    let Some(span) = span else {
+        return Box::new(sent);
+    };
+    Box::new(async move {
+        let sent = sent.await;
+        span.end(match &sent {
+            Ok((resp, _)) => Ok(resp.status().as_u16()),
+            Err(e) => Err(format!("{e:?}")),
+        });
+        sent
+    })
 }
 
 /// One of the guest's output streams, captured into its [`GuestOutput`].

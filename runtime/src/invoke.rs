@@ -109,6 +109,15 @@ impl Drop for InUse {
     }
 }
 
+/// A request's trace as the KV host's tracer of guest calls.
+fn kv_tracer(
+    trace: &Option<Arc<dyn crate::RequestTrace>>,
+) -> Option<Arc<dyn perch_kv::guest::CallTracer>> {
+    trace
+        .clone()
+        .map(|t| t as Arc<dyn perch_kv::guest::CallTracer>)
+}
+
 /// How the request gets its instance.
 enum Instance {
     Fresh(ProxyPre<Host>),
@@ -118,7 +127,11 @@ enum Instance {
 impl Runtime {
     /// A new store for `inv`: WASI, wasi-http, KV and config contexts, the
     /// memory limiter, the CPU-limit epoch callback.
-    fn new_store(&self, inv: &Invocation) -> Store<Host> {
+    fn new_store(
+        &self,
+        inv: &Invocation,
+        trace: Option<Arc<dyn crate::RequestTrace>>,
+    ) -> Store<Host> {
         let memory_hit = Arc::new(AtomicBool::new(false));
         let output = GuestOutput::default();
         let stream = |stream| GuestStream {
@@ -135,7 +148,7 @@ impl Runtime {
         let host = Host {
             wasi,
             config: inv.config.clone(),
-            kv: inv.kv.clone().map(KvCtx::new),
+            kv: inv.kv.clone().map(|kv| KvCtx::new(kv, kv_tracer(&trace))),
             http: WasiHttpCtx::new(),
             table,
             limiter: InstanceLimiter::new(inv.limits.memory_bytes, memory_hit.clone()),
@@ -143,8 +156,10 @@ impl Runtime {
                 egress: self.egress.clone(),
                 policy: inv.outbound.clone(),
                 internal: inv.internal.clone(),
+                stats: self.stats.clone(),
                 label: inv.label.clone(),
                 sent: 0,
+                trace,
             },
             meter: Arc::new(RequestState::new(inv.limits.cpu, memory_hit)),
             output,
@@ -176,7 +191,7 @@ impl Runtime {
             .load_async(&inv.digest)
             .await
             .map_err(|e| InvokeError::Internal(e.to_string()))?;
-        let mut store = self.new_store(inv);
+        let mut store = self.new_store(inv, None);
         store.set_epoch_deadline(1);
         pre.instantiate_async(&mut store)
             .await
@@ -190,7 +205,8 @@ impl Runtime {
     async fn prepare(
         self: &Arc<Self>,
         inv: &Invocation,
-    ) -> Result<(Store<Host>, Instance), InvokeError> {
+        trace: Option<Arc<dyn crate::RequestTrace>>,
+    ) -> Result<(Store<Host>, Instance, bool), InvokeError> {
         let idle = if inv.max_reuse > 1 {
             inv.pool.take()
         } else {
@@ -205,15 +221,16 @@ impl Runtime {
                 host.meter = Arc::new(RequestState::new(inv.limits.cpu, host.limiter.hit.clone()));
                 host.limiter.hit.store(false, Ordering::Relaxed);
                 host.hooks.sent = 0;
-                host.kv = inv.kv.clone().map(KvCtx::new);
-                (store, Instance::Reused(idle.proxy, idle.served))
+                host.hooks.trace = trace.clone();
+                host.kv = inv.kv.clone().map(|kv| KvCtx::new(kv, kv_tracer(&trace)));
+                (store, Instance::Reused(idle.proxy, idle.served), false)
             }
             None => {
-                let pre = self
-                    .load_async(&inv.digest)
+                let (pre, cold) = self
+                    .load_cold(&inv.digest)
                     .await
                     .map_err(|e| InvokeError::Internal(e.to_string()))?;
-                (self.new_store(inv), Instance::Fresh(pre))
+                (self.new_store(inv, trace), Instance::Fresh(pre), cold)
             }
         })
     }
@@ -253,26 +270,31 @@ impl Runtime {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
+        let trace = sink.trace();
         let ledger = Ledger::new(sink, inv.label.clone());
         let mut consumer = Consumer::new(ledger.clone());
         // Hyper drops the body of these unread: no sign of a client gone.
         let head_only = req.method() == http::Method::HEAD;
 
         let (resp_tx, resp_rx) = oneshot::channel();
-        let prepared = self.prepare(inv).await.and_then(|(mut store, instance)| {
-            let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
-            let req = store
-                .data_mut()
-                .http()
-                .new_incoming_request(Scheme::Http, req)
-                .map_err(internal)?;
-            let out = store
-                .data_mut()
-                .http()
-                .new_response_outparam(resp_tx)
-                .map_err(internal)?;
-            Ok((store, instance, req, out))
-        });
+        let prepared = self
+            .prepare(inv, trace)
+            .await
+            .and_then(|(mut store, instance, cold)| {
+                ledger.cold_start(cold);
+                let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
+                let req = store
+                    .data_mut()
+                    .http()
+                    .new_incoming_request(Scheme::Http, req)
+                    .map_err(internal)?;
+                let out = store
+                    .data_mut()
+                    .http()
+                    .new_response_outparam(resp_tx)
+                    .map_err(internal)?;
+                Ok((store, instance, req, out))
+            });
         let (mut store, instance, req, out) = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {

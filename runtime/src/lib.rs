@@ -51,6 +51,7 @@ mod record;
 mod report;
 mod rlimit;
 mod store;
+mod trace;
 mod validate;
 
 use std::path::PathBuf;
@@ -75,6 +76,7 @@ pub use limits::Limits;
 pub use logs::{InvocationRecord, LogLine, LogSink, LogStream, Outcome, TracingLogSink};
 pub use perch_kv::guest::KvAccess;
 pub use store::{ArtifactStore, LocalArtifactStore};
+pub use trace::{CallSpan, CallTracer, KvOp, OutboundSpan, RequestTrace};
 pub use wasmtime_wasi_config::WasiConfigVariables;
 pub use wasmtime_wasi_http::{RequestOptions, WasiBody};
 
@@ -151,6 +153,11 @@ pub struct RuntimeStats {
     pub cache_misses: AtomicU64,
     /// Instances alive right now.
     pub instances_in_use: AtomicU64,
+    /// Components the in-memory cache dropped to make room.
+    pub cache_evictions: AtomicU64,
+    /// Outbound requests refused: a host outside `outbound.allow`, a
+    /// refused address, or past the per-invocation limit.
+    pub egress_refused: AtomicU64,
 }
 
 /// The wasmtime host shared by every request on the node.
@@ -224,12 +231,22 @@ impl Runtime {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), config.epoch_tick, ticker_stop.clone());
 
+        let stats = Arc::new(RuntimeStats::default());
+        let evicted = stats.clone();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.cache_evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
         Ok(Runtime {
             engine,
             linker,
             artifacts,
-            cache: moka::sync::Cache::new(config.cache_capacity),
-            stats: Arc::new(RuntimeStats::default()),
+            cache,
+            stats,
             egress: Arc::new(egress),
             ticker_stop,
         })
@@ -353,15 +370,25 @@ impl Runtime {
         self: &Arc<Self>,
         digest: &Digest,
     ) -> Result<ProxyPre<Host>, RuntimeError> {
+        self.load_cold(digest).await.map(|(pre, _)| pre)
+    }
+
+    /// [`Runtime::load_async`], and whether the component was not in
+    /// memory (a cold start: loaded or compiled for this request).
+    pub(crate) async fn load_cold(
+        self: &Arc<Self>,
+        digest: &Digest,
+    ) -> Result<(ProxyPre<Host>, bool), RuntimeError> {
         if let Some(pre) = self.cache.get(digest) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(pre);
+            return Ok((pre, false));
         }
         let this = self.clone();
         let digest = *digest;
         tokio::task::spawn_blocking(move || this.load(&digest))
             .await
             .map_err(|e| RuntimeError::Artifact(format!("loader panicked: {e}")))?
+            .map(|pre| (pre, true))
     }
 }
 

@@ -104,6 +104,9 @@ pub struct InvocationRecord {
     pub logs: Vec<LogLine>,
     /// Whether output past the per-invocation cap (64 KiB) was dropped.
     pub truncated: bool,
+    /// Whether this invocation paid a cold start: its component was loaded
+    /// from disk or compiled (wasm), or its instance started (containers).
+    pub coldstart: bool,
 }
 
 /// Where invocations' records go: the function's log.
@@ -112,6 +115,12 @@ pub trait LogSink: Send + Sync {
     /// failed) and its response was sent or dropped. Runs on the async
     /// threads: it must not block.
     fn record(&self, record: InvocationRecord);
+
+    /// The invocation's trace, when its request is traced: its KV calls
+    /// and outbound requests become child spans. None by default.
+    fn trace(&self) -> Option<Arc<dyn crate::RequestTrace>> {
+        None
+    }
 }
 
 /// The default [`LogSink`]: each line to the server log (`tracing` target

@@ -51,6 +51,8 @@ struct State {
     refused: bool,
     /// The consumer went away before the task ended.
     canceled: bool,
+    /// The component was loaded or compiled for this invocation.
+    coldstart: bool,
 }
 
 /// Shared by the task and the consumer; reports when dropped.
@@ -73,6 +75,11 @@ impl Ledger {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the component had to be loaded (or compiled) first.
+    pub(crate) fn cold_start(&self, cold: bool) {
+        self.state().coldstart = cold;
     }
 
     /// The task's side: the instance finished or failed.
@@ -100,6 +107,7 @@ impl Drop for Ledger {
             duration: self.started.elapsed(),
             logs: task.logs,
             truncated: task.truncated,
+            coldstart: state.coldstart,
         });
     }
 }

@@ -321,3 +321,110 @@ fn kv_and_settings_with_the_cli() {
         "green"
     );
 }
+
+#[test]
+fn quotas_usage_and_expiring_tokens_with_the_cli() {
+    let perch = Perch::start();
+    ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &["tenants", "create", "acme"],
+    ));
+    let out = ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &[
+            "tenants",
+            "set-quota",
+            "acme",
+            "--functions",
+            "3",
+            "--image-bytes",
+            "1GiB",
+            "--requests-per-second",
+            "100",
+        ],
+    ));
+    let t: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        t["quotas"],
+        serde_json::json!({"functions": 3, "image_bytes": 1u64 << 30, "requests_per_second": 100})
+    );
+    let out = ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &[
+            "tenants",
+            "set-quota",
+            "acme",
+            "--reset",
+            "requests_per_second",
+        ],
+    ));
+    let t: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(t["quotas"]["requests_per_second"], serde_json::Value::Null);
+    let bad = perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &["tenants", "set-quota", "acme", "--image-bytes", "1XB"],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown unit `XB`"));
+
+    // `--expires 30d`: thirty days from now, named.
+    let out = ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &[
+            "tokens",
+            "--tenant",
+            "acme",
+            "create",
+            "--scope",
+            "functions",
+            "--scope",
+            "routes",
+            "--expires",
+            "30d",
+            "--name",
+            "ci",
+        ],
+    ));
+    let token: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expires = token["expires_at"].as_u64().unwrap();
+    assert!(
+        (now + 30 * 86_400 - 5..=now + 30 * 86_400 + 5).contains(&expires),
+        "{token}"
+    );
+    assert_eq!(token["name"], "ci");
+
+    let out = ok(perch_cli(
+        &perch,
+        token["token"].as_str().unwrap(),
+        &[
+            "deploy",
+            guests::HELLO,
+            "--tenant",
+            "acme",
+            "--name",
+            "hello",
+            "--route",
+            "hello.acme.test",
+        ],
+    ));
+    assert!(out.contains("version 1"), "{out}");
+    assert_eq!(perch.get("hello.acme.test", "/").status(), 200);
+    let out = ok(perch_cli(
+        &perch,
+        ADMIN_TOKEN,
+        &["usage", "--tenant", "acme"],
+    ));
+    let usage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(usage["usage"]["requests"], 1, "{usage}");
+    assert_eq!(usage["usage"]["functions"], 1);
+    assert_eq!(usage["quotas"]["functions"], 3);
+}

@@ -12,4 +12,5 @@ mod kv;
 mod lifecycle;
 mod operations;
 mod settings;
+mod telemetry;
 mod uploads;

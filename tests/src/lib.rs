@@ -585,6 +585,66 @@ fn require_program_with(program: &str, skip_external: Option<&str>) -> bool {
     }
 }
 
+/// The Python interpreter of the tests' virtualenv (`PERCH_PYTHON`, else
+/// the one `./test.sh` makes in `~/.cache/perch/python`), when it has the
+/// PyPI packages the telemetry tests parse with (`prometheus_client`,
+/// `opentelemetry.proto`). Missing: fails, or with `PERCH_SKIP_EXTERNAL=1`
+/// says `skipped` and gives `None`, as [`require_program`] does.
+pub fn require_python() -> Option<PathBuf> {
+    let python = std::env::var_os("PERCH_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            Some(Path::new(&home).join(".cache/perch/python/bin/python"))
+        })
+        .filter(|p| {
+            Command::new(p)
+                .args(["-c", "import prometheus_client, opentelemetry.proto"])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    let found = python.is_some();
+    let skip = std::env::var("PERCH_SKIP_EXTERNAL").ok();
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    match external_decision(skip.as_deref(), found) {
+        External::Run => python,
+        External::Skip => {
+            eprintln!(
+                "skipped: {test} needs Python with prometheus-client and opentelemetry-proto"
+            );
+            None
+        }
+        External::Fail => panic!(
+            "{test} needs Python with prometheus-client and opentelemetry-proto: \
+             ./test.sh installs them into ~/.cache/perch/python (or set PERCH_PYTHON, \
+             or PERCH_SKIP_EXTERNAL=1 to skip)"
+        ),
+    }
+}
+
+/// Runs `script` on the tests' Python with `input` on stdin; its stdout.
+pub fn run_python(python: &Path, script: &str, input: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A Podman API service of the test process's own: storage, run state,
 /// locks (file locks: the default shared-memory ones are numbered
 /// machine-wide and collide between services), events and network

@@ -91,7 +91,7 @@ pub fn authenticate<B>(
 fn scope_of(rest: &[&str]) -> Result<Option<&'static str>, ()> {
     match rest.first() {
         None | Some(&"tokens") => Ok(None),
-        Some(&"audit") => Ok(Some(ANY_SCOPE)),
+        Some(&"audit" | &"usage") => Ok(Some(ANY_SCOPE)),
         Some(segment) => SCOPES
             .iter()
             .find(|s| **s != "*" && **s == *segment)
@@ -100,7 +100,8 @@ fn scope_of(rest: &[&str]) -> Result<Option<&'static str>, ()> {
     }
 }
 
-/// What a path readable with any scope of its tenant needs (its audit log).
+/// What a path readable with any scope of its tenant needs (its audit log
+/// and its usage).
 const ANY_SCOPE: &str = "";
 
 /// Lets the admin anywhere, and a tenant token only under its own tenant

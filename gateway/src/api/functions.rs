@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::common::{
     PageQuery, Resp, TenantCall, blocking, collect_garbage, invalid_name, query_flag, read_body,
+    registry_error,
 };
 use super::images::{containers_disabled, refuse_unread};
 use crate::app::App;
@@ -93,6 +94,12 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
         );
     }
     let activate = tri!(query_flag(&req, "activate", true));
+    // A new function's place within the quota is held from before the
+    // body is read and compiled until its version committed.
+    let _place = match app.registry.reserve_function(&tenant, &name) {
+        Ok(place) => place,
+        Err(e) => return refuse_unread(req, registry_error(e)).await,
+    };
     if is_json(&req) {
         return upload_container(app, req, tenant, name, activate).await;
     }

@@ -7,6 +7,7 @@ use serde_json::json;
 use super::common::Resp;
 use crate::app::App;
 use crate::http::{error, full, json};
+use crate::telemetry::metrics::Sources;
 
 /// The answer to a health or metrics request, or `None` for any other path.
 pub(super) fn handle<B>(app: &App, req: &Request<B>) -> Option<Resp> {
@@ -24,10 +25,15 @@ pub(super) fn handle<B>(app: &App, req: &Request<B>) -> Option<Resp> {
             "the server is shutting down",
         ),
         "/metrics" => {
-            let mut resp = Response::new(full(
-                app.metrics
-                    .render(app.runtime.stats(), app.containers.as_deref()),
-            ));
+            let registry = &app.registry;
+            let body = app.metrics.render(&Sources {
+                runtime: app.runtime.stats(),
+                kv: registry.kv_counters(),
+                log_followers: app.logs.followers(),
+                containers: app.containers.as_deref(),
+                function_label: &|t, f| registry.metric_function(t, f),
+            });
+            let mut resp = Response::new(full(body));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),

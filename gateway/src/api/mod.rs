@@ -14,6 +14,7 @@
 //! | `POST …/functions/{name}/scheduled?cron=EXPR` | `functions` | `scheduled.rs` |
 //! | `PUT`, `GET …/images`, `GET`, `DELETE …/images/{id}` | `images` | `images.rs` |
 //! | `GET /v1/audit`, `GET …/audit` | admin; any scope of the tenant | `audit.rs` |
+//! | `GET /v1/tenants/{tenant}/usage` | any scope of the tenant | `usage.rs` |
 //! | `GET /v1/tenants/{tenant}/logs?function=&status=&limit=&follow=` | `logs` | `logs.rs` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
 //! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{pattern}` (`host[/path]`) | `routes` | `routes.rs` |
@@ -42,6 +43,7 @@ mod deployment;
 mod functions;
 mod health;
 mod images;
+mod usage;
 pub use images::images_dir;
 pub mod kv;
 mod logs;
@@ -137,6 +139,7 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                     let (app, method, req, tenant) = call.into_parts();
                     audit::list(app, method, &req, Some(tenant)).await
                 }
+                ["usage"] => usage::show(call).await,
                 ["images"] => images::list_or_upload(call).await,
                 ["images", id] => images::one(call, id.to_string()).await,
                 ["routes", rest @ ..] => routes::handle(call, rest).await,

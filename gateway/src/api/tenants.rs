@@ -118,6 +118,7 @@ pub(super) async fn one(call: TenantCall) -> Resp {
                 .collect();
             let dropped = tri!(delete(app.registry.clone(), app.kv.as_ref(), tenant.clone()).await);
             app.logs.forget_tenant(&tenant);
+            app.metrics.forget_tenant(&tenant);
             collect_garbage(&app, dropped).await;
             super::images::forget_tenant_images(&app, &tenant, images).await;
             no_content()

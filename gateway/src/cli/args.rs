@@ -97,6 +97,14 @@ pub(super) enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Show a tenant's usage and quotas.
+    Usage {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Manage tenants (admin token).
     Tenants {
         #[command(subcommand)]
@@ -249,6 +257,104 @@ pub(super) enum TenantAction {
         /// Name.
         name: String,
     },
+    /// Set (or with `--reset` return to the default) a tenant's quotas.
+    SetQuota {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+        /// Return this quota to the config's default (repeatable).
+        #[arg(long, value_name = "QUOTA", value_parser = clap::builder::PossibleValuesParser::new(crate::registry::QUOTAS))]
+        reset: Vec<String>,
+    },
+}
+
+/// Quota values of `perch tenants set-quota`; sizes take `KiB`, `MiB`,
+/// `GiB` (or `KB`, `MB`, `GB`) suffixes.
+#[derive(Args, Debug, Default)]
+pub(super) struct QuotaArgs {
+    /// Functions.
+    #[arg(long)]
+    pub(super) functions: Option<u64>,
+    /// Route patterns.
+    #[arg(long)]
+    pub(super) routes: Option<u64>,
+    /// Bytes of container image archives (e.g. `2GiB`).
+    #[arg(long, value_parser = parse_bytes)]
+    pub(super) image_bytes: Option<u64>,
+    /// Σ memory_mb × max_instances over deployed container versions.
+    #[arg(long)]
+    pub(super) container_memory_mb: Option<u64>,
+    /// Data-plane requests per second, per node.
+    #[arg(long)]
+    pub(super) requests_per_second: Option<u64>,
+}
+
+impl QuotaArgs {
+    /// The values given, by quota name.
+    pub(super) fn given(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("functions", self.functions),
+            ("routes", self.routes),
+            ("image_bytes", self.image_bytes),
+            ("container_memory_mb", self.container_memory_mb),
+            ("requests_per_second", self.requests_per_second),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+    }
+}
+
+/// A duration in seconds: `3600`, `90s`, `15m`, `12h`, `30d`.
+pub(super) fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 3600, 90s, 15m, 12h, 30d)"))?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit `{other}` (s, m, h or d)")),
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+/// A size in bytes: `1048576`, `512KiB`, `64MiB`, `1GiB`, `1GB`, …
+pub(super) fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 1048576, 64MiB, 1GiB)"))?;
+    let unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` (KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
+        }
+    };
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -358,8 +464,9 @@ pub(super) enum TokenAction {
         /// Scope (repeatable).
         #[arg(long = "scope", required = true, value_parser = clap::builder::PossibleValuesParser::new(crate::registry::SCOPES))]
         scopes: Vec<String>,
-        /// Seconds until the token stops working (default: never).
-        #[arg(long = "expires-in", value_name = "SECONDS")]
+        /// How long until the token stops working: seconds, or a number
+        /// with `s`, `m`, `h` or `d` (`30d`); default: never.
+        #[arg(long = "expires", visible_alias = "expires-in", value_name = "DURATION", value_parser = parse_duration_s)]
         expires_in_s: Option<u64>,
         /// A label for people (1–64 of A-Z a-z 0-9 . _ -).
         #[arg(long)]

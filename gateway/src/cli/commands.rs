@@ -102,6 +102,26 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
                     c.call(Method::DELETE, &format!("/v1/tenants/{name}"), None)?;
                     println!("deleted tenant {name}");
                 }
+                TenantAction::SetQuota {
+                    name,
+                    quotas,
+                    reset,
+                } => {
+                    let mut edits = serde_json::Map::new();
+                    for (quota, value) in quotas.given() {
+                        edits.insert(quota.to_string(), json!(value));
+                    }
+                    for quota in reset {
+                        edits.insert(quota, serde_json::Value::Null);
+                    }
+                    if edits.is_empty() {
+                        return Err(ClientError(
+                            "give at least one quota (see --help) or --reset".into(),
+                        ));
+                    }
+                    let b = body(json!({ "quotas": edits }));
+                    print(&c.call(Method::PUT, &format!("/v1/tenants/{name}"), b)?)
+                }
             }
             Ok(())
         }
@@ -184,6 +204,12 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
             to,
             api,
         } => ops::rollback(&client(&api)?, &api, &tenant, &name, to),
+        Command::Usage { tenant, api } => {
+            let v =
+                client(&api)?.call(Method::GET, &format!("/v1/tenants/{tenant}/usage"), None)?;
+            ops::print_usage(&api, &v);
+            Ok(())
+        }
         Command::Logs {
             tenant,
             name,

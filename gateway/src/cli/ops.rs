@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::args::{ApiArgs, DeploymentAction};
 use super::client::{Client, ClientError, encode_path};
-use super::output::{cell, colour, list_all, print_json, print_list, wants_json};
+use super::output::{cell, colour, list_all, print_json, print_list, table, wants_json};
 
 fn body(v: Value) -> Option<(bytes::Bytes, &'static str)> {
     Some((bytes::Bytes::from(v.to_string()), "application/json"))
@@ -291,6 +291,21 @@ pub(super) const TOKEN_COLUMNS: &[(&str, &str)] = &[
     ("CREATED", "created_at"),
     ("EXPIRES", "expires_at"),
 ];
+
+/// A tenant's usage: JSON, or at a terminal one line per counter with its
+/// quota (`-` for none).
+pub(super) fn print_usage(api: &ApiArgs, v: &Value) {
+    if wants_json(api) {
+        return print_json(v);
+    }
+    let rows: Vec<Vec<String>> = v["usage"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, used)| vec![name.clone(), cell(used), cell(&v["quotas"][name])])
+        .collect();
+    println!("{}", table(&["USAGE", "VALUE", "QUOTA"], &rows));
+}
 
 #[cfg(test)]
 mod tests {

@@ -18,8 +18,10 @@ use http_body_util::BodyExt;
 use perch_runtime::{InvocationRecord, LogSink, TracingLogSink};
 
 use crate::dataplane::{Executor, LimitedBody};
-use crate::logs::{Event, LogHub, Run, ScheduledEvent, perch_status, unix_ms};
+use crate::logs::{Counted, Event, LogHub, Run, ScheduledEvent, perch_status, unix_ms};
 use crate::registry::Registry;
+use crate::routing::Runnable;
+use crate::telemetry::Metrics;
 
 mod expr;
 
@@ -115,6 +117,8 @@ pub struct Scheduler {
     pub lease: Arc<dyn TickLease>,
     /// The per-tenant concurrency cap (ticks count against it).
     pub tenant_concurrency: u32,
+    /// Where runs are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a tick could not be started.
@@ -180,12 +184,20 @@ impl Scheduler {
             cron: cron.to_string(),
             run: Run::pending(),
         };
+        let counted = Counted {
+            metrics: self.metrics.clone(),
+            usage: target.usage.clone(),
+            function: target.metric_function.clone(),
+            wasm: matches!(target.versions[index].run, Runnable::Wasm(_)),
+        };
         let log = ScheduledLog {
             hub: self.logs.clone(),
             tenant: tenant.to_string(),
             event,
+            counted,
         };
         let Some(permit) = target.gate.try_enter(self.tenant_concurrency) else {
+            log.counted.rejected(tenant, 429);
             let mut e = log.event;
             e.run = Run {
                 status: Some(429),
@@ -206,6 +218,7 @@ impl Scheduler {
             headers.insert("perch-cron", v);
         }
         headers.insert("perch-scheduled-time", HeaderValue::from(scheduled_ms));
+        self.metrics.record_cron_run();
         match self
             .executor
             .execute(&target, index, req, permit, Arc::new(log))
@@ -228,6 +241,7 @@ struct ScheduledLog {
     hub: Arc<LogHub>,
     tenant: String,
     event: ScheduledEvent,
+    counted: Counted,
 }
 
 impl LogSink for ScheduledLog {
@@ -236,6 +250,7 @@ impl LogSink for ScheduledLog {
             run: Run::of(&record, perch_status(record.outcome)),
             ..self.event.clone()
         };
+        self.counted.finished(&self.tenant, &event.run, record.cpu);
         TracingLogSink.record(record);
         self.hub.push(&self.tenant, Event::Scheduled(event));
     }

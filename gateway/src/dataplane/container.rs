@@ -134,6 +134,7 @@ fn record(
     outcome: Outcome,
     status: Option<u16>,
     started: Instant,
+    coldstart: bool,
 ) -> InvocationRecord {
     InvocationRecord {
         label: Arc::from(label),
@@ -143,6 +144,7 @@ fn record(
         duration: started.elapsed(),
         logs: Vec::new(),
         truncated: false,
+        coldstart,
     }
 }
 
@@ -166,11 +168,17 @@ impl Executor for ContainerExecutor {
             let lease = match pool.acquire().await {
                 Ok(lease) => lease,
                 Err(e @ AcquireError::Overloaded) => {
-                    log.record(record(&label, Outcome::Overloaded, None, started));
+                    log.record(record(&label, Outcome::Overloaded, None, started, false));
                     return Err(Failure::Overloaded(format!("{label}: {e}")));
                 }
                 Err(e @ AcquireError::Unavailable(_)) => {
-                    log.record(record(&label, Outcome::ContainerUnavailable, None, started));
+                    log.record(record(
+                        &label,
+                        Outcome::ContainerUnavailable,
+                        None,
+                        started,
+                        false,
+                    ));
                     return Err(Failure::ContainerUnavailable(format!("{label}: {e}")));
                 }
             };
@@ -207,6 +215,7 @@ impl Executor for ContainerExecutor {
                         Outcome::Ok,
                         Some(resp.status().as_u16()),
                         started,
+                        lease.cold_start(),
                     ));
                     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = client_upgrade
@@ -222,7 +231,13 @@ impl Executor for ContainerExecutor {
                 }
                 Err(e) => {
                     lease.failed();
-                    log.record(record(&label, Outcome::ContainerError, None, started));
+                    log.record(record(
+                        &label,
+                        Outcome::ContainerError,
+                        None,
+                        started,
+                        lease.cold_start(),
+                    ));
                     Err(Failure::Container(format!("{label}: {e}")))
                 }
             }

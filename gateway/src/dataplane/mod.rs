@@ -13,10 +13,12 @@ use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::http::ResBody;
-use crate::logs::{LogHub, RequestEvent, RequestLog, Run, request_id, unix_ms};
+use crate::logs::{Counted, LogHub, RequestEvent, RequestLog, Run, request_id, unix_ms};
 use crate::names::normalize_host;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
+use crate::telemetry::usage::Metered;
+use http_body_util::BodyExt;
 
 mod body;
 mod container;
@@ -107,12 +109,13 @@ async fn serve(
     // reserved headers are taken away from the guest.
     let index = target.pick(req.headers());
     strip_reserved(req.headers_mut());
-    if matches!(
-        target.versions[index].run,
-        crate::routing::Runnable::Container(_)
-    ) {
-        req.extensions_mut().insert(ClientIp(peer.ip()));
-    }
+    let wasm = match target.versions[index].run {
+        crate::routing::Runnable::Wasm(_) => true,
+        crate::routing::Runnable::Container(_) => {
+            req.extensions_mut().insert(ClientIp(peer.ip()));
+            false
+        }
+    };
 
     let exceeded = Arc::new(AtomicBool::new(false));
     let log = RequestLog {
@@ -129,16 +132,19 @@ async fn serve(
             run: Run::pending(),
         },
         body_exceeded: exceeded.clone(),
+        counted: Counted {
+            metrics: app.metrics.clone(),
+            usage: target.usage.clone(),
+            function: target.metric_function.clone(),
+            wasm,
+        },
     };
 
+    // The body's bytes count as the tenant's egress as they go out.
     let respond = |resp: Response<ResBody>| {
-        app.metrics.record(
-            &target.tenant,
-            &target.function,
-            resp.status().as_u16(),
-            start.elapsed(),
-        );
-        resp
+        app.metrics.observe_latency(start.elapsed());
+        let usage = target.usage.clone();
+        resp.map(|body| Metered::new(body, usage).boxed_unsync())
     };
     let reject = |log: RequestLog, resp: Response<ResBody>| {
         log.rejected(resp.status().as_u16(), start.elapsed().as_millis() as u64);

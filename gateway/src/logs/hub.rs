@@ -196,6 +196,15 @@ impl LogHub {
         }
     }
 
+    /// Followers connected now, over every tenant.
+    pub fn followers(&self) -> usize {
+        let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .values()
+            .map(|t| t.followers.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The latest `limit` events that pass `status`, oldest first: of one
     /// function, or of all the tenant's functions merged by time.
     pub fn latest(

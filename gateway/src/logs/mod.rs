@@ -9,4 +9,6 @@ pub use event::{
     ContainerEvent, Event, Line, OutputEvent, RequestEvent, Run, ScheduledEvent, StatusFilter,
 };
 pub use hub::{Followed, Follower, LogHub, MAX_FOLLOWERS, TooManyFollowers};
-pub use sink::{RequestLog, container_notices, outcome_name, perch_status, request_id, unix_ms};
+pub use sink::{
+    Counted, RequestLog, container_notices, outcome_name, perch_status, request_id, unix_ms,
+};

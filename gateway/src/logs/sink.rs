@@ -4,11 +4,13 @@
 //! log as before.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use perch_runtime::{InvocationRecord, LogSink, Outcome, TracingLogSink};
 
 use super::event::{ContainerEvent, Event, Line, OutputEvent, RequestEvent, Run};
 use super::hub::LogHub;
+use crate::telemetry::{Metrics, TenantUsage};
 
 /// Unix time in milliseconds.
 pub fn unix_ms() -> u64 {
@@ -108,6 +110,40 @@ pub fn container_notices(hub: Arc<LogHub>, node: Arc<str>) -> perch_containers::
     })
 }
 
+/// The status a finished run is counted under: what the client got, or
+/// 499 when the client went away before any head (nginx's convention).
+const CLIENT_GONE: u16 = 499;
+
+/// Where a finished invocation is counted: the node's metrics and the
+/// tenant's usage.
+pub struct Counted {
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The tenant's usage counters.
+    pub usage: Arc<TenantUsage>,
+    /// The function's label in metrics.
+    pub function: Arc<str>,
+    /// The version runs wasm (its CPU time is measured).
+    pub wasm: bool,
+}
+
+impl Counted {
+    /// Counts a finished invocation (`run` as its event has it).
+    pub fn finished(&self, tenant: &str, run: &Run, cpu: Duration) {
+        let status = run.status.unwrap_or(CLIENT_GONE);
+        let cpu = self.wasm.then_some(cpu);
+        self.metrics
+            .record(tenant, &self.function, status, run.outcome, cpu);
+        self.usage.request(cpu.unwrap_or_default());
+    }
+
+    /// Counts a request Perch refused before the guest ran.
+    pub fn rejected(&self, tenant: &str, status: u16) {
+        self.metrics
+            .record(tenant, &self.function, status, "rejected", None);
+    }
+}
+
 /// One data-plane request on its way to the function's log.
 pub struct RequestLog {
     /// Where the event goes.
@@ -118,12 +154,15 @@ pub struct RequestLog {
     pub event: RequestEvent,
     /// Set when the request body crossed its limit (the client got 413).
     pub body_exceeded: Arc<AtomicBool>,
+    /// Where it is counted.
+    pub counted: Counted,
 }
 
 impl RequestLog {
     /// Writes the event of a request Perch answered itself before the
     /// guest ran (`rejected`).
     pub fn rejected(mut self, status: u16, duration_ms: u64) {
+        self.counted.rejected(&self.tenant, status);
         self.event.run = Run {
             status: Some(status),
             outcome: "rejected",
@@ -144,6 +183,7 @@ impl LogSink for RequestLog {
             run: Run::of(&record, status),
             ..self.event.clone()
         };
+        self.counted.finished(&self.tenant, &event.run, record.cpu);
         TracingLogSink.record(record);
         self.hub.push(&self.tenant, Event::Request(event));
     }

@@ -31,12 +31,12 @@ mod state;
 mod store;
 
 pub use model::{
-    Deployment, Function, ImageRecord, Outbound, QUOTAS, Quotas, Route, SCOPES, Settings, Split,
-    Tenant, TokenRecord, Version, VersionKind, WORLD_P2, now, scopes_text, secret_context,
+    Deployment, Function, Holdings, ImageRecord, Outbound, QUOTAS, Quotas, Route, SCOPES, Settings,
+    Split, Tenant, TokenRecord, Version, VersionKind, WORLD_P2, now, scopes_text, secret_context,
     var_secret_collision,
 };
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
-pub use rules::{MAX_DEPLOYED, NewVersion};
+pub use rules::{FunctionHold, MAX_DEPLOYED, NewVersion};
 pub use snapshot::KV_OPS_PER_INVOCATION;
 pub use store::{Change, Kind, Loaded, Records, RegistryStore, StoreError};
 
@@ -115,6 +115,13 @@ pub struct Registry {
     inner: Mutex<Inner>,
     routes: ArcSwap<RouteTable>,
     gates: Mutex<HashMap<String, Arc<TenantGate>>>,
+    /// Tenant → new function name → uploads in progress holding a place
+    /// for it within the `functions` quota.
+    holds: Mutex<HashMap<String, HashMap<String, u32>>>,
+    /// Tenants' usage counters, which their targets hold.
+    usage: Arc<crate::telemetry::Usage>,
+    /// Guest KV operations, counted by every function's KV access.
+    kv_counters: Arc<perch_kv::guest::KvCounters>,
     defaults: LimitSet,
     /// Versions kept per function (`max.versions_per_function`).
     max_versions: u32,
@@ -142,12 +149,31 @@ impl Registry {
             inner: Mutex::new(Inner::default()),
             routes: ArcSwap::from_pointee(RouteTable::default()),
             gates: Mutex::new(HashMap::new()),
+            holds: Mutex::default(),
+            usage: Arc::default(),
+            kv_counters: Arc::default(),
             defaults,
             max_versions: DEFAULT_MAX_VERSIONS,
             quota_defaults: Quotas::default(),
         };
         registry.reload(&mut registry.lock())?;
         Ok(registry)
+    }
+
+    /// Tenants' usage counters.
+    pub fn usage(&self) -> &Arc<crate::telemetry::Usage> {
+        &self.usage
+    }
+
+    /// Guest KV operations so far.
+    pub fn kv_counters(&self) -> &perch_kv::guest::KvCounters {
+        &self.kv_counters
+    }
+
+    /// A function's label in metrics: its name if it is among its tenant's
+    /// first 50 functions, else `_other`.
+    pub fn metric_function(&self, tenant: &str, function: &str) -> Arc<str> {
+        self.lock().metric_function(tenant, function)
     }
 
     /// What a tenant without quotas of its own may hold.

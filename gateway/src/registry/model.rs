@@ -53,6 +53,19 @@ pub struct Quotas {
     pub requests_per_second: Option<u64>,
 }
 
+/// What a tenant holds of the quotas that count stored things.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Holdings {
+    /// Functions.
+    pub functions: u64,
+    /// Route patterns.
+    pub routes: u64,
+    /// Bytes of its container image archives.
+    pub image_bytes: u64,
+    /// Σ `memory_mb` × `max_instances` over deployed container versions.
+    pub container_memory_mb: u64,
+}
+
 /// The quotas Perch enforces, by name.
 pub const QUOTAS: &[&str] = &[
     "functions",
@@ -234,6 +247,10 @@ pub struct Function {
     /// `active_version` ([`Function::upgrade`]).
     #[serde(default)]
     pub deployment: Option<Deployment>,
+    /// When it was created (unix seconds; 0 for records from before this
+    /// was kept). Orders a tenant's functions for metric labels.
+    #[serde(default)]
+    pub created: u64,
 }
 
 /// One version's share of a deployment.

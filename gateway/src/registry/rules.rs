@@ -4,12 +4,13 @@
 //! overlapping it belong to one tenant). Stores never see a rule: they
 //! persist what these functions decided.
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use perch_containers::ContainerSpec;
 
 use super::model::{
-    Deployment, Function, ImageRecord, Quotas, Route, Settings, Split, Tenant, TokenRecord,
-    Version, VersionKind, WORLD_P2, fn_key, now,
+    Deployment, Function, Holdings, ImageRecord, QUOTAS, Quotas, Route, Settings, Split, Tenant,
+    TokenRecord, Version, VersionKind, WORLD_P2, fn_key, now,
 };
 use super::state::{State, of_tenant, overlapping, retain};
 use super::store::Change;
@@ -133,9 +134,69 @@ impl Registry {
         self.within(s, &f.tenant, "container_memory_mb", before, after)
     }
 
+    /// What `tenant` holds of each stored quota, and its quotas in force
+    /// (its own, else the config's defaults).
+    pub fn holdings(&self, tenant: &str) -> Result<(Holdings, Quotas)> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            let held = Holdings {
+                functions: of_tenant(&s.functions, tenant).count() as u64,
+                routes: s.routes.values().filter(|r| r.tenant == tenant).count() as u64,
+                image_bytes: of_tenant(&s.images, tenant).map(|i| i.size).sum(),
+                container_memory_mb: Self::container_memory(s, tenant, None),
+            };
+            let mut quotas = Quotas::default();
+            for q in QUOTAS {
+                quotas.set(q, self.quota(s, tenant, q));
+            }
+            Ok((held, quotas))
+        })
+    }
+
     /// All tenants, by name.
     pub fn list_tenants(&self) -> Vec<Tenant> {
         self.read(|s| s.tenants.values().cloned().collect())
+    }
+
+    /// Before an upload does its expensive part (compiling): a hold on a
+    /// place for function `name` within the tenant's `functions` quota,
+    /// counting the places other uploads in progress hold. `None` when the
+    /// function exists already (it takes no new place). The quota is
+    /// checked again, authoritatively, when the version commits; the hold
+    /// keeps uploads that would fail then from compiling first.
+    pub fn reserve_function(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<FunctionHold>> {
+        let inner = self.lock();
+        Self::require_tenant(&inner.state, tenant)?;
+        if inner.state.functions.contains_key(&fn_key(tenant, name)) {
+            return Ok(None);
+        }
+        let mut held = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = held.get(tenant);
+        if !mine.is_some_and(|m| m.contains_key(name)) {
+            let count =
+                of_tenant(&inner.state.functions, tenant).count() + mine.map_or(0, |m| m.len());
+            self.within(
+                &inner.state,
+                tenant,
+                "functions",
+                count as u64,
+                count as u64 + 1,
+            )?;
+        }
+        *held
+            .entry(tenant.to_string())
+            .or_default()
+            .entry(name.to_string())
+            .or_default() += 1;
+        Ok(Some(FunctionHold {
+            registry: self.clone(),
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+        }))
     }
 
     /// True when the tenant exists.
@@ -195,6 +256,7 @@ impl Registry {
             versions: Vec::new(),
             latest_version: 0,
             deployment: None,
+            created: now(),
         });
         (key, f)
     }
@@ -781,4 +843,33 @@ fn container_settings(settings: &Settings) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A place for a new function held by an upload in progress
+/// ([`Registry::reserve_function`]); released when dropped.
+pub struct FunctionHold {
+    registry: Arc<Registry>,
+    tenant: String,
+    name: String,
+}
+
+impl Drop for FunctionHold {
+    fn drop(&mut self) {
+        let mut held = self
+            .registry
+            .holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(mine) = held.get_mut(&self.tenant) {
+            if let Some(n) = mine.get_mut(&self.name) {
+                *n -= 1;
+                if *n == 0 {
+                    mine.remove(&self.name);
+                }
+            }
+            if mine.is_empty() {
+                held.remove(&self.tenant);
+            }
+        }
+    }
 }

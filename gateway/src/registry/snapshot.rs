@@ -6,13 +6,14 @@
 //!
 //! A change rebuilds only the targets of the functions and hosts it wrote;
 //! every other entry of the new snapshot is shared with the last one.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::Registry;
 use super::model::{Function, Version, fn_key, secret_context};
-use super::state::{State, Touched};
+use super::state::{State, Touched, of_tenant};
 use crate::routing::{Deployed, RouteTable, Runnable, Split, StickyKey, Target, TenantGate};
+use crate::telemetry::metrics::{FUNCTION_SERIES, OTHER_FUNCTIONS};
 
 /// Tells the container backend which container versions of a touched
 /// function are deployed now: its others drain (at once when they no longer
@@ -49,6 +50,45 @@ pub(super) struct Inner {
     targets: HashMap<String, Arc<Target>>,
     /// `tenant/name` → the host patterns routed to it.
     hosts: HashMap<String, BTreeSet<String>>,
+    /// Tenant → its first [`FUNCTION_SERIES`] functions by creation: the
+    /// ones with metric series of their own.
+    named: HashMap<String, HashSet<String>>,
+}
+
+impl Inner {
+    /// A function's label in metrics: its name, or `_other`.
+    pub(super) fn metric_function(&self, tenant: &str, function: &str) -> Arc<str> {
+        match self.named.get(tenant) {
+            Some(named) if named.contains(function) => function.into(),
+            _ => OTHER_FUNCTIONS.into(),
+        }
+    }
+
+    /// Recomputes which functions of the tenants in `tenants` have series of
+    /// their own; returns the keys of functions whose label changed.
+    fn relabel(&mut self, state: &State, tenants: &HashSet<String>) -> Vec<String> {
+        let mut changed = Vec::new();
+        for tenant in tenants {
+            let mut all: Vec<(u64, &str)> = of_tenant(&state.functions, tenant)
+                .map(|f| (f.created, f.name.as_str()))
+                .collect();
+            all.sort_unstable();
+            let named: HashSet<String> = all
+                .iter()
+                .take(FUNCTION_SERIES)
+                .map(|(_, n)| n.to_string())
+                .collect();
+            let old = self.named.remove(tenant).unwrap_or_default();
+            changed.extend(
+                old.symmetric_difference(&named)
+                    .map(|name| fn_key(tenant, name)),
+            );
+            if !named.is_empty() {
+                self.named.insert(tenant.clone(), named);
+            }
+        }
+        changed
+    }
 }
 
 impl Registry {
@@ -95,11 +135,26 @@ impl Registry {
             });
             table.set(host, target);
         }
-        for key in &touched.functions {
+        // A function created or deleted may move others of its tenant into
+        // or out of the named set: their targets get their new label.
+        let recount: HashSet<String> = touched
+            .functions
+            .iter()
+            .filter(|k| inner.state.functions.contains_key(*k) != state.functions.contains_key(*k))
+            .filter_map(|k| k.split_once('/').map(|(t, _)| t.to_string()))
+            .collect();
+        let mut rebuild: Vec<String> = touched.functions.iter().cloned().collect();
+        rebuild.extend(
+            inner
+                .relabel(&state, &recount)
+                .into_iter()
+                .filter(|k| !touched.functions.contains(k)),
+        );
+        for key in &rebuild {
             let target = state
                 .functions
                 .get(key)
-                .and_then(|f| self.build_target(f))
+                .and_then(|f| self.build_target(f, inner.metric_function(&f.tenant, &f.name)))
                 .map(Arc::new);
             match &target {
                 Some(t) => inner.targets.insert(key.clone(), t.clone()),
@@ -111,6 +166,11 @@ impl Registry {
             }
         }
         inner.state = state;
+        for name in &touched.tenants {
+            if !inner.state.tenants.contains_key(name) {
+                self.usage.forget(name);
+            }
+        }
         // A written tenant's request rate (its quota, else the default) on
         // the gate its targets share.
         for name in &touched.tenants {
@@ -156,7 +216,7 @@ impl Registry {
     }
 
     /// The target of a function's deployment, if it has one.
-    fn build_target(&self, function: &Function) -> Option<Target> {
+    fn build_target(&self, function: &Function, metric_function: Arc<str>) -> Option<Target> {
         let deployment = function.deployment.as_ref()?;
         let mut versions = Vec::new();
         let mut shares = Vec::new();
@@ -208,6 +268,8 @@ impl Registry {
             versions,
             split: Split::new(&shares, sticky),
             gate: self.gate(&function.tenant),
+            metric_function,
+            usage: self.usage.tenant(&function.tenant),
         })
     }
 
@@ -265,6 +327,7 @@ impl Registry {
                 tenant: function.tenant.clone(),
                 bindings: st.kv.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 max_ops: KV_OPS_PER_INVOCATION,
+                counters: self.kv_counters.clone(),
             }));
         }
         inv

@@ -34,13 +34,15 @@ fn stores(dir: &Path) -> Vec<(&'static str, Arc<dyn RegistryStore>)> {
     ]
 }
 
-/// Host → (tenant, function, deployed versions): what a snapshot routes where.
-type View = BTreeMap<String, (String, String, Vec<u32>)>;
+/// Host → (tenant, function, deployed versions, metric label): what a
+/// snapshot routes where.
+type View = BTreeMap<String, (String, String, Vec<u32>, String)>;
 
 fn view(t: &RouteTable) -> View {
     let row = |t: &Arc<Target>| {
         let versions = t.versions.iter().map(|d| d.version).collect();
-        (t.tenant.clone(), t.function.clone(), versions)
+        let label = t.metric_function.to_string();
+        (t.tenant.clone(), t.function.clone(), versions, label)
     };
     t.entries()
         .iter()
@@ -61,6 +63,9 @@ fn rebuilt(r: &Registry) -> View {
         inner: Mutex::new(Inner::default()),
         routes: ArcSwap::from_pointee(RouteTable::default()),
         gates: Mutex::new(HashMap::new()),
+        holds: Mutex::default(),
+        usage: Arc::default(),
+        kv_counters: Arc::default(),
         defaults: r.defaults,
         max_versions: r.max_versions,
         quota_defaults: r.quota_defaults,
@@ -513,6 +518,7 @@ fn records_from_before_deployments_are_read_as_deployed() {
         versions: vec![],
         latest_version: 2,
         deployment: None,
+        created: 0,
     };
     let old: Function = serde_json::from_str(
         r#"{"tenant":"t","name":"f","active_version":2,"versions":[{"version":2,"digest":"ab","created_at":5}]}"#,
@@ -554,4 +560,29 @@ fn an_expired_token_is_not_found() {
         // Still listed (with its expiry) until it is revoked.
         assert_eq!(r.list_tokens("t").unwrap().len(), 3);
     }
+}
+
+/// A tenant's first 50 functions (by creation, then name) have metric
+/// series of their own, the rest are `_other`; deleting one of the first
+/// gives the next its own label, as a rebuild from scratch would.
+#[test]
+fn functions_past_the_first_fifty_share_the_other_label() {
+    let r = open_on(Arc::new(MemoryStore::default()));
+    r.put_tenant("t", None).unwrap();
+    for i in 0..52 {
+        let name = format!("f{i:02}");
+        r.add_version("t", &name, &format!("{i:064x}"), true)
+            .unwrap();
+        r.put_route("t", &format!("{name}.test"), &name).unwrap();
+    }
+    let label = |host: &str| view(&r.routes())[host].3.clone();
+    assert_eq!(label("f00.test"), "f00");
+    assert_eq!(label("f49.test"), "f49");
+    assert_eq!(label("f50.test"), "_other");
+    assert_eq!(label("f51.test"), "_other");
+    assert_eq!(&*r.metric_function("t", "f51"), "_other");
+    r.delete_function("t", "f03").unwrap();
+    assert_eq!(label("f50.test"), "f50");
+    assert_eq!(label("f51.test"), "_other");
+    assert_eq!(view(&r.routes()), rebuilt(&r));
 }

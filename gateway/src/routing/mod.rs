@@ -28,6 +28,11 @@ pub struct Target {
     pub split: Split,
     /// The tenant's concurrency gate (shared across snapshots).
     pub gate: Arc<TenantGate>,
+    /// The function's label in metrics: its name, or `_other` past the
+    /// tenant's first 50 functions (`telemetry::metrics`).
+    pub metric_function: Arc<str>,
+    /// The tenant's usage counters (shared across snapshots).
+    pub usage: Arc<crate::telemetry::TenantUsage>,
 }
 
 /// One deployed version, ready to run.
@@ -276,6 +281,8 @@ mod tests {
             }],
             split: Split::new(&[(1, 100)], None),
             gate: Arc::default(),
+            metric_function: name.into(),
+            usage: Arc::default(),
         })
     }
 

@@ -19,6 +19,7 @@ use crate::logs::LogHub;
 use crate::registry::{RedbStore, Registry, RegistryStore};
 use crate::secrets::{new_token, token_hash, write_private_file};
 use crate::telemetry::Metrics;
+use crate::telemetry::usage::{RedbUsage, UsageStore};
 use crate::throttle::Throttle;
 
 mod listener;
@@ -237,6 +238,14 @@ pub async fn serve(
 
     let audit: Arc<dyn crate::audit::AuditStore> =
         Arc::new(crate::audit::RedbAudit::new(db.clone()));
+    let usage_store: Arc<dyn UsageStore> = Arc::new(RedbUsage::new(db.clone()));
+    {
+        let (usage, store) = (registry.usage().clone(), usage_store.clone());
+        tokio::task::spawn_blocking(move || usage.load(&*store))
+            .await
+            .map_err(|e| ServeError::Data(format!("usage totals: {e}")))?
+            .map_err(|e| ServeError::Data(format!("usage totals: {e}")))?;
+    }
     let redb =
         perch_kv::RedbKv::open(db).map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
     let kv: Arc<dyn perch_kv::KvStore> = Arc::new(perch_kv::CheckedKv::new(
@@ -288,6 +297,7 @@ pub async fn serve(
         node,
         lease: Arc::new(LocalLease::default()),
         tenant_concurrency: config.tenant_concurrency,
+        metrics: metrics.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(App {
@@ -327,6 +337,16 @@ pub async fn serve(
     tokio::spawn(warmup::warm_up(app.clone()));
     tokio::spawn(app.registry.clone().follow());
     tokio::spawn(scheduler.run());
+    // Usage totals are written every few seconds, and once more after the
+    // last connection drained.
+    let (flush_stop, flush_stopped) = watch::channel(false);
+    let flusher = tokio::spawn(crate::telemetry::usage::flush_every(
+        app.registry.usage().clone(),
+        usage_store,
+        app.containers.clone(),
+        USAGE_FLUSH,
+        flush_stopped,
+    ));
 
     raise_fd_limit(
         libc::rlim_t::from(config.max_connections) + ADMIN_CONNECTIONS as libc::rlim_t + 1024,
@@ -386,8 +406,13 @@ pub async fn serve(
     if let Some(backend) = &app.containers {
         backend.shutdown().await;
     }
+    let _ = flush_stop.send(true);
+    let _ = flusher.await;
     Ok(())
 }
+
+/// How often usage totals are written to the database.
+const USAGE_FLUSH: Duration = Duration::from_secs(5);
 
 /// Connects the container engine, gives the registry its backend (so
 /// container versions get pools), adopts or removes what a previous run

@@ -1,8 +1,10 @@
-//! What the node tells its operator: tracing set-up (logs on stderr) and
-//! the Prometheus metrics of `GET /metrics`.
+//! What the node tells its operator: tracing set-up (logs on stderr), the
+//! Prometheus metrics of `GET /metrics`, and tenants' usage totals.
 pub mod metrics;
+pub mod usage;
 
 pub use metrics::Metrics;
+pub use usage::{TenantUsage, Usage};
 
 /// Logs to stderr, filtered by `PERCH_LOG` (default `info`).
 pub fn init_tracing() {

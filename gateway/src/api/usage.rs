@@ -1,0 +1,38 @@
+//! `GET /v1/tenants/{t}/usage` (any scope of that tenant): what the tenant
+//! holds of each stored quota, its counters since it was created
+//! (`telemetry::usage`), and its quotas in force.
+use http::{Method, StatusCode};
+use serde_json::json;
+
+use super::common::{Resp, TenantCall, blocking};
+use crate::http::{json, method_not_allowed, tri};
+
+/// The tenant's usage and quotas.
+pub(super) async fn show(call: TenantCall) -> Resp {
+    let (app, method, _req, tenant) = call.into_parts();
+    if method != Method::GET {
+        return method_not_allowed("GET");
+    }
+    let (held, quotas) = {
+        let (registry, tenant) = (app.registry.clone(), tenant.clone());
+        tri!(blocking(move || registry.holdings(&tenant)).await)
+    };
+    let counted = app.registry.usage().totals(&tenant);
+    json(
+        StatusCode::OK,
+        &json!({
+            "tenant": tenant,
+            "usage": {
+                "functions": held.functions,
+                "routes": held.routes,
+                "image_bytes": held.image_bytes,
+                "container_memory_mb": held.container_memory_mb,
+                "requests": counted.requests,
+                "cpu_ms": counted.cpu_us / 1000,
+                "egress_bytes": counted.egress_bytes,
+                "container_seconds": counted.container_ms as f64 / 1000.0,
+            },
+            "quotas": quotas,
+        }),
+    )
+}
