@@ -24,6 +24,10 @@
 #                log follower attached, and with a follower that stopped
 #                reading (goal: each ≥ 0.95 × plain); then the delay from a
 #                response to its event reaching a follower (goal ≤ 100 ms)
+#   tracing      hello with OpenTelemetry traces at sample ratio 1.0 against
+#                traces off: to a collector that answers, to one that takes
+#                2 s per export, and to none (goal: each ≥ 0.9 × off); the
+#                dropped-span counter of each
 #   containers   container cold start (no instance running): a request through
 #                Perch to its first byte, against create + start + first 200
 #                through the same engine API (bench/coldstart.py), alternating,
@@ -70,7 +74,7 @@ SPINNERS=${SPINNERS:-3}
 HANGERS=${HANGERS:-256}
 TOKEN=perch-bench-admin-token
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv isolation image ops)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv isolation image ops tracing)
 
 WORK=$(mktemp -d /tmp/perch-bench.XXXXXX)
 PIDS=()
@@ -692,6 +696,81 @@ EOF
     summary isolation hello-alone "9b. hello while another tenant keeps $SPINNERS infinite loops or $HANGERS hanging requests (wall limit 3 s) running"
 }
 
+# start_sink VAR DELAY — an OTLP/HTTP sink on LOAD_CPU that reads each
+# export and answers 200 after DELAY seconds (it does not decode: the
+# tests do); sets VAR to its port and counts exports in $WORK/sink-$port.
+start_sink() {
+    local var=$1 delay=$2 port
+    port=$(free_port)
+    taskset -c "$LOAD_CPU" python3 - "$port" "$delay" "$WORK" <<'EOF' &
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+port, delay, work = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+counts = {"posts": 0, "bytes": 0}
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        n = len(self.rfile.read(int(self.headers.get("content-length", 0))))
+        time.sleep(delay)
+        counts["posts"] += 1
+        counts["bytes"] += n
+        open(f"{work}/sink-{port}", "w").write(f"{counts['posts']} exports, {counts['bytes'] // 1024} KiB")
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+EOF
+    PIDS+=("$!")
+    for _ in $(seq 1 500); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port))" 2>/dev/null && break
+        sleep 0.02
+    done
+    printf -v "$var" '%s' "$port"
+}
+
+scenario_tracing() {
+    log "scenario tracing: hello with traces at sample ratio 1.0, to a collector that is up, slow or down"
+    local up slow down
+    start_sink up 0
+    start_sink slow 2
+    down=$(free_port)
+    local variants=(perch) addrs=("$PERCH_DATA") admins=("$MAIN_ADMIN")
+    local name port
+    for name in traced:$up traced-slow-collector:$slow traced-collector-down:$down; do
+        port=${name#*:}
+        start_perch "$WORK/${name%%:*}" "$(printf '[telemetry]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' "$port")"
+        deploy bench hello "$HELLO" "$HELLO_HOST"
+        variants+=("${name%%:*}")
+        addrs+=("$DATA")
+        admins+=("$ADMIN")
+    done
+    local n=${#variants[@]}
+    for round in $(seq 1 "$ROUNDS"); do
+        for i in $(seq 0 $(( n - 1 ))); do
+            local j=$(( (i + round) % n ))
+            wrk_run tracing "${variants[$j]}" "$round" "${addrs[$j]}" "$HELLO_HOST"
+        done
+    done
+    summary tracing perch "11. hello with OpenTelemetry traces (sample ratio 1.0, every request a span) vs traces off (goal: each ≥ 0.9 ×)"
+    {
+        echo
+        echo "| variant | perch_otel_spans_dropped_total | collector got |"
+        echo "|---|---|---|"
+        for i in $(seq 1 $(( n - 1 ))); do
+            local dropped sink=-
+            dropped=$(curl -s "${admins[$i]}/metrics" | awk '/^perch_otel_spans_dropped_total/ { print $2 }')
+            case ${variants[$i]} in
+                traced) sink=$(cat "$WORK/sink-$up" 2>/dev/null || echo -) ;;
+                traced-slow-collector) sink="$(cat "$WORK/sink-$slow" 2>/dev/null || echo -) (2 s per export)" ;;
+                traced-collector-down) sink="(nothing listens)" ;;
+            esac
+            echo "| ${variants[$i]} | $dropped | $sink |"
+        done
+    } | tee -a "$REPORT"
+    ADMIN=$MAIN_ADMIN DATA=$PERCH_DATA
+}
+
 scenario_ops() {
     log "scenario ops: split, followed, stalled follower"
     deploy bench hello-split "$HELLO" split.bench.test
@@ -826,7 +905,7 @@ if has_scenario isolation && [ ! -f "$FAULTY" ]; then log "missing $FAULTY"; exi
 } | tee -a "$REPORT"
 
 MAIN_ADMIN= PERCH_DATA=
-if has_scenario hello || has_scenario reuse || has_scenario latency || has_scenario kv || has_scenario image || has_scenario ops; then
+if has_scenario hello || has_scenario reuse || has_scenario latency || has_scenario kv || has_scenario image || has_scenario ops || has_scenario tracing; then
     start_perch "$WORK/perch"
     PERCH_DATA=$DATA
     MAIN_ADMIN=$ADMIN
@@ -845,6 +924,7 @@ for s in "${SCENARIOS[@]}"; do
         isolation) scenario_isolation ;;
         image) scenario_image ;;
         ops) scenario_ops ;;
+        tracing) scenario_tracing ;;
         containers) scenario_containers ;;
         *) log "unknown scenario $s"; exit 2 ;;
     esac

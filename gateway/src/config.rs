@@ -40,6 +40,90 @@ pub struct FileConfig {
     /// What a tenant without quotas of its own may hold (absent: unlimited).
     #[serde(default)]
     pub quotas: crate::registry::Quotas,
+    /// Trace export (off without `otlp_endpoint`).
+    #[serde(default)]
+    pub telemetry: TelemetryFile,
+}
+
+/// The `[telemetry]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryFile {
+    /// The collector's OTLP/HTTP base URL; Perch posts to `…/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1 (1).
+    pub sample_ratio: Option<f64>,
+    /// `service.name` (`perch`).
+    pub service_name: Option<String>,
+    /// More resource attributes (`deployment.environment = "prod"`).
+    #[serde(default)]
+    pub resource: std::collections::BTreeMap<String, String>,
+    /// How long spans wait to be sent in a batch, ms (1000).
+    pub batch_delay_ms: Option<u64>,
+    /// Spans waiting for export at most; past it they are dropped and
+    /// counted (2048).
+    pub queue_size: Option<usize>,
+}
+
+/// Trace export, when it is on.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// The collector's base URL.
+    pub otlp_endpoint: String,
+    /// Share of new traces sampled.
+    pub sample_ratio: f64,
+    /// `service.name`.
+    pub service_name: String,
+    /// More resource attributes.
+    pub resource: std::collections::BTreeMap<String, String>,
+    /// Batch delay.
+    pub batch_delay: Duration,
+    /// Spans waiting for export at most.
+    pub queue_size: usize,
+}
+
+/// The `[telemetry]` table resolved: `None` without an endpoint.
+fn telemetry_config(file: TelemetryFile) -> Result<Option<TelemetryConfig>, String> {
+    let Some(endpoint) = file.otlp_endpoint else {
+        return Ok(None);
+    };
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("telemetry.otlp_endpoint `{endpoint}`: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!(
+            "telemetry.otlp_endpoint `{endpoint}` must be an http:// or https:// URL"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "telemetry.otlp_endpoint `{endpoint}` is a base URL: no query (Perch appends /v1/traces)"
+        ));
+    }
+    let sample_ratio = file.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err("telemetry.sample_ratio must be between 0 and 1".into());
+    }
+    let service_name = file.service_name.unwrap_or_else(|| "perch".into());
+    if service_name.is_empty() {
+        return Err("telemetry.service_name may not be empty".into());
+    }
+    let batch_delay_ms = file.batch_delay_ms.unwrap_or(1000);
+    if !(1..=60_000).contains(&batch_delay_ms) {
+        return Err("telemetry.batch_delay_ms must be 1 to 60000".into());
+    }
+    let queue_size = file.queue_size.unwrap_or(2048);
+    if !(1..=1 << 20).contains(&queue_size) {
+        return Err("telemetry.queue_size must be 1 to 1048576".into());
+    }
+    Ok(Some(TelemetryConfig {
+        otlp_endpoint: endpoint,
+        sample_ratio,
+        service_name,
+        resource: file.resource,
+        batch_delay: Duration::from_millis(batch_delay_ms),
+        queue_size,
+    }))
 }
 
 /// The `[containers]` table.
@@ -230,6 +314,8 @@ pub struct Config {
     pub containers: Option<ContainersConfig>,
     /// The default quotas of tenants.
     pub quotas: crate::registry::Quotas,
+    /// Trace export; `None` when off.
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// Values given on the command line or in the environment (already merged
@@ -378,6 +464,7 @@ impl Config {
             },
             containers: containers_config(file.containers, &file.max)?,
             quotas: file.quotas,
+            telemetry: telemetry_config(file.telemetry)?,
         };
         config.validate()?;
         Ok(config)

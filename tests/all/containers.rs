@@ -279,7 +279,14 @@ fn a_killed_container_is_replaced_and_a_restarted_perch_adopts_what_runs() {
         .map(|_| {
             let (stop, url) = (stop.clone(), p.data_url.clone());
             std::thread::spawn(move || {
-                let client = perch_tests::http();
+                // A connection per request: a kept-alive one that Perch
+                // closed after the dying instance broke a response body
+                // would fail the next request on the client's side, before
+                // Perch sees it.
+                let client = reqwest::blocking::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
                 let mut seen = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) && seen.len() < 5000 {
                     let r = client

@@ -18,10 +18,13 @@ use http_body_util::BodyExt;
 use perch_runtime::{InvocationRecord, LogSink, TracingLogSink};
 
 use crate::dataplane::{Executor, LimitedBody};
-use crate::logs::{Counted, Event, LogHub, Run, ScheduledEvent, perch_status, unix_ms};
+use crate::logs::{
+    CLIENT_GONE, Counted, Event, LogHub, Run, ScheduledEvent, perch_status, request_id, unix_ms,
+};
 use crate::registry::Registry;
 use crate::routing::Runnable;
 use crate::telemetry::Metrics;
+use crate::telemetry::trace::{Routed, Traced, Tracing};
 
 mod expr;
 
@@ -119,6 +122,8 @@ pub struct Scheduler {
     pub tenant_concurrency: u32,
     /// Where runs are counted.
     pub metrics: Arc<Metrics>,
+    /// Trace export, when it is on.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// Why a tick could not be started.
@@ -190,14 +195,32 @@ impl Scheduler {
             function: target.metric_function.clone(),
             wasm: matches!(target.versions[index].run, Runnable::Wasm(_)),
         };
+        let trace = self
+            .tracing
+            .as_ref()
+            .map(|t| t.timer(function))
+            .filter(|t| t.recording());
+        if let Some(t) = &trace {
+            t.routed(&Routed {
+                tenant,
+                function,
+                version: event.version,
+                route: None,
+                invocation_id: &request_id(),
+            });
+        }
         let log = ScheduledLog {
             hub: self.logs.clone(),
             tenant: tenant.to_string(),
             event,
             counted,
+            trace,
         };
         let Some(permit) = target.gate.try_enter(self.tenant_concurrency) else {
             log.counted.rejected(tenant, 429);
+            if let Some(t) = &log.trace {
+                t.finish(429, "rejected", Duration::ZERO, false);
+            }
             let mut e = log.event;
             e.run = Run {
                 status: Some(429),
@@ -218,6 +241,9 @@ impl Scheduler {
             headers.insert("perch-cron", v);
         }
         headers.insert("perch-scheduled-time", HeaderValue::from(scheduled_ms));
+        if let Some(t) = &log.trace {
+            t.propagate(headers);
+        }
         self.metrics.record_cron_run();
         match self
             .executor
@@ -242,6 +268,7 @@ struct ScheduledLog {
     tenant: String,
     event: ScheduledEvent,
     counted: Counted,
+    trace: Option<Arc<Traced>>,
 }
 
 impl LogSink for ScheduledLog {
@@ -251,8 +278,18 @@ impl LogSink for ScheduledLog {
             ..self.event.clone()
         };
         self.counted.finished(&self.tenant, &event.run, record.cpu);
+        if let Some(t) = &self.trace {
+            let status = event.run.status.unwrap_or(CLIENT_GONE);
+            t.finish(status, event.run.outcome, record.cpu, record.coldstart);
+        }
         TracingLogSink.record(record);
         self.hub.push(&self.tenant, Event::Scheduled(event));
+    }
+
+    fn trace(&self) -> Option<Arc<dyn perch_runtime::RequestTrace>> {
+        self.trace
+            .clone()
+            .map(|t| t as Arc<dyn perch_runtime::RequestTrace>)
     }
 }
 

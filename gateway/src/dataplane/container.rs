@@ -187,7 +187,13 @@ impl Executor for ContainerExecutor {
             let client_upgrade = upgrade
                 .as_ref()
                 .and_then(|_| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>());
-            let req = upstream(req, &lease, upgrade)?;
+            let mut req = upstream(req, &lease, upgrade)?;
+            // The hop to the instance is the request's client span; the
+            // instance continues the trace from it.
+            let span = log.trace().map(|t| {
+                let (method, uri) = (req.method().clone(), req.uri().clone());
+                t.outbound(&method, &uri, req.headers_mut())
+            });
             // A safe request without a body (GET, HEAD, OPTIONS) is sent
             // again when the kept-alive connection it went out on turned out
             // closed before anything came back.
@@ -207,6 +213,12 @@ impl Executor for ContainerExecutor {
                 && stale_connection(e)
             {
                 sent = client.request(again).await;
+            }
+            if let Some(span) = span {
+                span.end(match &sent {
+                    Ok(resp) => Ok(resp.status().as_u16()),
+                    Err(e) => Err(e.to_string()),
+                });
             }
             match sent {
                 Ok(resp) => {

@@ -5,7 +5,7 @@
 //! event goes to the function's log.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
@@ -17,6 +17,7 @@ use crate::logs::{Counted, LogHub, RequestEvent, RequestLog, Run, request_id, un
 use crate::names::normalize_host;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
+use crate::telemetry::trace::{Routed, Tracing};
 use crate::telemetry::usage::Metered;
 use http_body_util::BodyExt;
 
@@ -46,6 +47,8 @@ pub struct DataPlane {
     pub node: Arc<str>,
     /// Runs the versions (wasm and containers).
     pub executor: Arc<dyn Executor>,
+    /// Trace export, when it is on.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// The header every data-plane answer carries.
@@ -98,17 +101,43 @@ async fn serve(
         .as_deref()
         .map(normalize_host)
         .unwrap_or_default();
+    let traced = app.tracing.as_ref().map(|t| {
+        t.server(
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+            &host,
+            peer.ip(),
+        )
+    });
     let routes = app.registry.routes();
     let Some(target) = routes.lookup(&host, req.uri().path()).cloned() else {
         app.metrics.record_no_route();
+        if let Some(t) = &traced {
+            t.finish(404, "no_route", Duration::ZERO, false);
+        }
         return errors::no_route();
     };
+    let traced = traced.filter(|t| t.recording());
+    let http_route = traced
+        .as_ref()
+        .and_then(|_| routes.http_route(&host, req.uri().path()));
     drop(routes);
 
     // The version is picked (the override header read) before Perch's
     // reserved headers are taken away from the guest.
     let index = target.pick(req.headers());
     strip_reserved(req.headers_mut());
+    if let Some(t) = &traced {
+        t.routed(&Routed {
+            tenant: &target.tenant,
+            function: &target.function,
+            version: target.versions[index].version,
+            route: http_route,
+            invocation_id: &id,
+        });
+        t.propagate(req.headers_mut());
+    }
     let wasm = match target.versions[index].run {
         crate::routing::Runnable::Wasm(_) => true,
         crate::routing::Runnable::Container(_) => {
@@ -138,6 +167,7 @@ async fn serve(
             function: target.metric_function.clone(),
             wasm,
         },
+        trace: traced,
     };
 
     // The body's bytes count as the tenant's egress as they go out.

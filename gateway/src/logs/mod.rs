@@ -10,5 +10,6 @@ pub use event::{
 };
 pub use hub::{Followed, Follower, LogHub, MAX_FOLLOWERS, TooManyFollowers};
 pub use sink::{
-    Counted, RequestLog, container_notices, outcome_name, perch_status, request_id, unix_ms,
+    CLIENT_GONE, Counted, RequestLog, container_notices, outcome_name, perch_status, request_id,
+    unix_ms,
 };

@@ -10,6 +10,7 @@ use perch_runtime::{InvocationRecord, LogSink, Outcome, TracingLogSink};
 
 use super::event::{ContainerEvent, Event, Line, OutputEvent, RequestEvent, Run};
 use super::hub::LogHub;
+use crate::telemetry::trace::Traced;
 use crate::telemetry::{Metrics, TenantUsage};
 
 /// Unix time in milliseconds.
@@ -112,7 +113,7 @@ pub fn container_notices(hub: Arc<LogHub>, node: Arc<str>) -> perch_containers::
 
 /// The status a finished run is counted under: what the client got, or
 /// 499 when the client went away before any head (nginx's convention).
-const CLIENT_GONE: u16 = 499;
+pub const CLIENT_GONE: u16 = 499;
 
 /// Where a finished invocation is counted: the node's metrics and the
 /// tenant's usage.
@@ -156,6 +157,8 @@ pub struct RequestLog {
     pub body_exceeded: Arc<AtomicBool>,
     /// Where it is counted.
     pub counted: Counted,
+    /// Its trace, when it is sampled.
+    pub trace: Option<Arc<Traced>>,
 }
 
 impl RequestLog {
@@ -163,6 +166,9 @@ impl RequestLog {
     /// guest ran (`rejected`).
     pub fn rejected(mut self, status: u16, duration_ms: u64) {
         self.counted.rejected(&self.tenant, status);
+        if let Some(t) = &self.trace {
+            t.finish(status, "rejected", Duration::ZERO, false);
+        }
         self.event.run = Run {
             status: Some(status),
             outcome: "rejected",
@@ -184,7 +190,17 @@ impl LogSink for RequestLog {
             ..self.event.clone()
         };
         self.counted.finished(&self.tenant, &event.run, record.cpu);
+        if let Some(t) = &self.trace {
+            let status = event.run.status.unwrap_or(CLIENT_GONE);
+            t.finish(status, event.run.outcome, record.cpu, record.coldstart);
+        }
         TracingLogSink.record(record);
         self.hub.push(&self.tenant, Event::Request(event));
+    }
+
+    fn trace(&self) -> Option<Arc<dyn perch_runtime::RequestTrace>> {
+        self.trace
+            .clone()
+            .map(|t| t as Arc<dyn perch_runtime::RequestTrace>)
     }
 }

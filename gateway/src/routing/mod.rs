@@ -248,6 +248,30 @@ impl RouteTable {
             .find_map(|(i, _)| self.wildcard.get(&host[i + 1..])?.find(path))
     }
 
+    /// The path part of the route [`RouteTable::lookup`] finds, as
+    /// OpenTelemetry's `http.route`: the exact path, a prefix as `/p/*`,
+    /// or `/*` for a host-only route.
+    pub fn http_route(&self, host: &str, path: &str) -> Option<String> {
+        let on = |r: &HostRoutes| -> Option<String> {
+            if r.paths.contains_key(path) {
+                return Some(path.to_string());
+            }
+            if let Some((p, _)) = r
+                .prefixes
+                .iter()
+                .find(|(p, _)| path.starts_with(p.as_str()))
+            {
+                return Some(format!("{p}*"));
+            }
+            r.all.as_ref().map(|_| "/*".to_string())
+        };
+        if let Some(route) = self.exact.get(host).and_then(|r| on(r)) {
+            return Some(route);
+        }
+        host.match_indices('.')
+            .find_map(|(i, _)| on(self.wildcard.get(&host[i + 1..])?))
+    }
+
     /// Every route as `(pattern, target)`.
     pub fn entries(&self) -> Vec<(String, Arc<Target>)> {
         let exact = self.exact.iter().map(|(h, r)| (h.clone(), r));

@@ -19,6 +19,7 @@ use crate::logs::LogHub;
 use crate::registry::{RedbStore, Registry, RegistryStore};
 use crate::secrets::{new_token, token_hash, write_private_file};
 use crate::telemetry::Metrics;
+use crate::telemetry::trace::Tracing;
 use crate::telemetry::usage::{RedbUsage, UsageStore};
 use crate::throttle::Throttle;
 
@@ -281,6 +282,20 @@ pub async fn serve(
         tracing::info!(components = swept, "deleted components no version uses");
     }
     let metrics = Arc::new(Metrics::default());
+    let tracing = match &config.telemetry {
+        None => None,
+        Some(tc) => {
+            let (tc, node) = (tc.clone(), config.node_name.clone());
+            let dropped = metrics.spans_dropped.clone();
+            let endpoint = tc.otlp_endpoint.clone();
+            let started = tokio::task::spawn_blocking(move || Tracing::start(&tc, &node, dropped))
+                .await
+                .map_err(|e| ServeError::Data(format!("trace exporter: {e}")))?
+                .map_err(ServeError::Data)?;
+            tracing::info!(%endpoint, "trace export on");
+            Some(Arc::new(started))
+        }
+    };
     let executor: Arc<dyn Executor> = Arc::new(NodeExecutor::new(runtime.clone()));
     let dataplane = Arc::new(DataPlane {
         config: config.clone(),
@@ -289,6 +304,7 @@ pub async fn serve(
         logs: logs.clone(),
         node: node.clone(),
         executor: executor.clone(),
+        tracing: tracing.clone(),
     });
     let scheduler = Arc::new(Scheduler {
         registry: registry.clone(),
@@ -298,6 +314,7 @@ pub async fn serve(
         lease: Arc::new(LocalLease::default()),
         tenant_concurrency: config.tenant_concurrency,
         metrics: metrics.clone(),
+        tracing: tracing.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(App {
@@ -408,6 +425,9 @@ pub async fn serve(
     }
     let _ = flush_stop.send(true);
     let _ = flusher.await;
+    if let Some(t) = tracing {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
     Ok(())
 }
 

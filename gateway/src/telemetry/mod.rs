@@ -1,6 +1,7 @@
 //! What the node tells its operator: tracing set-up (logs on stderr), the
 //! Prometheus metrics of `GET /metrics`, and tenants' usage totals.
 pub mod metrics;
+pub mod trace;
 pub mod usage;
 
 pub use metrics::Metrics;
