@@ -111,6 +111,10 @@ impl KvStore for CheckedKv {
         self.inner.delete_tenant(tenant).await
     }
 
+    async fn usage(&self, tenant: &str) -> Result<crate::KvUsage, KvError> {
+        self.inner.usage(tenant).await
+    }
+
     fn limits(&self) -> Option<KvLimits> {
         Some(self.limits)
     }
@@ -212,6 +216,10 @@ mod tests {
         async fn delete_tenant(&self, _: &str) -> Result<(), KvError> {
             self.called();
             Ok(())
+        }
+        async fn usage(&self, _: &str) -> Result<crate::KvUsage, KvError> {
+            self.called();
+            Ok(crate::KvUsage::default())
         }
         fn get_cached(&self, _: &NamespaceId, _: &str) -> Option<Option<Entry>> {
             self.called();

@@ -39,6 +39,9 @@ impl KvStore for Broken {
     async fn delete_tenant(&self, _: &str) -> Result<(), KvError> {
         Err(KvError::Storage(DETAIL.into()))
     }
+    async fn usage(&self, _: &str) -> Result<crate::KvUsage, KvError> {
+        Err(KvError::Storage(DETAIL.into()))
+    }
     fn namespace_known(&self, ns: &NamespaceId) -> bool {
         ns.name == "default"
     }

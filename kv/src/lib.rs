@@ -27,12 +27,14 @@ mod bindings;
 mod checked;
 mod encoding;
 pub mod guest;
+mod quota;
 mod redb_backend;
 mod store;
 
 /// The attribute [`KvStore`] implementations put on their `impl` block.
 pub use async_trait::async_trait;
 pub use checked::CheckedKv;
+pub use quota::{KvQuota, KvQuotas, KvUsage};
 pub use redb_backend::{KvStats, RedbKv};
 pub use store::{
     Entry, KeyInfo, KvError, KvLimits, KvStore, NamespaceId, Page, PutOptions, WriteOp, WriteResult,

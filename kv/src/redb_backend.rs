@@ -29,12 +29,16 @@ use crate::encoding::{
     tenant_prefix,
 };
 use crate::{
-    Entry, KeyInfo, KvError, KvStore, NamespaceId, Page, PutOptions, WriteOp, WriteResult, now_ms,
+    Entry, KeyInfo, KvError, KvQuotas, KvStore, KvUsage, NamespaceId, Page, PutOptions, WriteOp,
+    WriteResult, now_ms,
 };
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 const KV_EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("kv_expiry");
 const KV_NAMESPACES: TableDefinition<&str, u64> = TableDefinition::new("kv_namespaces");
+/// Tenant → (bytes, keys) of its stored entries, kept in the transaction
+/// of every write, purge and tenant deletion.
+const KV_USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("kv_usage");
 
 /// Jobs queued per transaction at most.
 const MAX_GROUP: usize = 512;
@@ -90,6 +94,8 @@ struct Shared {
     stats: KvStats,
     /// Namespaces seen to exist (they only go away with their tenant).
     namespaces: Mutex<HashSet<NamespaceId>>,
+    /// Tenants' `kv_bytes` and `kv_keys` quotas.
+    quotas: Arc<KvQuotas>,
 }
 
 /// The redb-backed store. It checks no sizes: put a
@@ -109,16 +115,46 @@ impl RedbKv {
         RedbKv::open_with(db, Duration::from_secs(1), 64 << 20)
     }
 
+    /// Like [`open`](Self::open), refusing writes past `quotas`.
+    pub fn open_with_quotas(db: Arc<Database>, quotas: Arc<KvQuotas>) -> Result<RedbKv, KvError> {
+        RedbKv::open_full(db, Duration::from_secs(1), 64 << 20, quotas)
+    }
+
     /// Like [`open`](Self::open) with a purge interval and cache size (bytes).
     pub fn open_with(
         db: Arc<Database>,
         purge_every: Duration,
         cache_bytes: u64,
     ) -> Result<RedbKv, KvError> {
+        RedbKv::open_full(db, purge_every, cache_bytes, Arc::default())
+    }
+
+    /// Opens with every setting.
+    pub fn open_full(
+        db: Arc<Database>,
+        purge_every: Duration,
+        cache_bytes: u64,
+        quotas: Arc<KvQuotas>,
+    ) -> Result<RedbKv, KvError> {
+        // Data written before usage was kept gets its usage counted once.
+        let counted = {
+            let read = db.begin_read().map_err(storage)?;
+            match read.open_table(KV_USAGE) {
+                Ok(_) => true,
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(storage(e)),
+            }
+        };
         let txn = db.begin_write().map_err(storage)?;
-        txn.open_table(KV).map_err(storage)?;
-        txn.open_table(KV_EXPIRY).map_err(storage)?;
-        txn.open_table(KV_NAMESPACES).map_err(storage)?;
+        {
+            let kv = txn.open_table(KV).map_err(storage)?;
+            txn.open_table(KV_EXPIRY).map_err(storage)?;
+            txn.open_table(KV_NAMESPACES).map_err(storage)?;
+            let mut usage = txn.open_table(KV_USAGE).map_err(storage)?;
+            if !counted {
+                count_usage(&kv, &mut usage)?;
+            }
+        }
         txn.commit().map_err(storage)?;
 
         let cache = Cache::builder()
@@ -138,6 +174,7 @@ impl RedbKv {
             seq: AtomicU64::new(0),
             stats: KvStats::default(),
             namespaces: Mutex::new(HashSet::new()),
+            quotas,
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
@@ -421,6 +458,16 @@ impl KvStore for RedbKv {
         result
     }
 
+    async fn usage(&self, tenant: &str) -> Result<KvUsage, KvError> {
+        let tenant = tenant.to_string();
+        self.read(move |s| {
+            let txn = s.db.begin_read().map_err(storage)?;
+            let table = txn.open_table(KV_USAGE).map_err(storage)?;
+            read_usage(&table, &tenant)
+        })
+        .await
+    }
+
     fn get_cached(&self, ns: &NamespaceId, key: &str) -> Option<Option<Entry>> {
         let hit = self.shared.cache.get(&full_key(ns, key))?;
         self.shared.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -488,21 +535,23 @@ fn run_group(shared: &Shared, mut jobs: Vec<Job>) {
         let txn = shared.db.begin_write().map_err(storage)?;
         let mut outcomes = Vec::with_capacity(jobs.len());
         {
-            let mut kv = txn.open_table(KV).map_err(storage)?;
-            let mut expiry = txn.open_table(KV_EXPIRY).map_err(storage)?;
+            let mut t = Tables {
+                kv: txn.open_table(KV).map_err(storage)?,
+                expiry: txn.open_table(KV_EXPIRY).map_err(storage)?,
+                usage: txn.open_table(KV_USAGE).map_err(storage)?,
+            };
             for job in &mut jobs {
                 outcomes.push(match job {
                     Job::Write { ns, ops, .. } => {
-                        Outcome::Write(apply_write(&mut kv, &mut expiry, ns, ops, &mut touched))
+                        let quota = shared.quotas.get(&ns.tenant);
+                        Outcome::Write(apply_write(&mut t, ns, ops, &mut touched, quota))
                     }
                     Job::CreateNamespace { ns, .. } => Outcome::Created(create_ns(&txn, ns)),
                     Job::DeleteTenant { tenant, .. } => {
                         flush_all = true;
-                        Outcome::Deleted(delete_tenant(&txn, &mut kv, &mut expiry, tenant))
+                        Outcome::Deleted(delete_tenant(&txn, &mut t, tenant))
                     }
-                    Job::Purge { now, .. } => {
-                        Outcome::Purged(purge(&mut kv, &mut expiry, *now, &mut touched))
-                    }
+                    Job::Purge { now, .. } => Outcome::Purged(purge(&mut t, *now, &mut touched)),
                 });
             }
         }
@@ -563,6 +612,80 @@ fn run_group(shared: &Shared, mut jobs: Vec<Job>) {
 
 type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 type ExpiryTable<'t> = Table<'t, &'static [u8], ()>;
+type UsageTable<'t> = Table<'t, &'static str, (u64, u64)>;
+
+/// The tables a write transaction changes.
+struct Tables<'t> {
+    kv: KvTable<'t>,
+    expiry: ExpiryTable<'t>,
+    usage: UsageTable<'t>,
+}
+
+/// What an entry takes of its tenant's `kv_bytes`: key, value, metadata.
+fn entry_size(key_len: usize, e: &Entry) -> i64 {
+    (key_len + e.value.len() + e.metadata.as_deref().map_or(0, str::len)) as i64
+}
+
+/// The same, of an encoded entry (its header is not counted).
+fn encoded_size(key_len: usize, encoded: &[u8]) -> i64 {
+    (key_len + encoded.len().saturating_sub(13)) as i64
+}
+
+fn read_usage(
+    table: &impl ReadableTable<&'static str, (u64, u64)>,
+    tenant: &str,
+) -> Result<KvUsage, KvError> {
+    Ok(table
+        .get(tenant)
+        .map_err(storage)?
+        .map(|v| {
+            let (bytes, keys) = v.value();
+            KvUsage { bytes, keys }
+        })
+        .unwrap_or_default())
+}
+
+/// Adds `delta` (bytes, keys) to `tenant`'s usage.
+fn add_usage(usage: &mut UsageTable<'_>, tenant: &str, delta: (i64, i64)) -> Result<(), KvError> {
+    if delta == (0, 0) {
+        return Ok(());
+    }
+    let next = read_usage(usage, tenant)?.plus(delta);
+    if next == KvUsage::default() {
+        usage.remove(tenant).map_err(storage)?;
+    } else {
+        usage
+            .insert(tenant, (next.bytes, next.keys))
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// The tenant and the key length of a full key (`tenant 0 ns 0 key`).
+fn split_full_key(k: &[u8]) -> Option<(&str, usize)> {
+    let t = k.iter().position(|b| *b == 0)?;
+    let n = k[t + 1..].iter().position(|b| *b == 0)?;
+    let tenant = std::str::from_utf8(&k[..t]).ok()?;
+    Some((tenant, k.len() - (t + 1 + n + 1)))
+}
+
+/// Counts every tenant's usage from the stored entries (once, for data
+/// written before usage was kept).
+fn count_usage(kv: &KvTable<'_>, usage: &mut UsageTable<'_>) -> Result<(), KvError> {
+    let mut totals: HashMap<String, (i64, i64)> = HashMap::new();
+    for row in kv.iter().map_err(storage)? {
+        let (k, v) = row.map_err(storage)?;
+        if let Some((tenant, key_len)) = split_full_key(k.value()) {
+            let t = totals.entry(tenant.to_string()).or_default();
+            t.0 += encoded_size(key_len, v.value());
+            t.1 += 1;
+        }
+    }
+    for (tenant, delta) in totals {
+        add_usage(usage, &tenant, delta)?;
+    }
+    Ok(())
+}
 
 fn read_entry(kv: &KvTable<'_>, k: &[u8]) -> Result<Option<Entry>, KvError> {
     match kv.get(k).map_err(storage)? {
@@ -587,56 +710,66 @@ fn stored_expiry(encoded: &[u8]) -> Option<u64> {
     (exp != 0).then_some(exp)
 }
 
-/// Applies one job. Jobs of puts and deletes only (which cannot fail) go
-/// straight to the table; anything else is computed on an overlay first, so
-/// a failing op leaves nothing behind.
+/// Applies one job. Jobs of puts and deletes only (which cannot fail) of a
+/// tenant without KV quotas go straight to the table; anything else is
+/// computed on an overlay first, so a failing op, or a job that would cross
+/// a quota, leaves nothing behind.
 fn apply_write(
-    kv: &mut KvTable<'_>,
-    expiry: &mut ExpiryTable<'_>,
+    t: &mut Tables<'_>,
     ns: &NamespaceId,
     ops: &mut [WriteOp],
     touched: &mut Vec<Vec<u8>>,
+    quota: crate::KvQuota,
 ) -> Result<Vec<WriteResult>, KvError> {
     let now = now_ms();
-    if ops
-        .iter()
-        .all(|op| matches!(op, WriteOp::Put { .. } | WriteOp::Delete { .. }))
+    if quota == crate::KvQuota::default()
+        && ops
+            .iter()
+            .all(|op| matches!(op, WriteOp::Put { .. } | WriteOp::Delete { .. }))
     {
-        return put_or_delete(kv, expiry, ns, ops, touched, now);
+        return put_or_delete(t, ns, ops, touched, now);
     }
-    apply_on_overlay(kv, expiry, ns, ops, touched, now)
+    apply_on_overlay(t, ns, ops, touched, now, quota)
 }
 
 /// Puts and deletes, without reading first: redb hands back the entry it
 /// replaced, and that entry's expiry index key goes with it.
 fn put_or_delete(
-    kv: &mut KvTable<'_>,
-    expiry: &mut ExpiryTable<'_>,
+    t: &mut Tables<'_>,
     ns: &NamespaceId,
     ops: &mut [WriteOp],
     touched: &mut Vec<Vec<u8>>,
     now: u64,
 ) -> Result<Vec<WriteResult>, KvError> {
+    let (kv, expiry) = (&mut t.kv, &mut t.expiry);
     let mut results = Vec::with_capacity(ops.len());
+    let mut delta = (0i64, 0i64);
     for op in ops.iter_mut() {
+        let key_len = op.key().len();
         let k = full_key(ns, op.key());
+        // The replaced entry's expiry and size.
+        let replaced = |v: Option<redb::AccessGuard<'_, &'static [u8]>>| {
+            v.map(|v| (stored_expiry(v.value()), encoded_size(key_len, v.value())))
+        };
         let (old, new) = match op {
             WriteOp::Put { value, options, .. } => {
                 let entry = new_entry(std::mem::take(value), options, now);
-                let old = kv
-                    .insert(k.as_slice(), encode_entry(&entry).as_slice())
-                    .map_err(storage)?
-                    .and_then(|v| stored_expiry(v.value()));
+                delta.0 += entry_size(key_len, &entry);
+                delta.1 += 1;
+                let old = replaced(
+                    kv.insert(k.as_slice(), encode_entry(&entry).as_slice())
+                        .map_err(storage)?,
+                );
                 (old, entry.expires_at_ms)
             }
-            _ => {
-                let old = kv
-                    .remove(k.as_slice())
-                    .map_err(storage)?
-                    .and_then(|v| stored_expiry(v.value()));
-                (old, None)
-            }
+            _ => (replaced(kv.remove(k.as_slice()).map_err(storage)?), None),
         };
+        let old = old.map(|(expires, size)| {
+            delta.0 -= size;
+            delta.1 -= 1;
+            expires
+        });
+        let old = old.flatten();
         if old != new {
             if let Some(t) = old {
                 expiry
@@ -652,17 +785,19 @@ fn put_or_delete(
         touched.push(k);
         results.push(WriteResult::Done);
     }
+    add_usage(&mut t.usage, &ns.tenant, delta)?;
     Ok(results)
 }
 
 fn apply_on_overlay(
-    kv: &mut KvTable<'_>,
-    expiry: &mut ExpiryTable<'_>,
+    t: &mut Tables<'_>,
     ns: &NamespaceId,
     ops: &[WriteOp],
     touched: &mut Vec<Vec<u8>>,
     now: u64,
+    quota: crate::KvQuota,
 ) -> Result<Vec<WriteResult>, KvError> {
+    let kv = &t.kv;
     // Per key: (stored before this job, value after the ops so far).
     let mut overlay: HashMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = HashMap::new();
     let mut order = Vec::new();
@@ -717,6 +852,19 @@ fn apply_on_overlay(
             }
         }
     }
+    // What the job changes of the tenant's usage, refused past a quota
+    // before anything is written.
+    let key_len = |k: &[u8]| k.len() - ns_prefix(ns).len();
+    let size = |k: &[u8], e: &Option<Entry>| e.as_ref().map_or(0, |e| entry_size(key_len(k), e));
+    let mut delta = (0i64, 0i64);
+    for (k, (before, after)) in &overlay {
+        delta.0 += size(k, after) - size(k, before);
+        delta.1 += i64::from(after.is_some()) - i64::from(before.is_some());
+    }
+    if quota != crate::KvQuota::default() {
+        read_usage(&t.usage, &ns.tenant)?.admit(delta, quota)?;
+    }
+    let (kv, expiry) = (&mut t.kv, &mut t.expiry);
     for k in order {
         let (before, after) = overlay.remove(&k).expect("ordered keys are in the overlay");
         if before == after {
@@ -743,6 +891,7 @@ fn apply_on_overlay(
         }
         touched.push(k);
     }
+    add_usage(&mut t.usage, &ns.tenant, delta)?;
     Ok(results)
 }
 
@@ -756,12 +905,9 @@ fn create_ns(txn: &WriteTransaction, ns: &NamespaceId) -> Result<bool, KvError> 
     Ok(true)
 }
 
-fn delete_tenant(
-    txn: &WriteTransaction,
-    kv: &mut KvTable<'_>,
-    expiry: &mut ExpiryTable<'_>,
-    tenant: &str,
-) -> Result<(), KvError> {
+fn delete_tenant(txn: &WriteTransaction, t: &mut Tables<'_>, tenant: &str) -> Result<(), KvError> {
+    t.usage.remove(tenant).map_err(storage)?;
+    let (kv, expiry) = (&mut t.kv, &mut t.expiry);
     let prefix = tenant_prefix(tenant);
     let mut doomed = Vec::new();
     for row in kv.range::<&[u8]>(prefix.as_slice()..).map_err(storage)? {
@@ -797,12 +943,8 @@ fn delete_tenant(
     Ok(())
 }
 
-fn purge(
-    kv: &mut KvTable<'_>,
-    expiry: &mut ExpiryTable<'_>,
-    now: u64,
-    touched: &mut Vec<Vec<u8>>,
-) -> Result<usize, KvError> {
+fn purge(t: &mut Tables<'_>, now: u64, touched: &mut Vec<Vec<u8>>) -> Result<usize, KvError> {
+    let (kv, expiry) = (&mut t.kv, &mut t.expiry);
     let end = (now + 1).to_be_bytes();
     let mut due = Vec::new();
     for row in expiry.range::<&[u8]>(..end.as_slice()).map_err(storage)? {
@@ -813,16 +955,26 @@ fn purge(
         }
     }
     let mut purged = 0;
+    let mut gone: HashMap<String, (i64, i64)> = HashMap::new();
     for ek in due {
         expiry.remove(ek.as_slice()).map_err(storage)?;
         let t = u64::from_be_bytes(ek[..8].try_into().map_err(storage)?);
         let k = &ek[8..];
         // Only if the stored entry still carries this expiry (not re-put since).
-        if read_entry(kv, k)?.is_some_and(|e| e.expires_at_ms == Some(t)) {
-            kv.remove(k).map_err(storage)?;
-            touched.push(k.to_vec());
-            purged += 1;
+        let Some(entry) = read_entry(kv, k)?.filter(|e| e.expires_at_ms == Some(t)) else {
+            continue;
+        };
+        kv.remove(k).map_err(storage)?;
+        if let Some((tenant, key_len)) = split_full_key(k) {
+            let d = gone.entry(tenant.to_string()).or_insert((0, 0));
+            d.0 -= entry_size(key_len, &entry);
+            d.1 -= 1;
         }
+        touched.push(k.to_vec());
+        purged += 1;
+    }
+    for (tenant, delta) in gone {
+        add_usage(&mut t.usage, &tenant, delta)?;
     }
     Ok(purged)
 }

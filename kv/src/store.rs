@@ -178,6 +178,15 @@ pub enum KvError {
     /// The namespace does not exist.
     #[error("no such namespace")]
     NoSuchNamespace,
+    /// The write would take the tenant past a KV quota (none of it was
+    /// applied). Its text is what a guest sees.
+    #[error("quota_exceeded: {quota}")]
+    QuotaExceeded {
+        /// `kv_bytes` or `kv_keys`.
+        quota: &'static str,
+        /// The quota's value.
+        limit: u64,
+    },
     /// The database failed.
     #[error("storage error: {0}")]
     Storage(String),
@@ -220,6 +229,9 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Removes every namespace and key of a tenant.
     async fn delete_tenant(&self, tenant: &str) -> Result<(), KvError>;
+
+    /// What a tenant's stored keys take.
+    async fn usage(&self, tenant: &str) -> Result<crate::KvUsage, KvError>;
 
     /// The limits enforced in front of this store, if any (a bare backend
     /// enforces none).

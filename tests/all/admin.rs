@@ -387,7 +387,7 @@ fn quotas_bound_functions_and_routes_with_config_defaults_and_tenant_overrides()
     assert_eq!(perch.get("one.q.test", "/").status(), 200);
     // Bad quota bodies.
     for bad in [
-        json!({"kv_bytes": 10}),
+        json!({"kv_gigabytes": 10}),
         json!({"functions": -1}),
         json!({"routes": "5"}),
     ] {

@@ -341,6 +341,10 @@ fn quotas_usage_and_expiring_tokens_with_the_cli() {
             "3",
             "--image-bytes",
             "1GiB",
+            "--kv-bytes",
+            "1GiB",
+            "--kv-keys",
+            "1000",
             "--requests-per-second",
             "100",
         ],
@@ -348,7 +352,8 @@ fn quotas_usage_and_expiring_tokens_with_the_cli() {
     let t: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         t["quotas"],
-        serde_json::json!({"functions": 3, "image_bytes": 1u64 << 30, "requests_per_second": 100})
+        serde_json::json!({"functions": 3, "image_bytes": 1u64 << 30, "kv_bytes": 1u64 << 30,
+            "kv_keys": 1000, "requests_per_second": 100})
     );
     let out = ok(perch_cli(
         &perch,

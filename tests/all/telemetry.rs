@@ -482,3 +482,93 @@ fn a_collector_that_is_down_or_slow_costs_requests_nothing_and_drops_are_counted
         });
     }
 }
+
+#[test]
+fn artifact_and_kv_quotas_refuse_the_write_that_would_cross_them() {
+    let perch = Perch::start();
+    let admin = perch.admin();
+    let hello = std::fs::read(guests::HELLO).unwrap();
+    let kvext = std::fs::read(guests::KVEXT).unwrap();
+    let room = hello.len() + kvext.len() - 1;
+    admin
+        .put_json(
+            "/v1/tenants/q",
+            Some(json!({"quotas": {"artifact_bytes": room, "kv_bytes": 40, "kv_keys": 3}})),
+        )
+        .ok();
+    // artifact_bytes: the second component does not fit; the same bytes
+    // under another name take no more room.
+    admin.upload("q", "hello", &hello).expect_status(201);
+    let refused = admin.call(
+        reqwest::Method::PUT,
+        "/v1/tenants/q/functions/kv",
+        Some((kvext.clone(), "application/wasm")),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.body["error"]["quota"], "artifact_bytes");
+    assert_eq!(refused.body["error"]["limit"], room);
+    admin.upload("q", "hello2", &hello).expect_status(201);
+    // Room for the KV guest once hello's versions are gone.
+    admin
+        .delete("/v1/tenants/q/functions/hello")
+        .expect_status(204);
+    admin
+        .delete("/v1/tenants/q/functions/hello2")
+        .expect_status(204);
+    admin.upload("q", "kv", &kvext).expect_status(201);
+    admin
+        .put_json(
+            "/v1/tenants/q/routes/kv.q.test",
+            Some(json!({"function": "kv"})),
+        )
+        .ok();
+
+    // kv_bytes over the admin API: the write that would cross is refused,
+    // the earlier one stays.
+    admin.put_json("/v1/tenants/q/kv/default", None).ok();
+    let put = |key: &str, value: &str| {
+        admin.call(
+            reqwest::Method::PUT,
+            &format!("/v1/tenants/q/kv/default/values/{key}"),
+            Some((value.as_bytes().to_vec(), "application/octet-stream")),
+        )
+    };
+    assert_eq!(put("a", "0123456789").status, 204); // 11 bytes
+    let over = put("b", &"x".repeat(40));
+    assert_eq!(over.status, 403, "{}", over.body);
+    assert_eq!(over.body["error"]["code"], "quota_exceeded");
+    assert_eq!(over.body["error"]["quota"], "kv_bytes");
+    assert_eq!(over.body["error"]["limit"], 40);
+    // … and a guest's write gets an error it sees.
+    let guest = perch
+        .request(reqwest::Method::PUT, "kv.q.test", "/set/big")
+        .body("y".repeat(40))
+        .send()
+        .unwrap();
+    assert_eq!(guest.status(), 500);
+    let text = guest.text().unwrap();
+    assert!(text.contains("quota_exceeded: kv_bytes"), "{text}");
+    let small = perch
+        .request(reqwest::Method::PUT, "kv.q.test", "/set/s")
+        .body("1")
+        .send()
+        .unwrap();
+    assert_eq!(small.status(), 204);
+    assert_eq!(
+        perch.get("kv.q.test", "/entry/a").status(),
+        200,
+        "the earlier write is intact"
+    );
+    // kv_keys: a third key fits, a fourth does not.
+    assert_eq!(put("c", "1").status, 204);
+    let keys = put("d", "1");
+    assert_eq!(keys.status, 403);
+    assert_eq!(keys.body["error"]["quota"], "kv_keys");
+
+    let usage = admin.get("/v1/tenants/q/usage").ok();
+    let u = &usage["usage"];
+    assert_eq!(u["kv_keys"], 3, "{usage}");
+    assert_eq!(u["kv_bytes"], 11 + 2 + 2);
+    assert_eq!(u["artifact_bytes"], kvext.len());
+    assert_eq!(usage["quotas"]["kv_bytes"], 40);
+}

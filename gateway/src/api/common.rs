@@ -62,6 +62,14 @@ pub(crate) fn invalid_name(what: &str, name: &str) -> Resp {
     )
 }
 
+/// 403 `quota_exceeded`, naming the quota and its limit.
+pub(crate) fn quota_exceeded(quota: &str, limit: u64, message: &str) -> Resp {
+    crate::http::json(
+        StatusCode::FORBIDDEN,
+        &serde_json::json!({"error": {"code": "quota_exceeded", "message": message, "quota": quota, "limit": limit}}),
+    )
+}
+
 /// Maps a registry error to the admin API's answer.
 pub(crate) fn registry_error(e: RegistryError) -> Resp {
     match e {
@@ -80,10 +88,7 @@ pub(crate) fn registry_error(e: RegistryError) -> Resp {
             quota,
             limit,
             message,
-        } => crate::http::json(
-            StatusCode::FORBIDDEN,
-            &serde_json::json!({"error": {"code": "quota_exceeded", "message": message, "quota": quota, "limit": limit}}),
-        ),
+        } => quota_exceeded(quota, limit, &message),
         other => {
             tracing::error!(error = %other, "registry failure");
             internal_error()

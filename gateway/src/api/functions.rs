@@ -104,6 +104,13 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
         return upload_container(app, req, tenant, name, activate).await;
     }
     let bytes = tri!(read_body(req, app.config.max_upload_bytes).await);
+    // A component the tenant does not run yet must fit its artifact_bytes
+    // quota before it is compiled (and again when its version commits).
+    let size = bytes.len() as u64;
+    let sum = perch_runtime::Digest::of(&bytes);
+    if let Err(e) = app.registry.admit_artifact(&tenant, &sum.to_string(), size) {
+        return registry_error(e);
+    }
     let Ok(_slot) = app.compile_slots.acquire().await else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -113,7 +120,7 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
     };
     // Held from before the bytes are written until the version committed,
     // so no collection deletes them in between.
-    let _hold = app.artifacts.hold(perch_runtime::Digest::of(&bytes));
+    let _hold = app.artifacts.hold(sum);
     let runtime = app.runtime.clone();
     let stored = tokio::task::spawn_blocking(move || runtime.store_component(&bytes)).await;
     let digest = match stored {
@@ -138,7 +145,7 @@ async fn upload(app: Arc<App>, req: Request<Incoming>, tenant: String, name: Str
     };
     let (t, n, d) = (tenant.clone(), name.clone(), digest.clone());
     let registry = app.registry.clone();
-    let added = tri!(blocking(move || registry.add_version(&t, &n, &d, activate)).await);
+    let added = tri!(blocking(move || registry.add_version(&t, &n, &d, size, activate)).await);
     tracing::info!(%tenant, function = %name, version = added.version, %digest, active = added.active, "uploaded");
     collect_garbage(&app, added.dropped).await;
     json(

@@ -44,6 +44,11 @@ pub fn kv_error(e: KvError) -> Resp {
             "namespace does not exist",
         ),
         KvError::NotACounter(m) => error(StatusCode::CONFLICT, "not_a_counter", &m),
+        KvError::QuotaExceeded { quota, limit } => super::common::quota_exceeded(
+            quota,
+            limit,
+            &format!("the write would take the tenant past its {quota} quota of {limit}"),
+        ),
         other => {
             tracing::error!(error = %other, "KV failure");
             internal_error()

@@ -214,6 +214,9 @@ mod tests {
             }
             self.inner.delete_tenant(tenant).await
         }
+        async fn usage(&self, tenant: &str) -> Result<perch_kv::KvUsage, KvError> {
+            self.inner.usage(tenant).await
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -242,7 +245,7 @@ mod tests {
             .await
             .unwrap();
         registry
-            .add_version("t", "f", &format!("{:064x}", 1), true)
+            .add_version("t", "f", &format!("{:064x}", 1), 0, true)
             .unwrap();
         registry.put_route("t", "t.test", "f").unwrap();
         registry

@@ -18,6 +18,10 @@ pub(super) async fn show(call: TenantCall) -> Resp {
         tri!(blocking(move || registry.holdings(&tenant)).await)
     };
     let counted = app.registry.usage().totals(&tenant);
+    let kv = match app.kv.usage(&tenant).await {
+        Ok(kv) => kv,
+        Err(e) => return super::kv::kv_error(e),
+    };
     json(
         StatusCode::OK,
         &json!({
@@ -27,6 +31,9 @@ pub(super) async fn show(call: TenantCall) -> Resp {
                 "routes": held.routes,
                 "image_bytes": held.image_bytes,
                 "container_memory_mb": held.container_memory_mb,
+                "artifact_bytes": held.artifact_bytes,
+                "kv_bytes": kv.bytes,
+                "kv_keys": kv.keys,
                 "requests": counted.requests,
                 "cpu_ms": counted.cpu_us / 1000,
                 "egress_bytes": counted.egress_bytes,

@@ -279,9 +279,18 @@ pub(super) struct QuotaArgs {
     /// Route patterns.
     #[arg(long)]
     pub(super) routes: Option<u64>,
+    /// Bytes of the distinct components the tenant's versions run.
+    #[arg(long, value_parser = parse_bytes)]
+    pub(super) artifact_bytes: Option<u64>,
     /// Bytes of container image archives (e.g. `2GiB`).
     #[arg(long, value_parser = parse_bytes)]
     pub(super) image_bytes: Option<u64>,
+    /// Bytes of KV keys, values and metadata (e.g. `1GiB`).
+    #[arg(long, value_parser = parse_bytes)]
+    pub(super) kv_bytes: Option<u64>,
+    /// KV keys.
+    #[arg(long)]
+    pub(super) kv_keys: Option<u64>,
     /// Σ memory_mb × max_instances over deployed container versions.
     #[arg(long)]
     pub(super) container_memory_mb: Option<u64>,
@@ -296,7 +305,10 @@ impl QuotaArgs {
         [
             ("functions", self.functions),
             ("routes", self.routes),
+            ("artifact_bytes", self.artifact_bytes),
             ("image_bytes", self.image_bytes),
+            ("kv_bytes", self.kv_bytes),
+            ("kv_keys", self.kv_keys),
             ("container_memory_mb", self.container_memory_mb),
             ("requests_per_second", self.requests_per_second),
         ]

@@ -122,6 +122,8 @@ pub struct Registry {
     usage: Arc<crate::telemetry::Usage>,
     /// Guest KV operations, counted by every function's KV access.
     kv_counters: Arc<perch_kv::guest::KvCounters>,
+    /// Tenants' `kv_bytes` and `kv_keys`, which the KV store enforces.
+    kv_quotas: Arc<perch_kv::KvQuotas>,
     defaults: LimitSet,
     /// Versions kept per function (`max.versions_per_function`).
     max_versions: u32,
@@ -152,6 +154,7 @@ impl Registry {
             holds: Mutex::default(),
             usage: Arc::default(),
             kv_counters: Arc::default(),
+            kv_quotas: Arc::default(),
             defaults,
             max_versions: DEFAULT_MAX_VERSIONS,
             quota_defaults: Quotas::default(),
@@ -163,6 +166,12 @@ impl Registry {
     /// Tenants' usage counters.
     pub fn usage(&self) -> &Arc<crate::telemetry::Usage> {
         &self.usage
+    }
+
+    /// Tenants' KV quotas, for the KV store to enforce (kept in step with
+    /// the tenants' records and the defaults).
+    pub fn kv_quotas(&self) -> &Arc<perch_kv::KvQuotas> {
+        &self.kv_quotas
     }
 
     /// Guest KV operations so far.

@@ -51,6 +51,15 @@ pub struct Quotas {
     /// Data-plane requests per second, per node (a token bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u64>,
+    /// Bytes of the distinct components the tenant's kept versions run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_bytes: Option<u64>,
+    /// Bytes of KV keys, values and metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_bytes: Option<u64>,
+    /// KV keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_keys: Option<u64>,
 }
 
 /// What a tenant holds of the quotas that count stored things.
@@ -64,13 +73,18 @@ pub struct Holdings {
     pub image_bytes: u64,
     /// Σ `memory_mb` × `max_instances` over deployed container versions.
     pub container_memory_mb: u64,
+    /// Bytes of the distinct components its kept versions run.
+    pub artifact_bytes: u64,
 }
 
 /// The quotas Perch enforces, by name.
 pub const QUOTAS: &[&str] = &[
     "functions",
     "routes",
+    "artifact_bytes",
     "image_bytes",
+    "kv_bytes",
+    "kv_keys",
     "container_memory_mb",
     "requests_per_second",
 ];
@@ -89,6 +103,9 @@ impl Quotas {
             "image_bytes" => self.image_bytes,
             "container_memory_mb" => self.container_memory_mb,
             "requests_per_second" => self.requests_per_second,
+            "artifact_bytes" => self.artifact_bytes,
+            "kv_bytes" => self.kv_bytes,
+            "kv_keys" => self.kv_keys,
             _ => None,
         }
     }
@@ -102,6 +119,9 @@ impl Quotas {
             "image_bytes" => &mut self.image_bytes,
             "container_memory_mb" => &mut self.container_memory_mb,
             "requests_per_second" => &mut self.requests_per_second,
+            "artifact_bytes" => &mut self.artifact_bytes,
+            "kv_bytes" => &mut self.kv_bytes,
+            "kv_keys" => &mut self.kv_keys,
             _ => return false,
         };
         *slot = value;
@@ -191,6 +211,14 @@ pub struct Version {
     /// Vars, sealed secrets, KV bindings, limits, outbound policy.
     #[serde(default)]
     pub settings: Settings,
+    /// The component's size in bytes (0 for a container, and for records
+    /// from before sizes were kept).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Per-version settings. Secrets are stored sealed (see `secrets`).

@@ -144,6 +144,7 @@ impl Registry {
                 routes: s.routes.values().filter(|r| r.tenant == tenant).count() as u64,
                 image_bytes: of_tenant(&s.images, tenant).map(|i| i.size).sum(),
                 container_memory_mb: Self::container_memory(s, tenant, None),
+                artifact_bytes: Self::artifact_bytes(s, tenant),
             };
             let mut quotas = Quotas::default();
             for q in QUOTAS {
@@ -341,6 +342,7 @@ impl Registry {
         tenant: &str,
         name: &str,
         digest: &str,
+        size: u64,
         activate: bool,
     ) -> Result<NewVersion> {
         self.change(|s, b| {
@@ -348,7 +350,9 @@ impl Registry {
             let (key, mut f) = Self::existing_or_new(s, tenant, name);
             // New code keeps the settings of the version it replaces.
             let settings = f.active().map(|v| v.settings.clone()).unwrap_or_default();
-            let out = self.push_version(&mut f, digest.to_string(), None, settings, activate)?;
+            self.artifact_room(s, tenant, digest, size)?;
+            let out =
+                self.push_version(&mut f, (digest.to_string(), size), None, settings, activate)?;
             self.function_quotas(s, &f)?;
             b.push(Change::PutFunction(f.clone()));
             s.functions.insert(key, f);
@@ -378,7 +382,7 @@ impl Registry {
             });
             let out = self.push_version(
                 &mut f,
-                String::new(),
+                (String::new(), 0),
                 Some(spec.clone()),
                 settings,
                 activate,
@@ -409,7 +413,13 @@ impl Registry {
             if base.container.is_some() {
                 container_settings(&settings)?;
             }
-            let out = self.push_version(&mut f, base.digest, base.container, settings, activate)?;
+            let out = self.push_version(
+                &mut f,
+                (base.digest, base.size),
+                base.container,
+                settings,
+                activate,
+            )?;
             self.function_quotas(s, &f)?;
             b.push(Change::PutFunction(f.clone()));
             s.functions.insert(key, f);
@@ -423,7 +433,7 @@ impl Registry {
     fn push_version(
         &self,
         f: &mut Function,
-        digest: String,
+        (digest, size): (String, u64),
         container: Option<ContainerSpec>,
         settings: Settings,
         activate: bool,
@@ -463,6 +473,7 @@ impl Registry {
             container,
             created_at: now(),
             settings,
+            size,
         });
         if activate {
             f.deploy(Deployment::single(version));
@@ -607,6 +618,38 @@ impl Registry {
                 return Ok(Some(have.clone()));
             }
             self.image_room(s, tenant, size).map(|()| None)
+        })
+    }
+
+    /// Bytes of the distinct components the tenant's kept versions run.
+    fn artifact_bytes(s: &State, tenant: &str) -> u64 {
+        let mut seen = HashSet::new();
+        of_tenant(&s.functions, tenant)
+            .flat_map(|f| f.versions.iter())
+            .filter(|v| v.container.is_none() && seen.insert(v.digest.as_str()))
+            .map(|v| v.size)
+            .sum()
+    }
+
+    /// Refuses a component of `size` bytes the tenant does not run yet past
+    /// its `artifact_bytes`.
+    fn artifact_room(&self, s: &State, tenant: &str, digest: &str, size: u64) -> Result<()> {
+        let runs = of_tenant(&s.functions, tenant)
+            .flat_map(|f| f.versions.iter())
+            .any(|v| v.digest == digest);
+        if runs {
+            return Ok(());
+        }
+        let held = Self::artifact_bytes(s, tenant);
+        self.within(s, tenant, "artifact_bytes", held, held + size)
+    }
+
+    /// Before an upload compiles: whether the tenant may add a component of
+    /// `size` bytes (checked again when the version commits).
+    pub fn admit_artifact(&self, tenant: &str, digest: &str, size: u64) -> Result<()> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            self.artifact_room(s, tenant, digest, size)
         })
     }
 

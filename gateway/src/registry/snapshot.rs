@@ -172,13 +172,20 @@ impl Registry {
             }
         }
         // A written tenant's request rate (its quota, else the default) on
-        // the gate its targets share.
+        // the gate its targets share, and its KV quotas for the store.
         for name in &touched.tenants {
-            let own = inner.state.tenants.get(name);
-            let rate = own
-                .and_then(|t| t.quotas.requests_per_second)
-                .or(self.quota_defaults.requests_per_second);
-            self.gate(name).set_rate(rate);
+            let own = inner.state.tenants.get(name).map(|t| &t.quotas);
+            let quota = |q: &str| own.and_then(|o| o.get(q)).or(self.quota_defaults.get(q));
+            self.gate(name).set_rate(quota("requests_per_second"));
+            // A deleted tenant's are cleared (`None`, `None`).
+            let exists = own.is_some();
+            self.kv_quotas.set(
+                name,
+                perch_kv::KvQuota {
+                    bytes: quota("kv_bytes").filter(|_| exists),
+                    keys: quota("kv_keys").filter(|_| exists),
+                },
+            );
         }
         self.routes.store(Arc::new(table));
         if let Some(backend) = self.containers.get() {

@@ -66,6 +66,7 @@ fn rebuilt(r: &Registry) -> View {
         holds: Mutex::default(),
         usage: Arc::default(),
         kv_counters: Arc::default(),
+        kv_quotas: Arc::default(),
         defaults: r.defaults,
         max_versions: r.max_versions,
         quota_defaults: r.quota_defaults,
@@ -129,10 +130,10 @@ proptest! {
                 Op::Tenant(t) => r.put_tenant(TENANTS[t], None).map(drop),
                 Op::DeleteTenant(t) => r.delete_tenant(TENANTS[t]).map(drop),
                 Op::Version(t, f, d) => r
-                    .add_version(TENANTS[t], FUNCTIONS[f], &format!("{d:064x}"), true)
+                    .add_version(TENANTS[t], FUNCTIONS[f], &format!("{d:064x}"), 0, true)
                     .map(drop),
                 Op::Stage(t, f, d) => r
-                    .add_version(TENANTS[t], FUNCTIONS[f], &format!("{d:064x}"), false)
+                    .add_version(TENANTS[t], FUNCTIONS[f], &format!("{d:064x}"), 0, false)
                     .map(drop),
                 Op::Split(t, f) => match r.get_function(TENANTS[t], FUNCTIONS[f]) {
                     Ok(func) if func.versions.len() >= 2 => {
@@ -172,7 +173,7 @@ fn exact_host_overlap_finds_covering_wildcards_only() {
         let digest = format!("{:064x}", 1);
         for t in ["a", "b"] {
             r.put_tenant(t, None).unwrap();
-            r.add_version(t, "f", &digest, true).unwrap();
+            r.add_version(t, "f", &digest, 0, true).unwrap();
         }
         r.put_route("a", "*.x.test", "f").unwrap();
         r.put_route("a", "one.test", "f").unwrap();
@@ -203,7 +204,7 @@ fn records_and_revision_survive_a_reopen() {
     {
         let r = open_on(Arc::new(RedbStore::open(db.clone()).unwrap()));
         r.put_tenant("a", Some(vec!["*.a.test".into()])).unwrap();
-        r.add_version("a", "f", &format!("{:064x}", 3), true)
+        r.add_version("a", "f", &format!("{:064x}", 3), 0, true)
             .unwrap();
         r.put_route("a", "x.a.test", "f").unwrap();
         assert_eq!(r.revision(), 3);
@@ -258,10 +259,19 @@ fn a_lost_commit_race_is_recomputed_not_lost() {
     let a = open_on(store.clone());
     a.put_tenant("t", None).unwrap();
     let b = open_on(store.clone());
-    assert_eq!(a.add_version("t", "f", &digest, true).unwrap().version, 1);
-    assert_eq!(b.add_version("t", "f", &digest, true).unwrap().version, 2);
+    assert_eq!(
+        a.add_version("t", "f", &digest, 0, true).unwrap().version,
+        1
+    );
+    assert_eq!(
+        b.add_version("t", "f", &digest, 0, true).unwrap().version,
+        2
+    );
     assert_eq!(b.get_function("t", "f").unwrap().versions.len(), 2);
-    assert_eq!(a.add_version("t", "f", &digest, true).unwrap().version, 3);
+    assert_eq!(
+        a.add_version("t", "f", &digest, 0, true).unwrap().version,
+        3
+    );
     let loaded = store.load().unwrap();
     assert_eq!(loaded.revision, 4);
     assert_eq!(loaded.records.functions[0].versions.len(), 3);
@@ -276,7 +286,7 @@ fn announced_commits_are_seen_before_the_rules_run() {
     let b = open_on(store);
     a.put_tenant("t", None).unwrap();
     assert_eq!(
-        b.add_version("t", "f", &format!("{:064x}", 1), true)
+        b.add_version("t", "f", &format!("{:064x}", 1), 0, true)
             .unwrap()
             .version,
         1
@@ -290,7 +300,7 @@ async fn a_follower_installs_commits_made_by_another_registry() {
     let b = Arc::new(open_on(store));
     tokio::spawn(b.clone().follow());
     a.put_tenant("t", None).unwrap();
-    a.add_version("t", "f", &format!("{:064x}", 5), true)
+    a.add_version("t", "f", &format!("{:064x}", 5), 0, true)
         .unwrap();
     a.put_route("t", "f.test", "f").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -315,8 +325,8 @@ fn staging_deployments_and_rollback_targets() {
     for (name, store) in stores(dir.path()) {
         let r = open_on(store);
         r.put_tenant("t", None).unwrap();
-        assert!(r.add_version("t", "f", &digest(1), true).unwrap().active);
-        let staged = r.add_version("t", "f", &digest(2), false).unwrap();
+        assert!(r.add_version("t", "f", &digest(1), 0, true).unwrap().active);
+        let staged = r.add_version("t", "f", &digest(2), 0, false).unwrap();
         assert_eq!((staged.version, staged.active), (2, false), "{name}");
         let f = r.get_function("t", "f").unwrap();
         assert_eq!(f.active_version, 1, "{name}: staging leaves the deployment");
@@ -326,7 +336,7 @@ fn staging_deployments_and_rollback_targets() {
             Ok(())
         })
         .unwrap();
-        let v4 = r.add_version("t", "f", &digest(4), false).unwrap();
+        let v4 = r.add_version("t", "f", &digest(4), 0, false).unwrap();
         assert_eq!(
             r.get_function("t", "f")
                 .unwrap()
@@ -449,14 +459,14 @@ fn retention_drops_the_oldest_undeployed_version_only() {
         r.put_tenant("t", None).unwrap();
         for n in 1..=3 {
             assert!(
-                r.add_version("t", "f", &digest(n), true)
+                r.add_version("t", "f", &digest(n), 0, true)
                     .unwrap()
                     .dropped
                     .is_empty()
             );
         }
         // Deployed: 3; previous: 2. A fourth drops 1.
-        let v4 = r.add_version("t", "f", &digest(4), false).unwrap();
+        let v4 = r.add_version("t", "f", &digest(4), 0, false).unwrap();
         assert_eq!(v4.dropped, [digest(1)], "{name}");
         let kept = |r: &Registry| {
             r.get_function("t", "f")
@@ -469,7 +479,7 @@ fn retention_drops_the_oldest_undeployed_version_only() {
         assert_eq!(kept(&r), [2, 3, 4]);
         // Staged again: 2 and 3 are protected, 4 is the oldest free one;
         // numbers are never reused.
-        let v5 = r.add_version("t", "f", &digest(5), false).unwrap();
+        let v5 = r.add_version("t", "f", &digest(5), 0, false).unwrap();
         assert_eq!(v5.version, 5);
         assert_eq!(
             (v5.dropped, kept(&r)),
@@ -477,7 +487,7 @@ fn retention_drops_the_oldest_undeployed_version_only() {
             "{name}"
         );
         // Activating: 3 becomes `previous`, 2 is no longer protected.
-        let v6 = r.add_version("t", "f", &digest(6), true).unwrap();
+        let v6 = r.add_version("t", "f", &digest(6), 0, true).unwrap();
         assert_eq!(
             (v6.dropped, kept(&r)),
             (vec![digest(2)], vec![3, 5, 6]),
@@ -492,14 +502,14 @@ fn retention_drops_the_oldest_undeployed_version_only() {
             None,
         )
         .unwrap();
-        let e = r.add_version("t", "f", &digest(7), false).unwrap_err();
+        let e = r.add_version("t", "f", &digest(7), 0, false).unwrap_err();
         assert!(
             matches!(e, RegistryError::TooManyVersions(_)),
             "{name}: {e}"
         );
         assert_eq!(kept(&r), [3, 5, 6]);
         // Which digests are still used, by anyone.
-        r.add_version("t", "g", &digest(2), true).unwrap();
+        r.add_version("t", "g", &digest(2), 0, true).unwrap();
         assert_eq!(
             r.unreferenced(&[digest(1), digest(2), digest(3), digest(9)]),
             [digest(1), digest(9)]
@@ -571,7 +581,7 @@ fn functions_past_the_first_fifty_share_the_other_label() {
     r.put_tenant("t", None).unwrap();
     for i in 0..52 {
         let name = format!("f{i:02}");
-        r.add_version("t", &name, &format!("{i:064x}"), true)
+        r.add_version("t", &name, &format!("{i:064x}"), 0, true)
             .unwrap();
         r.put_route("t", &format!("{name}.test"), &name).unwrap();
     }

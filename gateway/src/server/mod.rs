@@ -247,8 +247,8 @@ pub async fn serve(
             .map_err(|e| ServeError::Data(format!("usage totals: {e}")))?
             .map_err(|e| ServeError::Data(format!("usage totals: {e}")))?;
     }
-    let redb =
-        perch_kv::RedbKv::open(db).map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
+    let redb = perch_kv::RedbKv::open_with_quotas(db, registry.kv_quotas().clone())
+        .map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
     let kv: Arc<dyn perch_kv::KvStore> = Arc::new(perch_kv::CheckedKv::new(
         Arc::new(redb),
         perch_kv::KvLimits::default(),
