@@ -67,13 +67,7 @@ fn metrics_expose_every_family_and_parse_as_prometheus_text() {
     assert_eq!(perch.get("kv.acme.test", "/entry/k").status(), 200);
     assert_eq!(perch.get("nobody.test", "/").status(), 404);
 
-    let text = perch
-        .client
-        .get(format!("{}/metrics", perch.admin_url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = perch.metrics_text();
     let parsed: Value =
         serde_json::from_str(&run_python(&python, PARSE_METRICS, text.as_bytes())).unwrap();
     for (family, kind) in FAMILIES {

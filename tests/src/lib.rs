@@ -311,16 +311,20 @@ impl Perch {
         token
     }
 
-    /// Reads one metric's value (sum over label sets matching `filter`).
-    pub fn metric(&self, name: &str, filter: &str) -> f64 {
-        let text = self
-            .client
+    /// `GET /metrics`, as text.
+    pub fn metrics_text(&self) -> String {
+        self.client
             .get(format!("{}/metrics", self.admin_url))
             .send()
             .unwrap()
             .text()
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// Reads one metric's value (sum over label sets matching `filter`).
+    pub fn metric(&self, name: &str, filter: &str) -> f64 {
+        self.metrics_text()
+            .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(filter))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -318,16 +318,23 @@ impl QuotaArgs {
     }
 }
 
-/// A duration in seconds: `3600`, `90s`, `15m`, `12h`, `30d`.
-pub(super) fn parse_duration_s(text: &str) -> Result<u64, String> {
+/// A number with a unit: the number, and the unit (trimmed) after it;
+/// `what` names a well-formed example for the error.
+fn number_and_unit<'a>(text: &'a str, what: &str) -> Result<(u64, &'a str), String> {
     let t = text.trim();
     let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => t.split_at(i),
         None => (t, ""),
     };
-    let n: u64 = digits
+    let n = digits
         .parse()
-        .map_err(|_| format!("`{text}` is not a duration (e.g. 3600, 90s, 15m, 12h, 30d)"))?;
+        .map_err(|_| format!("`{text}` is not {what}"))?;
+    Ok((n, unit.trim()))
+}
+
+/// A duration in seconds: `3600`, `90s`, `15m`, `12h`, `30d`.
+pub(super) fn parse_duration_s(text: &str) -> Result<u64, String> {
+    let (n, unit) = number_and_unit(text, "a duration (e.g. 3600, 90s, 15m, 12h, 30d)")?;
     let unit = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -341,15 +348,8 @@ pub(super) fn parse_duration_s(text: &str) -> Result<u64, String> {
 
 /// A size in bytes: `1048576`, `512KiB`, `64MiB`, `1GiB`, `1GB`, …
 pub(super) fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, ""),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (e.g. 1048576, 64MiB, 1GiB)"))?;
-    let unit: u64 = match unit.trim() {
+    let (n, unit) = number_and_unit(text, "a size (e.g. 1048576, 64MiB, 1GiB)")?;
+    let unit: u64 = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,

@@ -24,7 +24,7 @@ use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -52,6 +52,31 @@ impl std::fmt::Debug for Tracing {
 /// How long one export may take (retries included) before its spans are
 /// counted as dropped.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The attributes a server span ends with at most.
+const SERVER_ATTRIBUTES: usize = 20;
+
+/// A method's name, without an allocation for the standard ones.
+fn method_name(method: &Method) -> std::borrow::Cow<'static, str> {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().position(|m| m == method) {
+        Some(i) => NAMES[i].into(),
+        None => method.as_str().to_string().into(),
+    }
+}
 
 impl Tracing {
     /// Starts the exporter (its batch thread) for `config`; spans it
@@ -141,21 +166,24 @@ impl Tracing {
         let parent = self
             .propagator
             .extract_with_context(&Context::new(), &HeaderExtractor(headers));
-        let mut span = self
+        let name = method_name(method);
+        // The attributes a request's span ends with, in one vector made to
+        // hold them all (an unsampled span drops it unread).
+        let mut attributes = Vec::with_capacity(SERVER_ATTRIBUTES);
+        attributes.extend([
+            KeyValue::new("faas.trigger", "http"),
+            KeyValue::new("http.request.method", name.clone()),
+            KeyValue::new("url.path", path.to_string()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("server.address", host.to_string()),
+            KeyValue::new("client.address", client.to_string()),
+        ]);
+        let span = self
             .tracer
-            .span_builder(method.as_str().to_string())
+            .span_builder(name)
             .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
-        if span.is_recording() {
-            span.set_attributes([
-                KeyValue::new("faas.trigger", "http"),
-                KeyValue::new("http.request.method", method.as_str().to_string()),
-                KeyValue::new("url.path", path.to_string()),
-                KeyValue::new("url.scheme", "http"),
-                KeyValue::new("server.address", host.to_string()),
-                KeyValue::new("client.address", client.to_string()),
-            ]);
-        }
         self.traced(parent.with_span(span), Some(method.clone()))
     }
 
@@ -178,7 +206,6 @@ impl Tracing {
             method,
             cx,
             tracer: self.tracer.clone(),
-            propagator: self.propagator.clone(),
         })
     }
 
@@ -199,7 +226,6 @@ pub struct Traced {
     /// The request's method (none for a cron run).
     method: Option<Method>,
     tracer: SdkTracer,
-    propagator: TraceContextPropagator,
 }
 
 impl std::fmt::Debug for Traced {
@@ -237,19 +263,21 @@ impl Traced {
             return;
         }
         let span = self.cx.span();
-        if let Some(route) = &r.route {
-            if let Some(method) = &self.method {
-                span.update_name(format!("{method} {route}"));
-            }
-            span.set_attribute(KeyValue::new("http.route", route.clone()));
+        if let Some(route) = &r.route
+            && let Some(method) = &self.method
+        {
+            span.update_name(format!("{method} {route}"));
         }
-        span.set_attribute(KeyValue::new("faas.name", r.function.to_string()));
-        span.set_attribute(KeyValue::new("faas.version", r.version.to_string()));
-        span.set_attribute(KeyValue::new(
-            "faas.invocation_id",
-            r.invocation_id.to_string(),
-        ));
-        span.set_attribute(KeyValue::new("perch.tenant", r.tenant.to_string()));
+        let route = r
+            .route
+            .clone()
+            .map(|route| KeyValue::new("http.route", route));
+        span.set_attributes(route.into_iter().chain([
+            KeyValue::new("faas.name", r.function.to_string()),
+            KeyValue::new("faas.version", r.version.to_string()),
+            KeyValue::new("faas.invocation_id", r.invocation_id.to_string()),
+            KeyValue::new("perch.tenant", r.tenant.to_string()),
+        ]));
     }
 
     /// Ends the span: the status the client got, the outcome, CPU time,
@@ -259,13 +287,12 @@ impl Traced {
             return;
         }
         let span = self.cx.span();
-        span.set_attribute(KeyValue::new(
-            "http.response.status_code",
-            i64::from(status),
-        ));
-        span.set_attribute(KeyValue::new("perch.outcome", outcome.to_string()));
-        span.set_attribute(KeyValue::new("perch.cpu_ms", cpu.as_secs_f64() * 1000.0));
-        span.set_attribute(KeyValue::new("faas.coldstart", coldstart));
+        span.set_attributes([
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("perch.outcome", outcome.to_string()),
+            KeyValue::new("perch.cpu_ms", cpu.as_secs_f64() * 1000.0),
+            KeyValue::new("faas.coldstart", coldstart),
+        ]);
         if status >= 500 {
             span.set_status(Status::error(outcome.to_string()));
         }
@@ -276,19 +303,35 @@ impl Traced {
     /// span's, so what the function calls continues from Perch's span.
     pub fn propagate(&self, headers: &mut HeaderMap) {
         if self.recording {
-            self.propagator
-                .inject_context(&self.cx, &mut HeaderInjector(headers));
-            drop_empty_tracestate(headers);
+            inject(self.cx.span().span_context(), headers);
         }
     }
 }
 
-/// The SDK always writes `tracestate`, empty when there is none.
-fn drop_empty_tracestate(headers: &mut HeaderMap) {
-    if headers.get("tracestate").is_some_and(HeaderValue::is_empty) {
-        headers.remove("tracestate");
+/// Writes `traceparent` (and `tracestate`, when there is one) for `sc`.
+fn inject(sc: &opentelemetry::trace::SpanContext, headers: &mut HeaderMap) {
+    let parent = format!(
+        "00-{:032x}-{:016x}-{:02x}",
+        u128::from_be_bytes(sc.trace_id().to_bytes()),
+        u64::from_be_bytes(sc.span_id().to_bytes()),
+        sc.trace_flags().to_u8() & opentelemetry::trace::TraceFlags::SAMPLED.to_u8()
+    );
+    if let Ok(v) = HeaderValue::from_str(&parent) {
+        headers.insert(TRACEPARENT, v);
+    }
+    let state = sc.trace_state().header();
+    match HeaderValue::from_str(&state) {
+        Ok(v) if !state.is_empty() => {
+            headers.insert(TRACESTATE, v);
+        }
+        _ => {
+            headers.remove(TRACESTATE);
+        }
     }
 }
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 impl CallTracer for Traced {
     fn start(&self, op: KvOp) -> Box<dyn CallSpan> {
@@ -309,10 +352,7 @@ impl RequestTrace for Traced {
         uri: &Uri,
         headers: &mut HeaderMap,
     ) -> Box<dyn OutboundSpan> {
-        let mut attributes = vec![KeyValue::new(
-            "http.request.method",
-            method.as_str().to_string(),
-        )];
+        let mut attributes = vec![KeyValue::new("http.request.method", method_name(method))];
         if let Some(host) = uri.host() {
             attributes.push(KeyValue::new("server.address", host.to_string()));
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
@@ -332,16 +372,11 @@ impl RequestTrace for Traced {
         }
         let span = self
             .tracer
-            .span_builder(method.as_str().to_string())
+            .span_builder(method_name(method))
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &self.cx);
-        let cx = self
-            .cx
-            .with_remote_span_context(span.span_context().clone());
-        self.propagator
-            .inject_context(&cx, &mut HeaderInjector(headers));
-        drop_empty_tracestate(headers);
+        inject(span.span_context(), headers);
         Box::new(Child(span))
     }
 }
