@@ -18,13 +18,11 @@ use http_body_util::BodyExt;
 use perch_runtime::{InvocationRecord, LogSink, TracingLogSink};
 
 use crate::dataplane::{Executor, LimitedBody};
-use crate::logs::{
-    CLIENT_GONE, Counted, Event, LogHub, Run, ScheduledEvent, perch_status, request_id, unix_ms,
-};
+use crate::logs::{Counted, Event, LogHub, Run, ScheduledEvent, perch_status, request_id, unix_ms};
 use crate::registry::Registry;
 use crate::routing::Runnable;
 use crate::telemetry::Metrics;
-use crate::telemetry::trace::{Routed, Traced, Tracing};
+use crate::telemetry::trace::{Routed, Tracing};
 
 mod expr;
 
@@ -189,12 +187,6 @@ impl Scheduler {
             cron: cron.to_string(),
             run: Run::pending(),
         };
-        let counted = Counted {
-            metrics: self.metrics.clone(),
-            usage: target.usage.clone(),
-            function: target.metric_function.clone(),
-            wasm: matches!(target.versions[index].run, Runnable::Wasm(_)),
-        };
         let trace = self
             .tracing
             .as_ref()
@@ -213,14 +205,16 @@ impl Scheduler {
             hub: self.logs.clone(),
             tenant: tenant.to_string(),
             event,
-            counted,
-            trace,
+            counted: Counted {
+                metrics: self.metrics.clone(),
+                usage: target.usage.clone(),
+                function: target.metric_function.clone(),
+                wasm: matches!(target.versions[index].run, Runnable::Wasm(_)),
+                trace,
+            },
         };
         let Some(permit) = target.gate.try_enter(self.tenant_concurrency) else {
             log.counted.rejected(tenant, 429);
-            if let Some(t) = &log.trace {
-                t.finish(429, "rejected", Duration::ZERO, false);
-            }
             let mut e = log.event;
             e.run = Run {
                 status: Some(429),
@@ -241,7 +235,7 @@ impl Scheduler {
             headers.insert("perch-cron", v);
         }
         headers.insert("perch-scheduled-time", HeaderValue::from(scheduled_ms));
-        if let Some(t) = &log.trace {
+        if let Some(t) = &log.counted.trace {
             t.propagate(headers);
         }
         self.metrics.record_cron_run();
@@ -268,7 +262,6 @@ struct ScheduledLog {
     tenant: String,
     event: ScheduledEvent,
     counted: Counted,
-    trace: Option<Arc<Traced>>,
 }
 
 impl LogSink for ScheduledLog {
@@ -277,19 +270,13 @@ impl LogSink for ScheduledLog {
             run: Run::of(&record, perch_status(record.outcome)),
             ..self.event.clone()
         };
-        self.counted.finished(&self.tenant, &event.run, record.cpu);
-        if let Some(t) = &self.trace {
-            let status = event.run.status.unwrap_or(CLIENT_GONE);
-            t.finish(status, event.run.outcome, record.cpu, record.coldstart);
-        }
+        self.counted.finished(&self.tenant, &event.run, &record);
         TracingLogSink.record(record);
         self.hub.push(&self.tenant, Event::Scheduled(event));
     }
 
     fn trace(&self) -> Option<Arc<dyn perch_runtime::RequestTrace>> {
-        self.trace
-            .clone()
-            .map(|t| t as Arc<dyn perch_runtime::RequestTrace>)
+        self.counted.request_trace()
     }
 }
 

@@ -166,8 +166,8 @@ async fn serve(
             usage: target.usage.clone(),
             function: target.metric_function.clone(),
             wasm,
+            trace: traced,
         },
-        trace: traced,
     };
 
     // The body's bytes count as the tenant's egress as they go out.

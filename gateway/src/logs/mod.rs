@@ -10,6 +10,5 @@ pub use event::{
 };
 pub use hub::{Followed, Follower, LogHub, MAX_FOLLOWERS, TooManyFollowers};
 pub use sink::{
-    CLIENT_GONE, Counted, RequestLog, container_notices, outcome_name, perch_status, request_id,
-    unix_ms,
+    Counted, RequestLog, container_notices, outcome_name, perch_status, request_id, unix_ms,
 };

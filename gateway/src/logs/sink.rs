@@ -113,10 +113,10 @@ pub fn container_notices(hub: Arc<LogHub>, node: Arc<str>) -> perch_containers::
 
 /// The status a finished run is counted under: what the client got, or
 /// 499 when the client went away before any head (nginx's convention).
-pub const CLIENT_GONE: u16 = 499;
+const CLIENT_GONE: u16 = 499;
 
-/// Where a finished invocation is counted: the node's metrics and the
-/// tenant's usage.
+/// Where a finished invocation is counted: the node's metrics, the
+/// tenant's usage, and its trace span when it is sampled.
 pub struct Counted {
     /// The node's metrics.
     pub metrics: Arc<Metrics>,
@@ -126,22 +126,39 @@ pub struct Counted {
     pub function: Arc<str>,
     /// The version runs wasm (its CPU time is measured).
     pub wasm: bool,
+    /// The invocation's trace, when it is sampled.
+    pub trace: Option<Arc<Traced>>,
 }
 
 impl Counted {
-    /// Counts a finished invocation (`run` as its event has it).
-    pub fn finished(&self, tenant: &str, run: &Run, cpu: Duration) {
+    /// Counts a finished invocation (`run` as its event has it) and ends
+    /// its span.
+    pub fn finished(&self, tenant: &str, run: &Run, record: &InvocationRecord) {
         let status = run.status.unwrap_or(CLIENT_GONE);
-        let cpu = self.wasm.then_some(cpu);
+        if let Some(t) = &self.trace {
+            t.finish(status, run.outcome, record.cpu, record.coldstart);
+        }
+        let cpu = self.wasm.then_some(record.cpu);
         self.metrics
             .record(tenant, &self.function, status, run.outcome, cpu);
         self.usage.request(cpu.unwrap_or_default());
     }
 
-    /// Counts a request Perch refused before the guest ran.
+    /// Counts a request Perch refused before the guest ran, and ends its
+    /// span.
     pub fn rejected(&self, tenant: &str, status: u16) {
+        if let Some(t) = &self.trace {
+            t.finish(status, "rejected", Duration::ZERO, false);
+        }
         self.metrics
             .record(tenant, &self.function, status, "rejected", None);
+    }
+
+    /// The trace as the runtime's seam sees it (`LogSink::trace`).
+    pub fn request_trace(&self) -> Option<Arc<dyn perch_runtime::RequestTrace>> {
+        self.trace
+            .clone()
+            .map(|t| t as Arc<dyn perch_runtime::RequestTrace>)
     }
 }
 
@@ -155,10 +172,8 @@ pub struct RequestLog {
     pub event: RequestEvent,
     /// Set when the request body crossed its limit (the client got 413).
     pub body_exceeded: Arc<AtomicBool>,
-    /// Where it is counted.
+    /// Where it is counted (and traced).
     pub counted: Counted,
-    /// Its trace, when it is sampled.
-    pub trace: Option<Arc<Traced>>,
 }
 
 impl RequestLog {
@@ -166,9 +181,6 @@ impl RequestLog {
     /// guest ran (`rejected`).
     pub fn rejected(mut self, status: u16, duration_ms: u64) {
         self.counted.rejected(&self.tenant, status);
-        if let Some(t) = &self.trace {
-            t.finish(status, "rejected", Duration::ZERO, false);
-        }
         self.event.run = Run {
             status: Some(status),
             outcome: "rejected",
@@ -189,18 +201,12 @@ impl LogSink for RequestLog {
             run: Run::of(&record, status),
             ..self.event.clone()
         };
-        self.counted.finished(&self.tenant, &event.run, record.cpu);
-        if let Some(t) = &self.trace {
-            let status = event.run.status.unwrap_or(CLIENT_GONE);
-            t.finish(status, event.run.outcome, record.cpu, record.coldstart);
-        }
+        self.counted.finished(&self.tenant, &event.run, &record);
         TracingLogSink.record(record);
         self.hub.push(&self.tenant, Event::Request(event));
     }
 
     fn trace(&self) -> Option<Arc<dyn perch_runtime::RequestTrace>> {
-        self.trace
-            .clone()
-            .map(|t| t as Arc<dyn perch_runtime::RequestTrace>)
+        self.counted.request_trace()
     }
 }
