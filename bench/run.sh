@@ -117,7 +117,8 @@ install_tools() {
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    if [ ! -x "$WASMTIME" ]; then
+    # Only the scenarios that run `wasmtime serve` need it.
+    if { has_scenario hello || has_scenario reuse || has_scenario latency; } && [ ! -x "$WASMTIME" ]; then
         log "building wasmtime-cli $WASMTIME_VERSION into $CACHE (once; about 20 minutes)"
         mkdir -p "$CACHE"
         CARGO_TARGET_DIR=$CACHE/build cargo install wasmtime-cli --version "$WASMTIME_VERSION" \
@@ -901,7 +902,7 @@ if has_scenario isolation && [ ! -f "$FAULTY" ]; then log "missing $FAULTY"; exi
     echo "- load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- command: \`ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS bench/run.sh ${SCENARIOS[*]}\`"
     echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- runtime kv gateway 2>/dev/null || echo ' (with local changes)')"
-    echo "- servers pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU; wasmtime-cli $WASMTIME_VERSION"
+    echo "- servers pinned to CPU $SERVER_CPU, load generator to CPU $LOAD_CPU$([ -x "$WASMTIME" ] && echo "; wasmtime-cli $WASMTIME_VERSION")"
 } | tee -a "$REPORT"
 
 MAIN_ADMIN= PERCH_DATA=
