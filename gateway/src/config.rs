@@ -252,6 +252,10 @@ pub struct NodeFile {
     /// Seconds a client has to send a complete request head (also the idle
     /// limit of a kept-alive connection between requests).
     pub header_read_timeout_seconds: Option<u64>,
+    /// Peers (CIDRs or addresses) whose `X-Forwarded-For`, `Forwarded`
+    /// and `X-Forwarded-Proto` are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Egress exemptions as written in the file.
@@ -304,6 +308,8 @@ pub struct Config {
     pub drain: Duration,
     /// Time to receive a request head, and idle limit between requests.
     pub header_read_timeout: Duration,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
     /// Egress exemptions.
     pub egress_allow: Vec<String>,
     /// Extra CA certificates for outbound HTTPS (besides the webpki roots).
@@ -455,6 +461,7 @@ impl Config {
             header_read_timeout: Duration::from_secs(
                 file.node.header_read_timeout_seconds.unwrap_or(10),
             ),
+            trusted_proxies: crate::forwarded::TrustedProxies::parse(&file.node.trusted_proxies)?,
             egress_allow: file.egress.allow,
             egress_ca_file: file.egress.ca_file,
             compile: CompileBudget {
@@ -618,5 +625,14 @@ mod example_file {
         let err = parse("[node]\nmax_instances = 100\nwarm_slots = 200").unwrap_err();
         assert!(err.contains("node.warm_slots (200)"), "{err}");
         assert_eq!(parse("[node]\nwarm_slots = 0").unwrap().warm_slots, 0);
+    }
+
+    #[test]
+    fn trusted_proxies_must_be_addresses_or_cidrs() {
+        let parse = |t: &str| Config::resolve(toml::from_str(t).unwrap(), Overrides::default());
+        let c = parse("[node]\ntrusted_proxies = [\"10.42.0.0/16\", \"::1\"]").unwrap();
+        assert!(c.trusted_proxies.trusts("10.42.1.2".parse().unwrap()));
+        let err = parse("[node]\ntrusted_proxies = [\"ingress\"]").unwrap_err();
+        assert!(err.contains("node.trusted_proxies: \"ingress\""), "{err}");
     }
 }

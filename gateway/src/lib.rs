@@ -36,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod dataplane;
+pub mod forwarded;
 pub mod http;
 pub mod limits;
 pub mod logs;

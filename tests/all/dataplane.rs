@@ -307,3 +307,91 @@ fn tenant_concurrency_cap_answers_429_for_that_tenant_only() {
     // Slots are released when the requests end.
     assert_eq!(perch.get("faulty.a.test", "/").status(), 200);
 }
+
+/// The request headers the echo guest saw.
+fn echoed_headers(resp: reqwest::blocking::Response) -> Vec<String> {
+    assert_eq!(resp.status(), 200);
+    serde_json::from_str(resp.headers()["x-echo-headers"].to_str().unwrap()).unwrap()
+}
+
+/// `count` failed admin logins that claim to come from `forwarded`; the
+/// status of the last.
+fn failed_logins(perch: &Perch, forwarded: &str, count: usize) -> u16 {
+    let mut last = 0;
+    for _ in 0..count {
+        last = perch
+            .client
+            .get(format!("{}/v1/tenants", perch.admin_url))
+            .bearer_auth("perch_wrong")
+            .header("x-forwarded-for", forwarded)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    last
+}
+
+#[test]
+fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    // The test client (127.0.0.1) is not a trusted proxy: what it claims
+    // is replaced, never appended to, and throttling keys on its address.
+    let perch = Perch::start_with("[node]\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
+    perch.deploy("a", "echo", guests::ECHO, "echo.a.test");
+    let seen = echoed_headers(
+        perch
+            .request(Method::GET, "echo.a.test", "/")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6;proto=https")
+            .header("x-forwarded-proto", "https")
+            .send()
+            .unwrap(),
+    );
+    let forwarded: Vec<&String> = seen
+        .iter()
+        .filter(|h| h.starts_with("x-forwarded-for:"))
+        .collect();
+    assert_eq!(forwarded, ["x-forwarded-for: 127.0.0.1"], "{seen:?}");
+    assert!(
+        seen.contains(&"x-forwarded-proto: http".to_string()),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|h| h.starts_with("forwarded:")),
+        "{seen:?}"
+    );
+    // Twenty-five failed logins, each claiming another address, are one
+    // client to the throttle.
+    let statuses: Vec<u16> = (0..25)
+        .map(|i| failed_logins(&perch, &format!("203.0.113.{i}"), 1))
+        .collect();
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    drop(perch);
+
+    // Behind a trusted proxy (loopback here), the right-most address that
+    // is not a trusted proxy is the client.
+    let perch = Perch::start_with("[node]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
+    perch.deploy("a", "echo", guests::ECHO, "echo.a.test");
+    let seen = echoed_headers(
+        perch
+            .request(Method::GET, "echo.a.test", "/")
+            .header("x-forwarded-for", "6.6.6.6, 198.51.100.7, 127.0.0.1")
+            .header("x-forwarded-proto", "https")
+            .send()
+            .unwrap(),
+    );
+    let mut forwarded: Vec<&String> = seen
+        .iter()
+        .filter(|h| h.starts_with("x-forwarded-"))
+        .collect();
+    forwarded.sort();
+    assert_eq!(
+        forwarded,
+        ["x-forwarded-for: 198.51.100.7", "x-forwarded-proto: https"],
+        "{seen:?}"
+    );
+    // Throttling keys on the forwarded client: one is throttled, another
+    // behind the same proxy is not.
+    assert_eq!(failed_logins(&perch, "198.51.100.7", 25), 429);
+    assert_eq!(failed_logins(&perch, "198.51.100.8", 1), 401);
+}

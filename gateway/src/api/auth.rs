@@ -78,10 +78,16 @@ pub fn authenticate<B>(
     if let Some(p) = known {
         return Ok(p);
     }
-    if let Some(wait) = app.throttle.blocked(peer.ip()) {
+    // Throttled by the real client, which a trusted proxy names.
+    let client = app
+        .config
+        .trusted_proxies
+        .client(peer.ip(), req.headers())
+        .ip;
+    if let Some(wait) = app.throttle.blocked(client) {
         return Err(Refused::Throttled(wait));
     }
-    app.throttle.fail(peer.ip());
+    app.throttle.fail(client);
     Err(Refused::Unauthorized)
 }
 

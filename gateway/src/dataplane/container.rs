@@ -3,7 +3,6 @@
 //! request to it on 127.0.0.1 with the hop-by-hop headers removed and
 //! `X-Forwarded-*` set by Perch, and stream the answer back. The request's
 //! event is written when the response head arrives (or the attempt fails).
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +20,6 @@ use super::errors::Failure;
 use super::executor::{Execution, Executor};
 use crate::http::{BoxError, Holding};
 use crate::routing::{GatePermit, Runnable, Target};
-
-/// The client's address, put on a container request by the data plane.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
 
 /// Proxies container versions' requests to their instances.
 pub struct ContainerExecutor {
@@ -104,7 +99,6 @@ fn upstream(
         .map_or("/", |p| p.as_str())
         .to_string();
     let host = super::request_host(&req);
-    let client = req.extensions().get::<ClientIp>().map(|c| c.0);
     *req.uri_mut() = Uri::try_from(format!("http://{}{path}", lease.addr()))
         .map_err(|e| Failure::Internal(format!("upstream uri: {e}")))?;
     let headers = req.headers_mut();
@@ -113,19 +107,11 @@ fn upstream(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    // Perch says who the client is; what the client claimed is dropped.
-    headers.remove("x-forwarded-for");
-    headers.remove("forwarded");
-    if let Some(ip) = client
-        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
-    {
-        headers.insert("x-forwarded-for", v);
-    }
+    // X-Forwarded-For and -Proto are Perch's already (forwarded::set).
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
         headers.insert("x-forwarded-host", h.clone());
         headers.insert(header::HOST, h);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     Ok(req)
 }
 

@@ -27,7 +27,7 @@ pub mod errors;
 mod executor;
 
 pub use body::LimitedBody;
-pub use container::{ClientIp, ContainerExecutor};
+pub use container::ContainerExecutor;
 pub use errors::Failure;
 pub use executor::{Execution, Executor, NodeExecutor, WasmExecutor};
 
@@ -101,13 +101,14 @@ async fn serve(
         .as_deref()
         .map(normalize_host)
         .unwrap_or_default();
+    let client = config.trusted_proxies.client(peer.ip(), req.headers());
     let traced = app.tracing.as_ref().map(|t| {
         t.server(
             req.method(),
             req.uri().path(),
             req.headers(),
             &host,
-            peer.ip(),
+            client.ip,
         )
     });
     let routes = app.registry.routes();
@@ -128,6 +129,7 @@ async fn serve(
     // reserved headers are taken away from the guest.
     let index = target.pick(req.headers());
     strip_reserved(req.headers_mut());
+    crate::forwarded::set(req.headers_mut(), &client);
     if let Some(t) = &traced {
         t.routed(&Routed {
             tenant: &target.tenant,
@@ -140,10 +142,7 @@ async fn serve(
     }
     let wasm = match target.versions[index].run {
         crate::routing::Runnable::Wasm(_) => true,
-        crate::routing::Runnable::Container(_) => {
-            req.extensions_mut().insert(ClientIp(peer.ip()));
-            false
-        }
+        crate::routing::Runnable::Container(_) => false,
     };
 
     let exceeded = Arc::new(AtomicBool::new(false));
