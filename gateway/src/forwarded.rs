@@ -153,17 +153,7 @@ pub fn set(headers: &mut HeaderMap, client: &Client) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::http::header_map as headers;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

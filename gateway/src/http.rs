@@ -141,3 +141,17 @@ macro_rules! tri {
     };
 }
 pub(crate) use tri;
+
+/// A header map of `(name, value)` pairs, in order (repeats appended), for
+/// tests.
+#[cfg(test)]
+pub(crate) fn header_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
