@@ -136,6 +136,7 @@ pub fn action(method: &Method, segments: &[&str]) -> Option<(String, &'static st
         ["routes", _, ..] => verb("route.put", "", "route.delete"),
         ["images"] => verb("image.upload", "", ""),
         ["images", _] => verb("", "", "image.delete"),
+        ["certificates", _] => verb("certificate.put", "", "certificate.delete"),
         _ => None,
     }?;
     Some((tenant.to_string(), action, rest.join("/")))

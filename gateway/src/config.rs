@@ -43,6 +43,61 @@ pub struct FileConfig {
     /// Trace export (off without `otlp_endpoint`).
     #[serde(default)]
     pub telemetry: TelemetryFile,
+    /// The data plane over TLS (off without `listen`).
+    #[serde(default)]
+    pub tls: TlsFile,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Where the TLS listener binds (`0.0.0.0:8443`).
+    pub listen: Option<String>,
+    /// Seconds a client has to complete the handshake (10).
+    pub handshake_timeout_seconds: Option<u64>,
+    /// The operator's certificates, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<CertFilesFile>,
+    /// The certificate of handshakes that match no other.
+    pub default_cert: Option<CertFilesFile>,
+}
+
+/// A `[[tls.certificates]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFilesFile {
+    /// PEM: the certificate, then its intermediates.
+    pub cert_file: PathBuf,
+    /// PEM: its private key.
+    pub key_file: PathBuf,
+}
+
+/// The `[tls]` table resolved; `None` without a listen address.
+fn tls_config(
+    file: TlsFile,
+    listen: Option<String>,
+) -> Result<Option<crate::tls::TlsConfig>, String> {
+    let Some(listen) = listen.or(file.listen) else {
+        if !file.certificates.is_empty() || file.default_cert.is_some() {
+            return Err("tls: set `listen` (or --tls-listen) to turn the TLS listener on".into());
+        }
+        return Ok(None);
+    };
+    let timeout = file.handshake_timeout_seconds.unwrap_or(10);
+    if !(1..=300).contains(&timeout) {
+        return Err("tls.handshake_timeout_seconds must be 1 to 300".into());
+    }
+    let files = |f: CertFilesFile| crate::tls::CertFiles {
+        cert_file: f.cert_file,
+        key_file: f.key_file,
+    };
+    Ok(Some(crate::tls::TlsConfig {
+        listen: parse_addr("tls.listen", &listen)?,
+        certificates: file.certificates.into_iter().map(files).collect(),
+        default_cert: file.default_cert.map(files),
+        handshake_timeout: Duration::from_secs(timeout),
+    }))
 }
 
 /// The `[telemetry]` table.
@@ -322,6 +377,8 @@ pub struct Config {
     pub quotas: crate::registry::Quotas,
     /// Trace export; `None` when off.
     pub telemetry: Option<TelemetryConfig>,
+    /// The TLS listener; `None` when off.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Values given on the command line or in the environment (already merged
@@ -334,6 +391,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--admin-listen` / `PERCH_ADMIN_LISTEN`.
     pub admin_listen: Option<String>,
+    /// `--tls-listen` / `PERCH_TLS_LISTEN`.
+    pub tls_listen: Option<String>,
 }
 
 /// Largest component upload the admin API takes.
@@ -472,6 +531,7 @@ impl Config {
             containers: containers_config(file.containers, &file.max)?,
             quotas: file.quotas,
             telemetry: telemetry_config(file.telemetry)?,
+            tls: tls_config(file.tls, over.tls_listen)?,
         };
         config.validate()?;
         Ok(config)
@@ -582,6 +642,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn tls_is_on_with_a_listen_address() {
+        let c = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert!(c.tls.is_none());
+        let file: FileConfig = toml::from_str(
+            "[tls]\nlisten = \"127.0.0.1:8443\"\n[[tls.certificates]]\ncert_file = \"a.pem\"\nkey_file = \"a.key\"\n[tls.default_cert]\ncert_file = \"d.pem\"\nkey_file = \"d.key\"\n",
+        )
+        .unwrap();
+        let tls = Config::resolve(file, Overrides::default())
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.listen.port(), 8443);
+        assert_eq!(tls.certificates.len(), 1);
+        assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(tls.default_cert.unwrap().key_file, PathBuf::from("d.key"));
+        let flag = Overrides {
+            tls_listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let tls = Config::resolve(FileConfig::default(), flag)
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.listen.port(), 0);
+        for (bad, says) in [
+            (
+                "[[tls.certificates]]\ncert_file = \"a\"\nkey_file = \"b\"",
+                "set `listen`",
+            ),
+            ("[tls]\nlisten = \"x\"", "tls.listen"),
+            (
+                "[tls]\nlisten = \"127.0.0.1:1\"\nhandshake_timeout_seconds = 0",
+                "handshake",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            let err = Config::resolve(file, Overrides::default()).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(toml::from_str::<FileConfig>("[tls]\nbogus = 1").is_err());
     }
 }
 

@@ -55,12 +55,13 @@ impl TrustedProxies {
         self.0.iter().any(|n| n.contains(&ip))
     }
 
-    /// The client of a request that came from `peer` with `headers`.
-    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Client {
+    /// The client of a request that came from `peer` with `headers`, over
+    /// TLS or not (`tls`: the scheme unless a trusted proxy names one).
+    pub fn client(&self, peer: IpAddr, tls: bool, headers: &HeaderMap) -> Client {
         let peer = peer.to_canonical();
         let direct = Client {
             ip: peer,
-            https: false,
+            https: tls,
         };
         if self.0.is_empty() || !self.trusts(peer) {
             return direct;
@@ -114,7 +115,7 @@ impl TrustedProxies {
         }
         Client {
             ip,
-            https: protos.last().is_some_and(|p| p == "https"),
+            https: protos.last().map_or(tls, |p| p == "https"),
         }
     }
 }
@@ -182,7 +183,7 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        let c = t.client(ip("203.0.113.9"), &h);
+        let c = t.client(ip("203.0.113.9"), false, &h);
         assert_eq!(
             c,
             Client {
@@ -191,7 +192,7 @@ mod tests {
             }
         );
         // No trusted proxies at all: the same.
-        let c = TrustedProxies::default().client(ip("10.0.0.1"), &h);
+        let c = TrustedProxies::default().client(ip("10.0.0.1"), false, &h);
         assert_eq!(c.ip, ip("10.0.0.1"));
     }
 
@@ -205,7 +206,7 @@ mod tests {
             ("x-forwarded-for", "10.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        let c = t.client(ip("10.2.2.2"), &h);
+        let c = t.client(ip("10.2.2.2"), false, &h);
         assert_eq!(
             c,
             Client {
@@ -215,16 +216,16 @@ mod tests {
         );
         // Every hop trusted: the left-most.
         let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]);
-        assert_eq!(t.client(ip("10.2.2.2"), &h).ip, ip("10.9.9.9"));
+        assert_eq!(t.client(ip("10.2.2.2"), false, &h).ip, ip("10.9.9.9"));
         // An unreadable hop ends the walk at the last address known.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, unknown, 10.1.1.1")]);
-        assert_eq!(t.client(ip("10.2.2.2"), &h).ip, ip("10.1.1.1"));
+        assert_eq!(t.client(ip("10.2.2.2"), false, &h).ip, ip("10.1.1.1"));
         // Ports and brackets.
         let h = headers(&[("x-forwarded-for", "[2001:db8::7]:4711")]);
-        assert_eq!(t.client(ip("10.2.2.2"), &h).ip, ip("2001:db8::7"));
+        assert_eq!(t.client(ip("10.2.2.2"), false, &h).ip, ip("2001:db8::7"));
         // No header: the peer.
         assert_eq!(
-            t.client(ip("10.2.2.2"), &HeaderMap::new()).ip,
+            t.client(ip("10.2.2.2"), false, &HeaderMap::new()).ip,
             ip("10.2.2.2")
         );
     }
@@ -236,7 +237,7 @@ mod tests {
             "forwarded",
             "for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, for=10.1.1.1",
         )]);
-        let c = t.client(ip("10.2.2.2"), &h);
+        let c = t.client(ip("10.2.2.2"), false, &h);
         assert_eq!(
             c,
             Client {
@@ -248,7 +249,7 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("x-forwarded-for", "198.51.100.7"),
         ]);
-        assert_eq!(t.client(ip("10.2.2.2"), &h).ip, ip("198.51.100.7"));
+        assert_eq!(t.client(ip("10.2.2.2"), false, &h).ip, ip("198.51.100.7"));
     }
 
     #[test]

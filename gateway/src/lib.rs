@@ -47,3 +47,4 @@ pub mod secrets;
 pub mod server;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;

@@ -283,10 +283,15 @@ impl Runtime {
             .and_then(|(mut store, instance, cold)| {
                 ledger.cold_start(cold);
                 let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:?}"));
+                // The gateway gives a request over TLS an `https` URI.
+                let scheme = match req.uri().scheme_str() {
+                    Some("https") => Scheme::Https,
+                    _ => Scheme::Http,
+                };
                 let req = store
                     .data_mut()
                     .http()
-                    .new_incoming_request(Scheme::Http, req)
+                    .new_incoming_request(scheme, req)
                     .map_err(internal)?;
                 let out = store
                     .data_mut()

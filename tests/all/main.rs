@@ -13,4 +13,5 @@ mod lifecycle;
 mod operations;
 mod settings;
 mod telemetry;
+mod tls;
 mod uploads;

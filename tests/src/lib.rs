@@ -72,6 +72,8 @@ pub struct Perch {
     env: Vec<(String, String)>,
     pub data_url: String,
     pub admin_url: String,
+    /// `https://127.0.0.1:PORT` when the TLS listener is on.
+    pub tls_url: Option<String>,
     pub stderr: Arc<Mutex<String>>,
     pub client: Client,
 }
@@ -104,6 +106,7 @@ impl Perch {
                 .collect(),
             data_url: String::new(),
             admin_url: String::new(),
+            tls_url: None,
             stderr: Arc::default(),
             client: http(),
         };
@@ -180,6 +183,10 @@ impl Perch {
         };
         self.data_url = field("data");
         self.admin_url = field("admin");
+        self.tls_url = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("tls="))
+            .map(str::to_string);
         self.child = Some(child);
     }
 

@@ -82,7 +82,7 @@ pub fn authenticate<B>(
     let client = app
         .config
         .trusted_proxies
-        .client(peer.ip(), req.headers())
+        .client(peer.ip(), false, req.headers())
         .ip;
     if let Some(wait) = app.throttle.blocked(client) {
         return Err(Refused::Throttled(wait));

@@ -17,6 +17,7 @@
 //! | `GET /v1/tenants/{tenant}/usage` | any scope of the tenant | `usage.rs` |
 //! | `GET /v1/tenants/{tenant}/logs?function=&status=&limit=&follow=` | `logs` | `logs.rs` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
+//! | `GET …/certificates`, `PUT`, `GET`, `DELETE …/certificates/{host}` | `certificates` | `certificates.rs` |
 //! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{pattern}` (`host[/path]`) | `routes` | `routes.rs` |
 //! | `GET /v1/tenants/{tenant}/kv`, `PUT …/kv/{ns}` | `kv` | `kv.rs` |
 //! | `GET …/kv/{ns}/keys?prefix=&cursor=&limit=` | `kv` | `kv.rs` |
@@ -38,6 +39,7 @@ use crate::app::App;
 
 mod audit;
 pub mod auth;
+mod certificates;
 pub mod common;
 mod deployment;
 mod functions;
@@ -143,6 +145,7 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                 ["images"] => images::list_or_upload(call).await,
                 ["images", id] => images::one(call, id.to_string()).await,
                 ["routes", rest @ ..] => routes::handle(call, rest).await,
+                ["certificates", rest @ ..] => certificates::handle(call, rest).await,
                 ["kv", rest @ ..] => kv::handle(call, rest).await,
                 _ => not_found_endpoint(),
             }

@@ -197,6 +197,9 @@ pub(super) struct ServeArgs {
     /// Admin API address [default: 127.0.0.1:8081].
     #[arg(long, env = "PERCH_ADMIN_LISTEN")]
     pub(super) admin_listen: Option<String>,
+    /// Data-plane TLS address (the `[tls]` table's `listen`; off by default).
+    #[arg(long, env = "PERCH_TLS_LISTEN")]
+    pub(super) tls_listen: Option<String>,
     /// Config file (TOML).
     #[arg(long, env = "PERCH_CONFIG")]
     pub(super) config: Option<PathBuf>,

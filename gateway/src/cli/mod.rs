@@ -68,6 +68,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         data_dir: args.data_dir,
         listen: args.listen,
         admin_listen: args.admin_listen,
+        tls_listen: args.tls_listen,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(c) => c,
@@ -102,10 +103,16 @@ fn run_serve(args: ServeArgs) -> ExitCode {
             l.wall_ms,
             summary.tenant_concurrency
         );
-        println!(
-            "perch listening data=http://{} admin=http://{}",
-            s.data, s.admin
-        );
+        match s.tls {
+            Some(tls) => println!(
+                "perch listening data=http://{} admin=http://{} tls=https://{tls}",
+                s.data, s.admin
+            ),
+            None => println!(
+                "perch listening data=http://{} admin=http://{}",
+                s.data, s.admin
+            ),
+        }
     }));
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,16 +54,17 @@ pub struct DataPlane {
 /// The header every data-plane answer carries.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("perch-request-id");
 
-/// Handles one data-plane request: every answer, Perch's own errors
-/// included, carries `Perch-Request-Id`.
+/// Handles one data-plane request that came from `peer`, over TLS or not:
+/// every answer, Perch's own errors included, carries `Perch-Request-Id`.
 pub async fn handle(
     app: Arc<DataPlane>,
     peer: std::net::SocketAddr,
+    tls: bool,
     req: Request<Incoming>,
 ) -> Response<ResBody> {
     let id = request_id();
     let value = HeaderValue::from_str(&id).expect("hex is a valid header value");
-    let mut resp = serve(&app, peer, req, id, value.clone()).await;
+    let mut resp = serve(&app, peer, tls, req, id, value.clone()).await;
     resp.headers_mut().insert(REQUEST_ID, value);
     resp
 }
@@ -72,6 +73,7 @@ pub async fn handle(
 async fn serve(
     app: &Arc<DataPlane>,
     peer: std::net::SocketAddr,
+    tls: bool,
     mut req: Request<Incoming>,
     id: String,
     id_value: HeaderValue,
@@ -101,7 +103,7 @@ async fn serve(
         .as_deref()
         .map(normalize_host)
         .unwrap_or_default();
-    let client = config.trusted_proxies.client(peer.ip(), req.headers());
+    let client = config.trusted_proxies.client(peer.ip(), tls, req.headers());
     let traced = app.tracing.as_ref().map(|t| {
         t.server(
             req.method(),
@@ -130,6 +132,7 @@ async fn serve(
     let index = target.pick(req.headers());
     strip_reserved(req.headers_mut());
     crate::forwarded::set(req.headers_mut(), &client);
+    set_scheme(&mut req, tls);
     if let Some(t) = &traced {
         t.routed(&Routed {
             tenant: &target.tenant,
@@ -215,6 +218,27 @@ async fn serve(
             );
             respond(errors::failure(&failure))
         }
+    }
+}
+
+/// The guest learns the scheme of the connection from the URI: `https`
+/// over TLS (HTTP/1.1 sends only the path, HTTP/2 the whole URI), and
+/// never `https` on the plaintext listener, whatever URI the client sent.
+fn set_scheme<B>(req: &mut Request<B>, tls: bool) {
+    if tls == (req.uri().scheme_str() == Some("https")) {
+        return;
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let uri = match request_host(req).filter(|_| tls) {
+        Some(host) => format!("https://{host}{path}").parse(),
+        None => path.parse(),
+    };
+    if let Ok(uri) = uri {
+        *req.uri_mut() = uri;
     }
 }
 

@@ -31,9 +31,9 @@ mod state;
 mod store;
 
 pub use model::{
-    Deployment, Function, Holdings, ImageRecord, Outbound, QUOTAS, Quotas, Route, SCOPES, Settings,
-    Split, Tenant, TokenRecord, Version, VersionKind, WORLD_P2, now, scopes_text, secret_context,
-    var_secret_collision,
+    CertificateRecord, Deployment, Function, Holdings, ImageRecord, Outbound, QUOTAS, Quotas,
+    Route, SCOPES, Settings, Split, Tenant, TokenRecord, Version, VersionKind, WORLD_P2,
+    certificate_context, now, scopes_text, secret_context, var_secret_collision,
 };
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
 pub use rules::{FunctionHold, MAX_DEPLOYED, NewVersion};
@@ -129,6 +129,8 @@ pub struct Registry {
     max_versions: u32,
     /// The config's `[quotas]`: what a tenant without its own may hold.
     quota_defaults: Quotas,
+    /// Counts installs that changed a certificate, for the TLS listener.
+    certificates: watch::Sender<u64>,
 }
 
 /// Versions kept per function unless the config says otherwise.
@@ -158,6 +160,7 @@ impl Registry {
             defaults,
             max_versions: DEFAULT_MAX_VERSIONS,
             quota_defaults: Quotas::default(),
+            certificates: watch::channel(0).0,
         };
         registry.reload(&mut registry.lock())?;
         Ok(registry)
@@ -260,6 +263,12 @@ impl Registry {
     /// The node's secret sealing box.
     pub fn secrets(&self) -> &Arc<SecretBox> {
         &self.secrets
+    }
+
+    /// Changes whenever a certificate record is written (here or, once
+    /// caught up, by another node).
+    pub fn certificate_changes(&self) -> watch::Receiver<u64> {
+        self.certificates.subscribe()
     }
 
     /// The current routing snapshot.

@@ -7,7 +7,15 @@ use serde::{Deserialize, Serialize};
 
 /// Scopes a tenant token can hold. Each but `*` is also the first path
 /// segment under `/v1/tenants/{tenant}/` that it opens; `*` grants them all.
-pub const SCOPES: &[&str] = &["functions", "routes", "kv", "logs", "images", "*"];
+pub const SCOPES: &[&str] = &[
+    "functions",
+    "routes",
+    "kv",
+    "logs",
+    "images",
+    "certificates",
+    "*",
+];
 
 /// The scopes as a readable list (`functions, routes, kv, logs and *`).
 pub fn scopes_text() -> String {
@@ -160,6 +168,38 @@ impl TokenRecord {
     pub fn allows(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == "*" || s == scope)
     }
+}
+
+/// A certificate Perch serves for one of a tenant's hosts: uploaded by
+/// the tenant, or issued by ACME. The key is sealed (for
+/// [`certificate_context`]) and never returned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CertificateRecord {
+    /// The host (or `*.parent` pattern) it is served for; the key.
+    pub host: String,
+    /// The tenant that holds the host.
+    pub tenant: String,
+    /// `tenant` or `acme`.
+    pub source: String,
+    /// The chain, PEM.
+    pub cert_pem: String,
+    /// The private key, sealed.
+    pub key_sealed: String,
+    /// The DNS names it covers.
+    pub sans: Vec<String>,
+    /// Validity, Unix seconds.
+    pub not_before: i64,
+    /// Validity, Unix seconds.
+    pub not_after: i64,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// Unix seconds.
+    pub updated_at: u64,
+}
+
+/// What a certificate's sealed key is bound to: its host.
+pub fn certificate_context(host: &str) -> String {
+    format!("certificate/{host}")
 }
 
 /// What a version runs.
@@ -472,6 +512,9 @@ mod tests {
 
     #[test]
     fn scope_text_lists_every_scope() {
-        assert_eq!(scopes_text(), "functions, routes, kv, logs, images and *");
+        assert_eq!(
+            scopes_text(),
+            "functions, routes, kv, logs, images, certificates and *"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The redb implementation of [`RegistryStore`]: one JSON record per key in
-//! the tables `tenants`, `tokens`, `functions`, `routes` and `images` of the node's
+//! the tables `tenants`, `tokens`, `functions`, `routes`, `images` and
+//! `certificates` of the node's
 //! database (`perch.redb`, shared with the KV store), the layout version
 //! and the revision in `meta`. A commit is one durable redb write
 //! transaction; redb serialises writers, so the revision check and the
@@ -19,6 +20,7 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+const CERTIFICATES: TableDefinition<&str, &[u8]> = TableDefinition::new("certificates");
 
 /// Version of the on-disk layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: &str = "1";
@@ -34,6 +36,7 @@ fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
         Kind::Function => FUNCTIONS,
         Kind::Route => ROUTES,
         Kind::Image => IMAGES,
+        Kind::Certificate => CERTIFICATES,
     }
 }
 
@@ -78,6 +81,7 @@ impl RedbStore {
                 Kind::Function,
                 Kind::Route,
                 Kind::Image,
+                Kind::Certificate,
             ] {
                 txn.open_table(table(kind)).map_err(unavailable)?;
             }
@@ -127,6 +131,7 @@ impl RegistryStore for RedbStore {
         load_table(&read, Kind::Function, &mut records.functions)?;
         load_table(&read, Kind::Route, &mut records.routes)?;
         load_table(&read, Kind::Image, &mut records.images)?;
+        load_table(&read, Kind::Certificate, &mut records.certificates)?;
         Ok(Loaded { records, revision })
     }
 
@@ -155,6 +160,7 @@ impl RegistryStore for RedbStore {
                 Change::PutFunction(r) => Some(json(r)),
                 Change::PutRoute(r) => Some(json(r)),
                 Change::PutImage(r) => Some(json(r)),
+                Change::PutCertificate(r) => Some(json(r)),
                 _ => None,
             };
             match value {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use perch_containers::ContainerSpec;
 
 use super::model::{
-    Deployment, Function, Holdings, ImageRecord, QUOTAS, Quotas, Route, Settings, Split, Tenant,
-    TokenRecord, Version, VersionKind, WORLD_P2, fn_key, now,
+    CertificateRecord, Deployment, Function, Holdings, ImageRecord, QUOTAS, Quotas, Route,
+    Settings, Split, Tenant, TokenRecord, Version, VersionKind, WORLD_P2, fn_key, now,
 };
 use super::state::{State, of_tenant, overlapping, retain};
 use super::store::Change;
@@ -240,6 +240,13 @@ impl Registry {
                 let keep = r.tenant != name;
                 if !keep {
                     b.push(Change::DeleteRoute(host.clone()));
+                }
+                keep
+            });
+            retain(&mut s.certificates, |host, c| {
+                let keep = c.tenant != name;
+                if !keep {
+                    b.push(Change::DeleteCertificate(host.clone()));
                 }
                 keep
             });
@@ -757,25 +764,7 @@ impl Registry {
         let host_pattern = parsed.host.clone();
         let host = host_pattern.as_string();
         self.change(|s, b| {
-            let t = s.tenants.get(tenant).ok_or_else(|| {
-                RegistryError::NotFound(format!("tenant `{tenant}` does not exist"))
-            })?;
-            if !t.domains.is_empty()
-                && !t
-                    .domains
-                    .iter()
-                    .any(|d| HostPattern::parse(d).is_ok_and(|d| d.covers(&host_pattern)))
-            {
-                return Err(RegistryError::HostNotAllowed(format!(
-                    "host `{host}` is outside tenant `{tenant}`'s domains ({})",
-                    t.domains.join(", ")
-                )));
-            }
-            if overlapping(&s.routes, &host_pattern).any(|r| r.tenant != tenant) {
-                return Err(RegistryError::HostTaken(format!(
-                    "host `{host}` overlaps a route held by another tenant"
-                )));
-            }
+            Self::may_hold(s, tenant, &host_pattern)?;
             if !s.functions.contains_key(&fn_key(tenant, function)) {
                 return Err(RegistryError::NotFound(format!(
                     "function `{function}` does not exist"
@@ -797,6 +786,91 @@ impl Registry {
                 s.routes.insert(key.clone(), route.clone());
             }
             Ok((route, created))
+        })
+    }
+
+    /// Whether `tenant` may hold `host`: within its domains (if it has
+    /// any), and not overlapping another tenant's route or certificate.
+    fn may_hold(s: &State, tenant: &str, host: &HostPattern) -> Result<()> {
+        let t = s
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| RegistryError::NotFound(format!("tenant `{tenant}` does not exist")))?;
+        let name = host.as_string();
+        if !t.domains.is_empty()
+            && !t
+                .domains
+                .iter()
+                .any(|d| HostPattern::parse(d).is_ok_and(|d| d.covers(host)))
+        {
+            return Err(RegistryError::HostNotAllowed(format!(
+                "host `{name}` is outside tenant `{tenant}`'s domains ({})",
+                t.domains.join(", ")
+            )));
+        }
+        if overlapping(&s.routes, host).any(|r| r.tenant != tenant) {
+            return Err(RegistryError::HostTaken(format!(
+                "host `{name}` overlaps a route held by another tenant"
+            )));
+        }
+        // A tenant's own certificate claims its host; ACME's follow routes.
+        let claimed = s.certificates.values().any(|c| {
+            c.tenant != tenant
+                && c.source == "tenant"
+                && HostPattern::parse(&c.host).is_ok_and(|p| p.overlaps(host))
+        });
+        if claimed {
+            return Err(RegistryError::HostTaken(format!(
+                "host `{name}` overlaps a certificate held by another tenant"
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- certificates ----
+
+    /// Stores a certificate for one of the tenant's hosts (the caller
+    /// checked the certificate itself); returns whether it is new.
+    pub fn put_certificate(&self, record: CertificateRecord) -> Result<bool> {
+        let host = HostPattern::parse(&record.host).map_err(RegistryError::Invalid)?;
+        self.change(|s, b| {
+            Self::may_hold(s, &record.tenant, &host)?;
+            let created = !s.certificates.contains_key(&record.host);
+            b.push(Change::PutCertificate(record.clone()));
+            s.certificates.insert(record.host.clone(), record.clone());
+            Ok(created)
+        })
+    }
+
+    /// A tenant's certificates (its own and ACME's), by host.
+    pub fn list_certificates(&self, tenant: &str) -> Result<Vec<CertificateRecord>> {
+        self.read(|s| {
+            Self::require_tenant(s, tenant)?;
+            Ok(s.certificates
+                .values()
+                .filter(|c| c.tenant == tenant)
+                .cloned()
+                .collect())
+        })
+    }
+
+    /// Every certificate, for the TLS listener.
+    pub fn all_certificates(&self) -> Vec<CertificateRecord> {
+        self.read(|s| s.certificates.values().cloned().collect())
+    }
+
+    /// Removes a tenant's certificate for `host` (404 when it has none).
+    pub fn delete_certificate(&self, tenant: &str, host: &str) -> Result<()> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            if s.certificates.get(host).is_none_or(|c| c.tenant != tenant) {
+                return Err(RegistryError::NotFound(format!(
+                    "tenant `{tenant}` has no certificate for `{host}`"
+                )));
+            }
+            s.certificates.remove(host);
+            b.push(Change::DeleteCertificate(host.to_string()));
+            Ok(())
         })
     }
 

@@ -188,6 +188,9 @@ impl Registry {
             );
         }
         self.routes.store(Arc::new(table));
+        if touched.certificates {
+            self.certificates.send_modify(|n| *n += 1);
+        }
         if let Some(backend) = self.containers.get() {
             for key in &touched.functions {
                 retire_undeployed(backend, inner, key);

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use imbl::OrdMap;
 
-use super::model::{Function, ImageRecord, Route, Tenant, TokenRecord, fn_key};
+use super::model::{CertificateRecord, Function, ImageRecord, Route, Tenant, TokenRecord, fn_key};
 use super::store::{Change, Kind, Records};
 use crate::names::HostPattern;
 
@@ -21,6 +21,8 @@ pub(super) struct State {
     pub(super) routes: OrdMap<String, Route>,
     /// By `tenant/id`.
     pub(super) images: OrdMap<String, ImageRecord>,
+    /// By host.
+    pub(super) certificates: OrdMap<String, CertificateRecord>,
 }
 
 impl State {
@@ -42,6 +44,9 @@ impl State {
         }
         for i in records.images {
             s.images.insert(fn_key(&i.tenant, &i.id), i);
+        }
+        for c in records.certificates {
+            s.certificates.insert(c.host.clone(), c);
         }
         s
     }
@@ -112,6 +117,8 @@ pub(super) struct Touched {
     pub(super) hosts: HashSet<String>,
     /// Tenant records written (their quotas feed the tenant gates).
     pub(super) tenants: HashSet<String>,
+    /// Whether a certificate was written.
+    pub(super) certificates: bool,
 }
 
 impl Touched {
@@ -128,6 +135,7 @@ impl Touched {
                 (Kind::Tenant, key) => {
                     t.tenants.insert(key);
                 }
+                (Kind::Certificate, _) => t.certificates = true,
                 _ => {}
             }
         }
@@ -139,6 +147,7 @@ impl Touched {
             functions: state.functions.keys().cloned().collect(),
             hosts: state.routes.keys().cloned().collect(),
             tenants: state.tenants.keys().cloned().collect(),
+            certificates: true,
         }
     }
 }

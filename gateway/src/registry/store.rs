@@ -7,7 +7,7 @@
 //! from (compare-and-set), and tells when another writer committed.
 use tokio::sync::watch;
 
-use super::model::{Function, ImageRecord, Route, Tenant, TokenRecord, fn_key};
+use super::model::{CertificateRecord, Function, ImageRecord, Route, Tenant, TokenRecord, fn_key};
 
 /// One write of a commit.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,10 @@ pub enum Change {
     PutImage(ImageRecord),
     /// Remove an image by `tenant/id`.
     DeleteImage(String),
+    /// Create or replace a certificate (keyed by host).
+    PutCertificate(CertificateRecord),
+    /// Remove a certificate by host.
+    DeleteCertificate(String),
 }
 
 /// Which kind of record a change writes, and its key.
@@ -47,6 +51,8 @@ pub enum Kind {
     Route,
     /// A tenant's container image.
     Image,
+    /// A certificate for a tenant's host.
+    Certificate,
 }
 
 impl Change {
@@ -63,6 +69,8 @@ impl Change {
             Change::DeleteRoute(k) => (Kind::Route, k.clone()),
             Change::PutImage(i) => (Kind::Image, fn_key(&i.tenant, &i.id)),
             Change::DeleteImage(k) => (Kind::Image, k.clone()),
+            Change::PutCertificate(c) => (Kind::Certificate, c.host.clone()),
+            Change::DeleteCertificate(k) => (Kind::Certificate, k.clone()),
         }
     }
 }
@@ -80,6 +88,8 @@ pub struct Records {
     pub routes: Vec<Route>,
     /// Tenants' container images.
     pub images: Vec<ImageRecord>,
+    /// Certificates of tenants' hosts.
+    pub certificates: Vec<CertificateRecord>,
 }
 
 /// The records at one revision.
@@ -189,6 +199,7 @@ pub(crate) mod memory {
                     Change::PutFunction(f) => records.functions.push(f),
                     Change::PutRoute(r) => records.routes.push(r),
                     Change::PutImage(i) => records.images.push(i),
+                    Change::PutCertificate(c) => records.certificates.push(c),
                     _ => unreachable!("only puts are kept"),
                 }
             }
@@ -218,6 +229,7 @@ pub(crate) mod memory {
                         | Change::PutFunction(_)
                         | Change::PutRoute(_)
                         | Change::PutImage(_)
+                        | Change::PutCertificate(_)
                 );
                 if is_put {
                     inner.records.insert((tag(kind), key), change.clone());

@@ -70,6 +70,7 @@ fn rebuilt(r: &Registry) -> View {
         defaults: r.defaults,
         max_versions: r.max_versions,
         quota_defaults: r.quota_defaults,
+        certificates: tokio::sync::watch::channel(0).0,
     };
     scratch.republish(&mut scratch.lock(), state, 0);
     view(&scratch.routes())

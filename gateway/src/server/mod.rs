@@ -66,6 +66,8 @@ pub struct Started {
     pub data: SocketAddr,
     /// Bound admin address.
     pub admin: SocketAddr,
+    /// Bound TLS address, when the TLS listener is on.
+    pub tls: Option<SocketAddr>,
     /// Admin token source.
     pub admin_token: AdminToken,
 }
@@ -336,11 +338,39 @@ pub async fn serve(
     });
     drop(token);
 
+    let tls_acceptor = match &config.tls {
+        None => None,
+        Some(tls) => {
+            let resolver = Arc::new(crate::tls::Resolver::default());
+            let files = crate::tls::FileCerts::load(
+                tls.certificates.clone(),
+                tls.default_cert.clone(),
+                resolver.clone(),
+            )
+            .map_err(|e| ServeError::Data(format!("tls: {e}")))?;
+            tokio::spawn(files.watch(stop_rx.clone()));
+            let changes = app.registry.certificate_changes();
+            crate::tls::stored::load(&app.registry, &resolver);
+            tokio::spawn(crate::tls::stored::follow(
+                app.registry.clone(),
+                resolver.clone(),
+                changes,
+                stop_rx.clone(),
+            ));
+            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                resolver,
+            )))
+        }
+    };
     let bind = |addr: SocketAddr| async move {
         listen(addr).map_err(|source| ServeError::Bind { addr, source })
     };
     let data_listener = bind(config.listen).await?;
     let admin_listener = bind(config.admin_listen).await?;
+    let tls_listener = match &config.tls {
+        Some(tls) => Some(bind(tls.listen).await?),
+        None => None,
+    };
     let local = |l: &TcpListener, addr| {
         l.local_addr()
             .map_err(|source| ServeError::Bind { addr, source })
@@ -348,6 +378,10 @@ pub async fn serve(
     let info = Started {
         data: local(&data_listener, config.listen)?,
         admin: local(&admin_listener, config.admin_listen)?,
+        tls: match (&tls_listener, &config.tls) {
+            (Some(l), Some(tls)) => Some(local(l, tls.listen)?),
+            _ => None,
+        },
         admin_token: token_source,
     };
     started(&info);
@@ -370,21 +404,51 @@ pub async fn serve(
     );
     let data_drain = listener::Drain::new(config.max_connections as usize);
     let admin_drain = listener::Drain::new(ADMIN_CONNECTIONS);
+    // Perch answers oversized heads itself (431/414 with its JSON), so
+    // hyper's buffer (and h2's header list limit) sits above those limits.
+    let head_room = (config.max_header_bytes + config.max_uri_bytes) * 4;
+    let data_settings = listener::Settings {
+        header_read_timeout: config.header_read_timeout,
+        max_buf_size: Some(head_room),
+        nodelay: true,
+        tls: None,
+    };
     let data_loop = {
         let dataplane = dataplane.clone();
         listener::accept_loop(
             data_listener,
-            listener::Settings {
-                header_read_timeout: config.header_read_timeout,
-                // Perch answers oversized heads itself (431/414 with its
-                // JSON), so hyper's buffer sits above those limits.
-                max_buf_size: Some((config.max_header_bytes + config.max_uri_bytes) * 4),
-                nodelay: true,
-            },
+            data_settings.clone(),
             stop_rx.clone(),
             &data_drain,
-            move |peer, req| crate::dataplane::handle(dataplane.clone(), peer, req),
+            move |peer, req| crate::dataplane::handle(dataplane.clone(), peer, false, req),
         )
+    };
+    // The TLS listener's connections count towards the same cap as the
+    // plaintext ones.
+    let tls_loop = async {
+        let (Some(l), Some(acceptor)) = (tls_listener, tls_acceptor) else {
+            return;
+        };
+        let dataplane = dataplane.clone();
+        let settings = listener::Settings {
+            tls: Some(listener::TlsSettings {
+                acceptor,
+                handshake_timeout: config
+                    .tls
+                    .as_ref()
+                    .map_or(Duration::from_secs(10), |t| t.handshake_timeout),
+                max_header_list_size: u32::try_from(head_room).unwrap_or(u32::MAX),
+            }),
+            ..data_settings
+        };
+        listener::accept_loop(
+            l,
+            settings,
+            stop_rx.clone(),
+            &data_drain,
+            move |peer, req| crate::dataplane::handle(dataplane.clone(), peer, true, req),
+        )
+        .await
     };
     let admin_loop = {
         let app = app.clone();
@@ -394,6 +458,7 @@ pub async fn serve(
                 header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
                 max_buf_size: None,
                 nodelay: false,
+                tls: None,
             },
             stop_rx.clone(),
             &admin_drain,
@@ -413,7 +478,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     };
 
-    tokio::join!(data_loop, admin_loop, signals);
+    tokio::join!(data_loop, tls_loop, admin_loop, signals);
     let drain = async {
         tokio::join!(data_drain.wait(), admin_drain.wait());
     };

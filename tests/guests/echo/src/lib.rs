@@ -3,7 +3,8 @@
 //! `/fetch?url=URL` fetches URL and answers its status and body, or 502 with
 //! the error the host gave).
 //!
-//! The response carries `x-echo-method`, `x-echo-uri` (path and query) and
+//! The response carries `x-echo-method`, `x-echo-uri` (path and query),
+//! `x-echo-scheme` (the scheme the host gave the request) and
 //! `x-echo-headers` (the request headers as `name: value` lines, percent-free
 //! JSON array), and the request body streamed back unchanged.
 use futures_lite::stream::unfold;
@@ -68,6 +69,7 @@ async fn main(req: Request<Body>) -> Result<Response<Body>, Error> {
     Ok(Response::builder()
         .header("x-echo-method", parts.method.as_str())
         .header("x-echo-uri", uri)
+        .header("x-echo-scheme", parts.uri.scheme_str().unwrap_or(""))
         .header("x-echo-headers", headers_json)
         .body(body)?)
 }
