@@ -90,6 +90,9 @@ install() {
     # netavark + aardvark-dns (the network stack the tests were written on)
     # and iptables (its port publishing).
     need_apt podman runc busybox-static catatonit netavark aardvark-dns iptables
+    # The ACME tests: Pebble, Let's Encrypt's test CA, and pebble-challtestsrv,
+    # its DNS stand-in.
+    need_apt pebble
 }
 
 if [ "${1:-}" = --install-only ]; then

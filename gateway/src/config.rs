@@ -61,6 +61,65 @@ pub struct TlsFile {
     pub certificates: Vec<CertFilesFile>,
     /// The certificate of handshakes that match no other.
     pub default_cert: Option<CertFilesFile>,
+    /// Automatic certificates (off without `directory`).
+    #[serde(default)]
+    pub acme: AcmeFile,
+}
+
+/// The `[tls.acme]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    /// The CA's directory URL (Let's Encrypt:
+    /// `https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory: Option<String>,
+    /// The account's contact address.
+    pub email: Option<String>,
+    /// PEM root the CA's HTTPS is checked against (a test CA).
+    pub ca_file: Option<PathBuf>,
+    /// Seconds before the first retry of a failed order (120).
+    pub backoff_min_seconds: Option<u64>,
+    /// Longest wait between retries, seconds (21600).
+    pub backoff_max_seconds: Option<u64>,
+}
+
+fn acme_config(file: AcmeFile) -> Result<Option<crate::tls::acme::AcmeConfig>, String> {
+    let Some(directory) = file.directory else {
+        if file.email.is_some() || file.ca_file.is_some() {
+            return Err("tls.acme: set `directory` to turn ACME on".into());
+        }
+        return Ok(None);
+    };
+    let uri: http::Uri = directory
+        .parse()
+        .map_err(|e| format!("tls.acme.directory `{directory}`: {e}"))?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(format!(
+            "tls.acme.directory `{directory}` must be an https:// URL"
+        ));
+    }
+    if let Some(email) = &file.email
+        && (!email.contains('@') || email.chars().any(|c| c.is_whitespace() || c == ':'))
+    {
+        return Err(format!("tls.acme.email `{email}` is not an address"));
+    }
+    if let Some(path) = &file.ca_file {
+        std::fs::metadata(path).map_err(|e| format!("tls.acme.ca_file {}: {e}", path.display()))?;
+    }
+    let min = file.backoff_min_seconds.unwrap_or(120);
+    let max = file.backoff_max_seconds.unwrap_or(21_600);
+    if min == 0 || max < min {
+        return Err(
+            "tls.acme: backoff_min_seconds must be positive and at most backoff_max_seconds".into(),
+        );
+    }
+    Ok(Some(crate::tls::acme::AcmeConfig {
+        directory,
+        email: file.email,
+        ca_file: file.ca_file,
+        backoff_min: Duration::from_secs(min),
+        backoff_max: Duration::from_secs(max),
+    }))
 }
 
 /// A `[[tls.certificates]]` entry.
@@ -78,8 +137,9 @@ fn tls_config(
     file: TlsFile,
     listen: Option<String>,
 ) -> Result<Option<crate::tls::TlsConfig>, String> {
+    let acme = acme_config(file.acme)?;
     let Some(listen) = listen.or(file.listen) else {
-        if !file.certificates.is_empty() || file.default_cert.is_some() {
+        if !file.certificates.is_empty() || file.default_cert.is_some() || acme.is_some() {
             return Err("tls: set `listen` (or --tls-listen) to turn the TLS listener on".into());
         }
         return Ok(None);
@@ -97,6 +157,7 @@ fn tls_config(
         certificates: file.certificates.into_iter().map(files).collect(),
         default_cert: file.default_cert.map(files),
         handshake_timeout: Duration::from_secs(timeout),
+        acme,
     }))
 }
 

@@ -70,6 +70,17 @@ pub fn full(bytes: impl Into<Bytes>) -> ResBody {
         .boxed_unsync()
 }
 
+/// A `text/plain` response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
 /// A JSON response.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResBody> {
     let mut resp = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));

@@ -508,3 +508,260 @@ fn tenants_upload_checked_certificates_served_by_sni_with_sealed_keys() {
             .is_ok_and(|r| peer_certificate(&r) == wild.der)
     });
 }
+
+/// A free port on 127.0.0.1 (bound and released: Pebble takes its ports
+/// from its config file).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Pebble (the CA) and pebble-challtestsrv (its DNS, answering 127.0.0.1
+/// for every name), killed when dropped.
+struct Pebble {
+    children: Vec<std::process::Child>,
+    directory: String,
+    management: u16,
+    ca: TestCa,
+    ca_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Pebble {
+    /// Starts both, the CA's directory on `listen`; HTTP-01 validations go
+    /// to `http_port` (Perch's plaintext listener); certificates live
+    /// `validity_s` seconds.
+    fn start_on(listen: u16, http_port: u16, validity_s: u64) -> Pebble {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("Pebble's own TLS test CA");
+        let tls = ca.issue(&["localhost", "127.0.0.1"]);
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        tls.write(dir.path(), "pebble");
+        let (management, dns, dns_management) = (free_port(), free_port(), free_port());
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": dir.path().join("pebble.pem"),
+            "privateKey": dir.path().join("pebble.key"),
+            "httpPort": http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_s,
+        }});
+        let config_file = dir.path().join("pebble.json");
+        std::fs::write(&config_file, config.to_string()).unwrap();
+        let log = |name: &str| Stdio::from(std::fs::File::create(dir.path().join(name)).unwrap());
+        let dns_server = Command::new("pebble-challtestsrv")
+            .args([
+                "-http01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-https01",
+                "",
+                "-defaultIPv6",
+                "",
+            ])
+            .args(["-defaultIPv4", "127.0.0.1"])
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-management", &format!("127.0.0.1:{dns_management}")])
+            .stdout(log("challtestsrv.log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv");
+        let ca_server = Command::new("pebble")
+            .arg("-config")
+            .arg(&config_file)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(log("pebble.log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble");
+        let mut pebble = Pebble {
+            children: vec![dns_server, ca_server],
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            management,
+            ca,
+            ca_file,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", listen)).is_err()
+            || TcpStream::connect(("127.0.0.1", management)).is_err()
+        {
+            let exited: Vec<_> = pebble
+                .children
+                .iter_mut()
+                .filter_map(|c| c.try_wait().ok().flatten())
+                .collect();
+            if !exited.is_empty() || std::time::Instant::now() > deadline {
+                let read = |n: &str| {
+                    std::fs::read_to_string(pebble._dir.path().join(n)).unwrap_or_default()
+                };
+                panic!(
+                    "Pebble did not start ({exited:?}):\n{}\n{}",
+                    read("pebble.log"),
+                    read("challtestsrv.log")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        pebble
+    }
+
+    /// The root Pebble issues under (it makes a new one each start).
+    fn root_pem(&self) -> String {
+        let client = Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca.pem().as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        client
+            .get(format!("https://127.0.0.1:{}/roots/0", self.management))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+}
+
+/// Perch's plaintext port.
+fn data_port(perch: &Perch) -> u16 {
+    perch.data_url.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The `[tls]` table of a node whose ACME directory is `directory`.
+fn acme_config(directory: &str, ca_file: &Path) -> String {
+    format!(
+        "[tls]\nlisten = \"127.0.0.1:0\"\n[tls.acme]\ndirectory = \"{directory}\"\nemail = \"ops@shop.test\"\nca_file = {:?}\nbackoff_min_seconds = 1\nbackoff_max_seconds = 4\n",
+        ca_file.display().to_string()
+    )
+}
+
+#[test]
+fn acme_issues_serves_and_renews_certificates_for_routed_hosts_only() {
+    if !perch_tests::require_program("pebble")
+        || !perch_tests::require_program("pebble-challtestsrv")
+    {
+        return;
+    }
+    // Pebble's ports are fixed in its config, and its config names Perch's
+    // plaintext port: start Perch first, on a CA address chosen now.
+    let bootstrap = TestCa::new("unused");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("pebble-ca.pem");
+    std::fs::write(&ca_file, bootstrap.pem()).unwrap();
+    let port = free_port();
+    let directory = format!("https://127.0.0.1:{port}/dir");
+    let perch = Perch::start_with(&acme_config(&directory, &ca_file));
+    // Short-lived certificates: renewal comes due 2/3 in, after ~20 s.
+    let pebble = Pebble::start_on(port, data_port(&perch), 30);
+    assert_eq!(pebble.directory, directory);
+    std::fs::copy(&pebble.ca_file, &ca_file).unwrap();
+    let issued = || perch.metric("perch_acme_orders_total", "result=\"issued\"");
+    let placed = || issued() + perch.metric("perch_acme_orders_total", "result=\"failed\"");
+    assert_eq!(placed(), 0.0, "no route, no order");
+
+    // A handshake for a host nobody routes orders nothing.
+    let addr = tls_addr(&perch);
+    let root = pebble.root_pem();
+    let trusting = |hosts: &[&str]| {
+        let mut b = Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(root.as_bytes()).unwrap())
+            .tls_info(true)
+            .timeout(Duration::from_secs(30));
+        for h in hosts {
+            b = b.resolve(h, addr);
+        }
+        b.build().unwrap()
+    };
+    for _ in 0..3 {
+        assert!(
+            trusting(&["random.test"])
+                .get(format!("https://random.test:{}/", addr.port()))
+                .send()
+                .is_err()
+        );
+    }
+
+    // The first route of a host: a certificate, served without a restart.
+    perch.deploy("shop", "hello", guests::HELLO, "shop.test");
+    let url = format!("https://shop.test:{}/", addr.port());
+    let mut first = Vec::new();
+    eventually(
+        "a certificate for shop.test is issued and served",
+        || match trusting(&["shop.test"]).get(&url).send() {
+            Ok(resp) if resp.status() == 200 => {
+                first = peer_certificate(&resp);
+                true
+            }
+            _ => false,
+        },
+    );
+    perch.wait_for_log_line(&["ACME certificate issued", "shop.test"]);
+    assert_eq!(issued(), 1.0);
+    let listed = perch.admin().get("/v1/tenants/shop/certificates").ok();
+    assert_eq!(listed["certificates"][0]["host"], "shop.test");
+    assert_eq!(listed["certificates"][0]["source"], "acme");
+    // The random SNIs ordered nothing.
+    assert_eq!(placed(), 1.0);
+
+    // Renewal at two thirds of the lifetime.
+    perch.wait_for_log("ACME certificate issued", 2);
+    eventually("the renewed certificate is served", || {
+        trusting(&["shop.test"])
+            .get(&url)
+            .send()
+            .is_ok_and(|r| peer_certificate(&r) != first)
+    });
+    assert!(issued() >= 2.0);
+    assert_eq!(
+        perch.metric("perch_acme_orders_total", "result=\"failed\""),
+        0.0
+    );
+}
+
+#[test]
+fn acme_backs_off_while_the_ca_is_down_and_plaintext_keeps_serving() {
+    let ca = TestCa::new("nobody");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    // Nothing listens there.
+    let directory = format!("https://127.0.0.1:{}/dir", free_port());
+    let perch = Perch::start_with(&acme_config(&directory, &ca_file));
+    perch.deploy("shop", "hello", guests::HELLO, "shop.test");
+    // Each retry waits twice as long as the one before, up to the maximum.
+    perch.wait_for_log("ACME order failed", 4);
+    let waits: Vec<String> = perch
+        .log_lines(&["ACME order failed", "shop.test"])
+        .iter()
+        .filter_map(|l| {
+            let rest = l.split("retry_in_s=").nth(1)?;
+            rest.split_whitespace().next().map(str::to_string)
+        })
+        .collect();
+    assert_eq!(waits[..4], ["1", "2", "4", "4"], "{waits:?}");
+    assert!(perch.metric("perch_acme_orders_total", "result=\"failed\"") >= 4.0);
+    let resp = perch.get("shop.test", "/");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().unwrap(), "Hello, world!\n");
+}

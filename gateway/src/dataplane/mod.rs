@@ -49,6 +49,8 @@ pub struct DataPlane {
     pub executor: Arc<dyn Executor>,
     /// Trace export, when it is on.
     pub tracing: Option<Arc<Tracing>>,
+    /// ACME's pending HTTP-01 answers, when ACME is on.
+    pub acme: Option<Arc<crate::tls::acme::Challenges>>,
 }
 
 /// The header every data-plane answer carries.
@@ -99,6 +101,15 @@ async fn serve(
         return errors::headers_too_large();
     }
 
+    // The CA fetches its HTTP-01 challenges over plain HTTP, for any host;
+    // an unknown token goes to the host's function like any other path.
+    if !tls
+        && let Some(challenges) = &app.acme
+        && req.method() == http::Method::GET
+        && let Some(answer) = challenges.answer(req.uri().path())
+    {
+        return crate::http::text(http::StatusCode::OK, answer);
+    }
     let host = request_host(&req)
         .as_deref()
         .map(normalize_host)

@@ -36,7 +36,7 @@ pub use model::{
     certificate_context, now, scopes_text, secret_context, var_secret_collision,
 };
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
-pub use rules::{FunctionHold, MAX_DEPLOYED, NewVersion};
+pub use rules::{AcmeHost, FunctionHold, MAX_DEPLOYED, NewVersion};
 pub use snapshot::KV_OPS_PER_INVOCATION;
 pub use store::{Change, Kind, Loaded, Records, RegistryStore, StoreError};
 
@@ -131,6 +131,8 @@ pub struct Registry {
     quota_defaults: Quotas,
     /// Counts installs that changed a certificate, for the TLS listener.
     certificates: watch::Sender<u64>,
+    /// Counts every install (a change here, or another node's caught up).
+    installs: watch::Sender<u64>,
 }
 
 /// Versions kept per function unless the config says otherwise.
@@ -161,6 +163,7 @@ impl Registry {
             max_versions: DEFAULT_MAX_VERSIONS,
             quota_defaults: Quotas::default(),
             certificates: watch::channel(0).0,
+            installs: watch::channel(0).0,
         };
         registry.reload(&mut registry.lock())?;
         Ok(registry)
@@ -269,6 +272,11 @@ impl Registry {
     /// caught up, by another node).
     pub fn certificate_changes(&self) -> watch::Receiver<u64> {
         self.certificates.subscribe()
+    }
+
+    /// Changes whenever the registry's state changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.installs.subscribe()
     }
 
     /// The current routing snapshot.

@@ -854,6 +854,84 @@ impl Registry {
         })
     }
 
+    /// The routed exact hosts ACME should hold a certificate for: no
+    /// tenant certificate covers them. With the route's tenant and the
+    /// current ACME certificate's validity, if there is one.
+    pub fn acme_hosts(&self) -> Vec<AcmeHost> {
+        self.read(|s| {
+            let mut out: Vec<AcmeHost> = Vec::new();
+            let mut seen = HashSet::new();
+            for r in s.routes.values() {
+                let Ok(HostPattern::Exact(host)) = HostPattern::parse(&r.host) else {
+                    continue;
+                };
+                if !seen.insert(host.clone()) {
+                    continue; // the same host with another path
+                }
+                let tenant_cert = |key: &str| {
+                    s.certificates
+                        .get(key)
+                        .is_some_and(|c| c.source == "tenant")
+                };
+                let wildcard = host.split_once('.').map(|(_, p)| format!("*.{p}"));
+                if tenant_cert(&host) || wildcard.as_deref().is_some_and(tenant_cert) {
+                    continue;
+                }
+                let current = s
+                    .certificates
+                    .get(&host)
+                    .filter(|c| c.source == "acme")
+                    .map(|c| (c.not_before, c.not_after));
+                out.push(AcmeHost {
+                    host,
+                    tenant: r.tenant.clone(),
+                    current,
+                });
+            }
+            out
+        })
+    }
+
+    /// Stores a certificate ACME issued for `record.host`, for the tenant
+    /// that routes the host now; refused when the host is no longer routed
+    /// or a tenant's own certificate took it meanwhile.
+    pub fn put_acme_certificate(&self, mut record: CertificateRecord) -> Result<()> {
+        self.change(|s, b| {
+            let with_path = format!("{}/", record.host);
+            let routed = s
+                .routes
+                .get(&record.host)
+                .or_else(|| {
+                    s.routes
+                        .range(with_path.clone()..)
+                        .next()
+                        .filter(|(k, _)| k.starts_with(&with_path))
+                        .map(|(_, r)| r)
+                })
+                .map(|r| r.tenant.clone());
+            let Some(tenant) = routed else {
+                return Err(RegistryError::NotFound(format!(
+                    "host `{}` is no longer routed",
+                    record.host
+                )));
+            };
+            if s.certificates
+                .get(&record.host)
+                .is_some_and(|c| c.source == "tenant")
+            {
+                return Err(RegistryError::HostTaken(format!(
+                    "host `{}` has a tenant's certificate",
+                    record.host
+                )));
+            }
+            record.tenant = tenant;
+            record.source = "acme".into();
+            b.push(Change::PutCertificate(record.clone()));
+            s.certificates.insert(record.host.clone(), record.clone());
+            Ok(())
+        })
+    }
+
     /// Every certificate, for the TLS listener.
     pub fn all_certificates(&self) -> Vec<CertificateRecord> {
         self.read(|s| s.certificates.values().cloned().collect())
@@ -901,6 +979,17 @@ impl Registry {
             Ok(())
         })
     }
+}
+
+/// A routed host ACME looks after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeHost {
+    /// The exact host.
+    pub host: String,
+    /// The tenant whose route it is.
+    pub tenant: String,
+    /// `(not_before, not_after)` of its ACME certificate, if it has one.
+    pub current: Option<(i64, i64)>,
 }
 
 /// What an upload or a settings change created.

@@ -191,6 +191,7 @@ impl Registry {
         if touched.certificates {
             self.certificates.send_modify(|n| *n += 1);
         }
+        self.installs.send_modify(|n| *n += 1);
         if let Some(backend) = self.containers.get() {
             for key in &touched.functions {
                 retire_undeployed(backend, inner, key);

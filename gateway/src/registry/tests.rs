@@ -71,6 +71,7 @@ fn rebuilt(r: &Registry) -> View {
         max_versions: r.max_versions,
         quota_defaults: r.quota_defaults,
         certificates: tokio::sync::watch::channel(0).0,
+        installs: tokio::sync::watch::channel(0).0,
     };
     scratch.republish(&mut scratch.lock(), state, 0);
     view(&scratch.routes())

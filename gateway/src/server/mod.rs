@@ -299,6 +299,11 @@ pub async fn serve(
         }
     };
     let executor: Arc<dyn Executor> = Arc::new(NodeExecutor::new(runtime.clone()));
+    let acme_challenges = config
+        .tls
+        .as_ref()
+        .and_then(|t| t.acme.as_ref())
+        .map(|_| Arc::new(crate::tls::acme::Challenges::default()));
     let dataplane = Arc::new(DataPlane {
         config: config.clone(),
         registry: registry.clone(),
@@ -307,6 +312,7 @@ pub async fn serve(
         node: node.clone(),
         executor: executor.clone(),
         tracing: tracing.clone(),
+        acme: acme_challenges.clone(),
     });
     let scheduler = Arc::new(Scheduler {
         registry: registry.clone(),
@@ -349,6 +355,18 @@ pub async fn serve(
             )
             .map_err(|e| ServeError::Data(format!("tls: {e}")))?;
             tokio::spawn(files.watch(stop_rx.clone()));
+            if let (Some(acme), Some(challenges)) = (&tls.acme, &acme_challenges) {
+                let client = crate::tls::acme::Acme::new(
+                    acme.clone(),
+                    app.registry.clone(),
+                    resolver.clone(),
+                    challenges.clone(),
+                    metrics.acme.clone(),
+                    &config.data_dir,
+                );
+                tokio::spawn(client.run(stop_rx.clone()));
+                tracing::info!(directory = %acme.directory, "ACME on");
+            }
             let changes = app.registry.certificate_changes();
             crate::tls::stored::load(&app.registry, &resolver);
             tokio::spawn(crate::tls::stored::follow(

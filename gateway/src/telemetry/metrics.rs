@@ -83,6 +83,17 @@ pub struct Metrics {
     cron_runs: AtomicU64,
     /// Trace spans the exporter dropped (a full queue, a failed export).
     pub spans_dropped: Arc<AtomicU64>,
+    /// ACME orders, by how they ended.
+    pub acme: Arc<AcmeCounters>,
+}
+
+/// ACME orders placed, by how they ended (`perch_acme_orders_total`).
+#[derive(Debug, Default)]
+pub struct AcmeCounters {
+    /// Certificates issued.
+    pub issued: AtomicU64,
+    /// Orders that failed.
+    pub failed: AtomicU64,
 }
 
 /// What `/metrics` reads besides [`Metrics`] itself.
@@ -285,6 +296,18 @@ impl Metrics {
                 "perch_kv_operations_total{{op=\"{op}\",result=\"ok\"}} {ok}\nperch_kv_operations_total{{op=\"{op}\",result=\"error\"}} {err}"
             );
         }
+        family(
+            &mut out,
+            "perch_acme_orders_total",
+            "counter",
+            "ACME certificate orders, by result (issued or failed).",
+        );
+        let _ = writeln!(
+            out,
+            "perch_acme_orders_total{{result=\"issued\"}} {}\nperch_acme_orders_total{{result=\"failed\"}} {}",
+            self.acme.issued.load(Ordering::Relaxed),
+            self.acme.failed.load(Ordering::Relaxed)
+        );
         render_containers(&mut out, src.containers, src.function_label);
         out
     }

@@ -1,13 +1,15 @@
 //! TLS at the edge: the data plane's TLS listener's configuration
 //! (rustls, HTTP/2 and HTTP/1.1 by ALPN, TLS 1.2 and 1.3 with ring's
 //! modern suites only), certificate selection by SNI ([`sni`]), the
-//! operator's certificate files and their reload ([`files`]), the
+//! operator's certificate files and their reload ([`files`]), ACME
+//! ([`acme`]), the
 //! tenants' and ACME's certificates from the registry ([`stored`]), and
 //! what a certificate is checked for ([`cert`]).
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod acme;
 pub mod cert;
 pub mod files;
 pub mod sni;
@@ -29,6 +31,8 @@ pub struct TlsConfig {
     pub default_cert: Option<CertFiles>,
     /// Time a client has to complete the handshake.
     pub handshake_timeout: Duration,
+    /// Automatic certificates; `None` when off.
+    pub acme: Option<acme::AcmeConfig>,
 }
 
 /// The ALPN protocols offered, preferred first.

@@ -107,6 +107,16 @@ impl Resolver {
         self.default.store(Arc::new(key));
     }
 
+    /// Whether the operator's files hold a certificate for `host`
+    /// (exactly, or its parent's wildcard).
+    pub fn has_file_certificate(&self, host: &str) -> bool {
+        let files = self.layers[Source::File as usize].load();
+        files.exact.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, parent)| files.wildcard.contains_key(parent))
+    }
+
     /// The certificate for `host` (lowercase, no trailing dot), or for a
     /// handshake without SNI (`None`).
     pub fn pick(&self, host: Option<&str>) -> Option<Arc<CertifiedKey>> {
