@@ -28,6 +28,14 @@
 #                traces off: to a collector that answers, to one that takes
 #                2 s per export, and to none (goal: each ≥ 0.9 × off); the
 #                dropped-span counter of each
+#   tls          hello over TLS (rustls, ECDSA P-256, HTTP/1.1 keep-alive)
+#                against the plaintext listener of the same server (goal
+#                ≥ 0.85 ×); new TLS connections per second (one request
+#                each, Connection: close) against nginx (Debian's package)
+#                with the same certificate and key (goal ≥ 0.9 ×); HTTP/2
+#                over TLS with h2load; and how long ACME takes, against
+#                Pebble (Debian's package), from the first route to the
+#                certificate served
 #   containers   container cold start (no instance running): a request through
 #                Perch to its first byte, against create + start + first 200
 #                through the same engine API (bench/coldstart.py), alternating,
@@ -74,7 +82,7 @@ SPINNERS=${SPINNERS:-3}
 HANGERS=${HANGERS:-256}
 TOKEN=perch-bench-admin-token
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv isolation image ops tracing)
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(hello reuse latency first instantiate many kv isolation image ops tracing tls)
 
 WORK=$(mktemp -d /tmp/perch-bench.XXXXXX)
 PIDS=()
@@ -106,6 +114,11 @@ install_tools() {
     command -v h2load >/dev/null || missing+=(nghttp2-client)
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v curl >/dev/null || missing+=(curl)
+    if has_scenario tls; then
+        command -v nginx >/dev/null || missing+=(nginx)
+        command -v pebble >/dev/null || missing+=(pebble)
+        command -v openssl >/dev/null || missing+=(openssl)
+    fi
     if has_scenario containers; then
         command -v podman >/dev/null || missing+=(podman catatonit netavark aardvark-dns iptables)
         command -v runc >/dev/null || missing+=(runc)
@@ -163,6 +176,7 @@ start_perch() {
     done
     [ -n "$line" ] || { log "perch did not start"; return 1; }
     DATA=$(sed -E 's/.*data=http:\/\/([^ ]+).*/\1/' <<<"$line")
+    TLS=$(sed -nE 's/.*tls=https:\/\/([^ ]+).*/\1/p' <<<"$line")
     ADMIN=http://$(sed -E 's/.*admin=http:\/\/([^ ]+).*/\1/' <<<"$line")
 }
 
@@ -205,12 +219,14 @@ start_wasmtime() {
 # ---------------------------------------------------------------- load
 
 # wrk_run SCENARIO VARIANT ROUND ADDR HOST [wrk args] — one sample line
+# (ADDR is host:port, or an https:// URL)
 wrk_run() {
     local scenario=$1 variant=$2 round=$3 addr=$4 host=$5; shift 5
-    local out steal0
+    local out steal0 url="http://$addr/"
+    [[ $addr == https://* ]] && url=$addr
     steal0=$(steal_ticks)
     out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency \
-        -H "Host: $host" "$@" "http://$addr/")
+        -H "Host: $host" "$@" "$url")
     python3 - "$scenario" "$variant" "$round" "$(steal_ms "$steal0")" <<EOF >>"$SAMPLES"
 import re, sys
 out = """$out"""
@@ -772,6 +788,114 @@ scenario_tracing() {
     ADMIN=$MAIN_ADMIN DATA=$PERCH_DATA
 }
 
+scenario_tls() {
+    log "scenario tls: keep-alive rps over TLS vs plaintext; new TLS connections vs nginx; HTTP/2; ACME"
+    local w=$WORK/tls
+    mkdir -p "$w"
+    # One certificate for both servers: ECDSA P-256, as ACME CAs issue.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$w/key.pem" -out "$w/cert.pem" -subj "/CN=$HELLO_HOST" \
+        -addext "subjectAltName=DNS:$HELLO_HOST" 2>/dev/null
+    # wrk connects to an IP and sends no SNI: the default certificate.
+    start_perch "$w/perch" "$(printf '[tls]\nlisten = "127.0.0.1:0"\n[tls.default_cert]\ncert_file = "%s"\nkey_file = "%s"\n' "$w/cert.pem" "$w/key.pem")"
+    local perch_pid=$PERCH_PID plain=$DATA tls=$TLS admin=$ADMIN
+    deploy bench hello "$HELLO" "$HELLO_HOST"
+    [ "$(curl -sk -H "Host: $HELLO_HOST" "https://$tls/")" = "Hello, world!" ] || { log "hello does not answer over TLS"; exit 1; }
+    local nport; nport=$(free_port)
+    cat >"$w/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $w/nginx.pid;
+error_log $w/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$nport ssl;
+        ssl_certificate $w/cert.pem;
+        ssl_certificate_key $w/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / { return 200 "Hello, world!\n"; }
+    }
+}
+NGINX
+    taskset -c "$SERVER_CPU" nginx -c "$w/nginx.conf" -p "$w" &
+    PIDS+=($!)
+    for _ in $(seq 1 500); do curl -sk -o /dev/null "https://127.0.0.1:$nport/" && break; sleep 0.01; done
+    for round in $(seq 1 "$ROUNDS"); do
+        local pair=(perch-plain:$plain "perch-tls:https://$tls/")
+        (( round % 2 )) || pair=("perch-tls:https://$tls/" perch-plain:$plain)
+        for v in "${pair[@]}"; do wrk_run tls "${v%%:*}" "$round" "${v#*:}" "$HELLO_HOST"; done
+        local new=("perch-tls-new:https://$tls/" "nginx-tls-new:https://127.0.0.1:$nport/")
+        (( round % 2 )) || new=("nginx-tls-new:https://127.0.0.1:$nport/" "perch-tls-new:https://$tls/")
+        for v in "${new[@]}"; do
+            wrk_run tlsnew "${v%%:*}" "$round" "${v#*:}" "$HELLO_HOST" -H "Connection: close"
+        done
+    done
+    summary tls perch-plain "12. hello over TLS (HTTP/1.1 keep-alive, ECDSA P-256) vs the plaintext listener of the same server (goal ≥ 0.85 ×)"
+    summary tlsnew nginx-tls-new "13. new TLS connections per second, one request each (Connection: close), Perch vs nginx $(nginx -v 2>&1 | sed 's/.*\///') with the same certificate, one worker each (goal ≥ 0.9 ×)"
+    {
+        echo
+        echo "HTTP/2 over TLS (h2load, ALPN h2, $CONNS connections × 10 streams):"
+        echo
+        echo '```'
+        taskset -c "$LOAD_CPU" h2load -n 50000 -c "$CONNS" -m 10 -H ":authority: $HELLO_HOST" "https://$tls/" 2>&1 |
+            grep -E '^(finished|requests|status codes|Application protocol)' || true
+        echo '```'
+    } | tee -a "$REPORT"
+    stop_pid "$perch_pid"
+    scenario_acme_time
+    ADMIN=$MAIN_ADMIN DATA=$PERCH_DATA
+}
+
+# How long ACME takes against Pebble: from the route's PUT to the first
+# handshake that serves the issued certificate (ROUNDS times).
+scenario_acme_time() {
+    local w=$WORK/acme times=()
+    mkdir -p "$w"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$w/pebble.key" -out "$w/pebble.pem" -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+    for round in $(seq 1 "$ROUNDS"); do
+        local dir dns mgmt dnsmgmt
+        dir=$(free_port) mgmt=$(free_port) dns=$(free_port) dnsmgmt=$(free_port)
+        start_perch "$w/perch-$round" "$(printf '[tls]\nlisten = "127.0.0.1:0"\n[tls.acme]\ndirectory = "https://127.0.0.1:%s/dir"\nca_file = "%s"\n' "$dir" "$w/pebble.pem")"
+        local pid=$PERCH_PID
+        cat >"$w/pebble-$round.json" <<JSON
+{"pebble": {"listenAddress": "127.0.0.1:$dir", "managementListenAddress": "127.0.0.1:$mgmt",
+ "certificate": "$w/pebble.pem", "privateKey": "$w/pebble.key", "httpPort": ${DATA##*:},
+ "tlsPort": $(free_port), "ocspResponderURL": "", "externalAccountBindingRequired": false}}
+JSON
+        pebble-challtestsrv -http01 "" -tlsalpn01 "" -https01 "" -defaultIPv6 "" -defaultIPv4 127.0.0.1 \
+            -dns01 "127.0.0.1:$dns" -management "127.0.0.1:$dnsmgmt" >"$w/challtestsrv-$round.log" 2>&1 &
+        local c1=$!
+        PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 pebble -config "$w/pebble-$round.json" \
+            -dnsserver "127.0.0.1:$dns" >"$w/pebble-$round.log" 2>&1 &
+        local c2=$!
+        PIDS+=("$c1" "$c2")
+        for _ in $(seq 1 3000); do curl -s --cacert "$w/pebble.pem" -o /dev/null "https://127.0.0.1:$dir/dir" && break; sleep 0.01; done
+        curl -s --cacert "$w/pebble.pem" "https://127.0.0.1:$mgmt/roots/0" >"$w/root-$round.pem"
+        local t0 t1
+        t0=$(date +%s%3N)
+        deploy bench hello "$HELLO" shop.bench.test
+        until curl -s --cacert "$w/root-$round.pem" --resolve "shop.bench.test:${TLS##*:}:127.0.0.1" \
+            -o /dev/null "https://shop.bench.test:${TLS##*:}/"; do
+            (( $(date +%s%3N) - t0 < 60000 )) || { log "no ACME certificate within 60 s"; break; }
+            sleep 0.02
+        done
+        t1=$(date +%s%3N)
+        times+=("$(( t1 - t0 ))")
+        log "acme round $round: $(( t1 - t0 )) ms"
+        stop_pid "$pid"; stop_pid "$c2"; stop_pid "$c1"
+    done
+    python3 - "${times[@]}" <<'EOF' | tee -a "$REPORT"
+import sys, statistics as st
+ms = [int(a) for a in sys.argv[1:]]
+print(f"\n### 14. ACME against Pebble: from the route's PUT to the issued certificate served\n")
+print(f"| median | per round |\n|---|---|\n| {st.median(ms):,.0f} ms | {' / '.join(f'{m:,}' for m in ms)} ms |")
+EOF
+}
+
 scenario_ops() {
     log "scenario ops: split, followed, stalled follower"
     deploy bench hello-split "$HELLO" split.bench.test
@@ -926,6 +1050,7 @@ for s in "${SCENARIOS[@]}"; do
         image) scenario_image ;;
         ops) scenario_ops ;;
         tracing) scenario_tracing ;;
+        tls) scenario_tls ;;
         containers) scenario_containers ;;
         *) log "unknown scenario $s"; exit 2 ;;
     esac

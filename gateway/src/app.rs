@@ -30,6 +30,8 @@ pub struct App {
     pub containers: Option<Arc<perch_containers::Backend>>,
     /// The audit log of admin changes.
     pub audit: Arc<dyn crate::audit::AuditStore>,
+    /// The node's database (registry, KV, usage, audit), for backups.
+    pub db: Arc<redb::Database>,
     /// The key-value store, its limits checked.
     pub kv: Arc<dyn perch_kv::KvStore>,
     /// Counters (shared with the data plane).

@@ -52,6 +52,14 @@ pub struct RedbAudit {
 }
 
 impl RedbAudit {
+    /// Copies the `audit` table, for a backup.
+    pub fn copy_tables(
+        from: &redb::ReadTransaction,
+        to: &redb::WriteTransaction,
+    ) -> Result<(), redb::Error> {
+        perch_kv::copy::copy_table(from, to, AUDIT).map(drop)
+    }
+
     /// The log in `db` (the table is created on the first append).
     pub fn new(db: Arc<Database>) -> RedbAudit {
         RedbAudit { db }

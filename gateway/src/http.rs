@@ -49,6 +49,33 @@ impl<B: http_body::Body + Unpin, G: Unpin> http_body::Body for Holding<B, G> {
     }
 }
 
+/// A body whose frames a producer sends over a channel (a live log
+/// stream, a backup read from its file); it ends when the sender is gone.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    /// The body of what is sent to the other end of `rx`.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        ChannelBody { rx }
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|f| f.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
 /// The body length a request declares (`Content-Length`), if it parses.
 pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers

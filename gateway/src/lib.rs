@@ -32,6 +32,7 @@ pub mod api;
 pub mod app;
 pub mod artifacts;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod cron;

@@ -81,17 +81,21 @@ impl SecretBox {
         }
     }
 
+    /// A box over the key written as `text` (64 hex digits); `what` names
+    /// where it came from in the error.
+    pub fn parse(text: &str, what: &str) -> Result<SecretBox, String> {
+        let bytes = unhex(text.trim())
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| format!("{what} must be 64 hexadecimal characters (32 bytes)"))?;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&bytes);
+        Ok(SecretBox::new(&key))
+    }
+
     /// Loads the key from `env` (hex) or the data directory's key file,
     /// creating the file when neither exists.
     pub fn load(data_dir: &Path, env: Option<String>) -> Result<SecretBox, String> {
-        let parse = |text: &str, what: &str| -> Result<SecretBox, String> {
-            let bytes = unhex(text.trim())
-                .filter(|b| b.len() == 32)
-                .ok_or_else(|| format!("{what} must be 64 hexadecimal characters (32 bytes)"))?;
-            let mut key = [0u8; 32];
-            key.copy_from_slice(&bytes);
-            Ok(SecretBox::new(&key))
-        };
+        let parse = Self::parse;
         if let Some(k) = env.filter(|k| !k.is_empty()) {
             return parse(&k, "PERCH_SECRET_KEY");
         }

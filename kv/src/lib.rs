@@ -25,6 +25,7 @@
 
 mod bindings;
 mod checked;
+pub mod copy;
 mod encoding;
 pub mod guest;
 mod quota;

@@ -109,6 +109,20 @@ pub struct RedbKv {
 }
 
 impl RedbKv {
+    /// Copies the KV tables (entries, expiries, namespaces, usage) from
+    /// `from` into `to`, for a backup: one read transaction sees every
+    /// write acknowledged before it began.
+    pub fn copy_tables(
+        from: &redb::ReadTransaction,
+        to: &WriteTransaction,
+    ) -> Result<(), redb::Error> {
+        crate::copy::copy_table(from, to, KV)?;
+        crate::copy::copy_table(from, to, KV_EXPIRY)?;
+        crate::copy::copy_table(from, to, KV_NAMESPACES)?;
+        crate::copy::copy_table(from, to, KV_USAGE)?;
+        Ok(())
+    }
+
     /// Opens the KV tables in `db` (creating them) and starts the writer and
     /// purge threads.
     pub fn open(db: Arc<Database>) -> Result<RedbKv, KvError> {

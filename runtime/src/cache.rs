@@ -56,6 +56,15 @@ impl ArtifactCache {
         self.component_path(digest).exists()
     }
 
+    /// The component's bytes: from the local directory, else the store.
+    pub(crate) fn bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RuntimeError> {
+        match fs::read(self.component_path(digest)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.store.get(digest),
+            Err(e) => Err(RuntimeError::artifact("read component", e)),
+        }
+    }
+
     /// Whether the component is kept: locally, or in the store.
     pub(crate) fn has_component(&self, digest: &Digest) -> bool {
         self.has_local(digest) || self.store.contains(digest).unwrap_or(false)

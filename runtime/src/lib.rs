@@ -309,6 +309,12 @@ impl Runtime {
         self.artifacts.has_component(digest)
     }
 
+    /// The bytes of the component for `digest` (`None`: not kept).
+    /// Blocking (I/O).
+    pub fn component_bytes(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RuntimeError> {
+        self.artifacts.bytes(digest)
+    }
+
     /// Forgets a component no version uses any more: out of memory, its
     /// local files, its bytes in the artifact store. Blocking (I/O).
     /// Callers make sure no upload of the same bytes is under way.

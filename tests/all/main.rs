@@ -1,5 +1,6 @@
 //! End-to-end tests against the real `perch` binary on 127.0.0.1:0.
 mod admin;
+mod backup;
 mod bench;
 mod cli;
 mod containers;

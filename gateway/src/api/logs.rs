@@ -3,21 +3,18 @@
 //! live stream of new ones (Server-Sent Events with `Accept:
 //! text/event-stream`, else NDJSON), with keep-alives every 15 s and a
 //! `lagged` event when the follower fell behind and lost some.
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::auth::Principal;
 use super::common::{PageQuery, Resp, TenantCall, blocking, query_params};
-use crate::http::{BoxError, error, json, method_not_allowed, tri};
+use crate::http::{ChannelBody, error, json, method_not_allowed, tri};
 use crate::logs::{Event, Followed, Follower, MAX_FOLLOWERS, StatusFilter};
 
 /// Time between keep-alives on a live stream.
@@ -135,7 +132,7 @@ pub(super) async fn handle(call: TenantCall) -> Resp {
         app.stopping.clone(),
         still_allowed,
     ));
-    let mut resp = Response::new(LiveBody { rx }.boxed_unsync());
+    let mut resp = Response::new(ChannelBody::new(rx).boxed_unsync());
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
@@ -178,22 +175,5 @@ async fn pump(
         if tx.send(frame).await.is_err() {
             return;
         }
-    }
-}
-
-/// The body of a live stream: frames as the pump sends them.
-struct LiveBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl Body for LiveBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|f| f.map(|b| Ok(Frame::data(b))))
     }
 }

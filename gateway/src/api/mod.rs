@@ -14,6 +14,7 @@
 //! | `POST …/functions/{name}/scheduled?cron=EXPR` | `functions` | `scheduled.rs` |
 //! | `PUT`, `GET …/images`, `GET`, `DELETE …/images/{id}` | `images` | `images.rs` |
 //! | `GET /v1/audit`, `GET …/audit` | admin; any scope of the tenant | `audit.rs` |
+//! | `GET /v1/backup` | admin | `backup.rs` |
 //! | `GET /v1/tenants/{tenant}/usage` | any scope of the tenant | `usage.rs` |
 //! | `GET /v1/tenants/{tenant}/logs?function=&status=&limit=&follow=` | `logs` | `logs.rs` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
@@ -39,6 +40,7 @@ use crate::app::App;
 
 mod audit;
 pub mod auth;
+mod backup;
 mod certificates;
 pub mod common;
 mod deployment;
@@ -101,6 +103,10 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
     match segs {
         ["v1", "audit"] => match who {
             Principal::Admin => audit::list(app, method, &req, None).await,
+            Principal::Tenant(_) => common::forbidden(),
+        },
+        ["v1", "backup"] => match who {
+            Principal::Admin => backup::get(app, method).await,
             Principal::Tenant(_) => common::forbidden(),
         },
         ["v1", "tenants"] => match who {

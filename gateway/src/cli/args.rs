@@ -97,6 +97,18 @@ pub(super) enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Save a backup of the node (admin token): one consistent snapshot of
+    /// the registry, KV, usage and audit log with the components and image
+    /// archives it needs, taken while the node serves.
+    Backup {
+        /// Where to write it (a tar; written whole, then renamed into place).
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Restore a backup into a new data directory (offline: no server).
+    Restore(RestoreArgs),
     /// Show a tenant's usage and quotas.
     Usage {
         /// Tenant.
@@ -184,6 +196,21 @@ pub(super) struct NewArgs {
     /// source tree this binary was built from].
     #[arg(long, env = "PERCH_SDK_PATH")]
     pub(super) sdk_path: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct RestoreArgs {
+    /// The backup (`perch backup --to FILE`).
+    #[arg(long)]
+    pub(super) from: PathBuf,
+    /// The data directory to create (absent or empty).
+    #[arg(long)]
+    pub(super) data_dir: PathBuf,
+    /// The secret key of the node the backup was taken on (its data
+    /// directory's `secret.key`), copied into the new data directory;
+    /// without it, `PERCH_SECRET_KEY` must hold that key.
+    #[arg(long)]
+    pub(super) secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -124,6 +124,51 @@ impl Client {
         })
     }
 
+    /// GETs `path` into the file `to` (written as `to.partial`, renamed
+    /// into place once complete); returns its size. An error answer is
+    /// returned as the API's error, and leaves no file.
+    pub fn download(&self, path: &str, to: &std::path::Path) -> Result<u64, ClientError> {
+        use std::io::Write;
+        let req = self.request(Method::GET, path, None, &[])?;
+        let partial = to.with_extension("partial");
+        let result = self.rt.block_on(async {
+            let (parts, mut body) = self.send(req).await?.into_parts();
+            if !parts.status.is_success() {
+                let bytes = body
+                    .collect()
+                    .await
+                    .map_err(|e| ClientError(format!("reading response: {e}")))?
+                    .to_bytes();
+                return check(parts.status, &bytes).map(|_| 0);
+            }
+            let file_error = |e: std::io::Error| ClientError(format!("{}: {e}", partial.display()));
+            let mut file = std::fs::File::create(&partial).map_err(file_error)?;
+            let mut written = 0u64;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ClientError(format!("download ended: {e}")))?;
+                if let Some(data) = frame.data_ref() {
+                    file.write_all(data).map_err(file_error)?;
+                    written += data.len() as u64;
+                }
+            }
+            if let Some(declared) = crate::http::declared_length(&parts.headers)
+                && declared != written
+            {
+                return Err(ClientError(format!(
+                    "download ended after {written} of {declared} bytes"
+                )));
+            }
+            file.sync_all().map_err(file_error)?;
+            std::fs::rename(&partial, to)
+                .map_err(|e| ClientError(format!("{}: {e}", to.display())))?;
+            Ok(written)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        result
+    }
+
     /// Sends a request; returns the JSON body of a 2xx answer (Null for 204).
     pub fn call(
         &self,

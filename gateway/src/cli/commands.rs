@@ -25,7 +25,12 @@ fn body(v: Value) -> Option<(Bytes, &'static str)> {
 
 pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
     match cmd {
-        Command::Serve(_) | Command::New(_) | Command::Compile(_) => {
+        Command::Backup { to, api } => {
+            let written = client(&api)?.download("/v1/backup", &to)?;
+            println!("backup written to {} ({written} bytes)", to.display());
+            Ok(())
+        }
+        Command::Serve(_) | Command::New(_) | Command::Compile(_) | Command::Restore(_) => {
             unreachable!("handled by main")
         }
         Command::Deploy {

@@ -12,7 +12,7 @@ mod output;
 pub mod scaffold;
 
 pub use args::Cli;
-use args::{Command, CompileArgs, NewArgs, ServeArgs};
+use args::{Command, CompileArgs, NewArgs, RestoreArgs, ServeArgs};
 
 use crate::config::{Config, Overrides};
 use crate::server::{AdminToken, serve};
@@ -24,6 +24,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args),
         Command::Compile(args) => run_compile(args),
         Command::New(args) => run_new(args),
+        Command::Restore(args) => run_restore(args),
         other => match commands::run_client(other) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -39,6 +40,49 @@ fn run_new(args: NewArgs) -> ExitCode {
         Ok(dir) => {
             println!("created {}", dir.display());
             println!("next: cd {} && cargo build --release", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_restore(args: RestoreArgs) -> ExitCode {
+    let key = match &args.secret_key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|text| {
+                crate::secrets::SecretBox::parse(&text, &path.display().to_string())
+                    .map(|b| (b, Some(text)))
+            }),
+        None => match std::env::var("PERCH_SECRET_KEY") {
+            Ok(k) if !k.is_empty() => {
+                crate::secrets::SecretBox::parse(&k, "PERCH_SECRET_KEY").map(|b| (b, None))
+            }
+            _ => Err("the backup's secrets need the key of the node it was taken on: set PERCH_SECRET_KEY, or pass --secret-key-file with that node's secret.key".into()),
+        },
+    };
+    let result = key.and_then(|(secrets, file)| {
+        let restored = crate::backup::restore(&args.from, &args.data_dir, &secrets)?;
+        if let Some(text) = file {
+            let path = args.data_dir.join("secret.key");
+            crate::secrets::write_private_file(&path, text.trim().as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(restored)
+    });
+    match result {
+        Ok(r) => {
+            println!(
+                "restored {} (revision {}, {} files, {} functions) into {}",
+                args.from.display(),
+                r.manifest.revision,
+                r.manifest.files.len(),
+                r.functions,
+                args.data_dir.display()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -121,18 +121,45 @@ fn load_table<T: DeserializeOwned>(
     Ok(())
 }
 
+impl RedbStore {
+    /// The records as `read` sees them (a backup's read transaction).
+    pub fn load_from(read: &redb::ReadTransaction) -> Result<Loaded, StoreError> {
+        let revision = read_revision(&read.open_table(META).map_err(unavailable)?)?;
+        let mut records = Records::default();
+        load_table(read, Kind::Tenant, &mut records.tenants)?;
+        load_table(read, Kind::Token, &mut records.tokens)?;
+        load_table(read, Kind::Function, &mut records.functions)?;
+        load_table(read, Kind::Route, &mut records.routes)?;
+        load_table(read, Kind::Image, &mut records.images)?;
+        load_table(read, Kind::Certificate, &mut records.certificates)?;
+        Ok(Loaded { records, revision })
+    }
+
+    /// Copies the registry's tables (and `meta`: the layout version and
+    /// the revision), for a backup.
+    pub fn copy_tables(
+        from: &redb::ReadTransaction,
+        to: &redb::WriteTransaction,
+    ) -> Result<(), redb::Error> {
+        perch_kv::copy::copy_table(from, to, META)?;
+        for kind in [
+            Kind::Tenant,
+            Kind::Token,
+            Kind::Function,
+            Kind::Route,
+            Kind::Image,
+            Kind::Certificate,
+        ] {
+            perch_kv::copy::copy_table(from, to, table(kind))?;
+        }
+        Ok(())
+    }
+}
+
 impl RegistryStore for RedbStore {
     fn load(&self) -> Result<Loaded, StoreError> {
         let read = self.db.begin_read().map_err(unavailable)?;
-        let revision = read_revision(&read.open_table(META).map_err(unavailable)?)?;
-        let mut records = Records::default();
-        load_table(&read, Kind::Tenant, &mut records.tenants)?;
-        load_table(&read, Kind::Token, &mut records.tokens)?;
-        load_table(&read, Kind::Function, &mut records.functions)?;
-        load_table(&read, Kind::Route, &mut records.routes)?;
-        load_table(&read, Kind::Image, &mut records.images)?;
-        load_table(&read, Kind::Certificate, &mut records.certificates)?;
-        Ok(Loaded { records, revision })
+        Self::load_from(&read)
     }
 
     fn commit(&self, base: u64, changes: &[Change]) -> Result<u64, StoreError> {

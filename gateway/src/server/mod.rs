@@ -249,6 +249,7 @@ pub async fn serve(
             .map_err(|e| ServeError::Data(format!("usage totals: {e}")))?
             .map_err(|e| ServeError::Data(format!("usage totals: {e}")))?;
     }
+    let backup_db = db.clone();
     let redb = perch_kv::RedbKv::open_with_quotas(db, registry.kv_quotas().clone())
         .map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
     let kv: Arc<dyn perch_kv::KvStore> = Arc::new(perch_kv::CheckedKv::new(
@@ -329,6 +330,7 @@ pub async fn serve(
         stopping: stop_rx.clone(),
         containers,
         audit,
+        db: backup_db,
         kv,
         registry,
         runtime,

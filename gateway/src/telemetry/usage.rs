@@ -105,6 +105,14 @@ impl RedbUsage {
     pub fn new(db: Arc<Database>) -> RedbUsage {
         RedbUsage { db }
     }
+
+    /// Copies the `usage` table, for a backup.
+    pub fn copy_tables(
+        from: &redb::ReadTransaction,
+        to: &redb::WriteTransaction,
+    ) -> Result<(), redb::Error> {
+        perch_kv::copy::copy_table(from, to, USAGE).map(drop)
+    }
 }
 
 impl UsageStore for RedbUsage {
