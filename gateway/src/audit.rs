@@ -145,6 +145,8 @@ pub fn action(method: &Method, segments: &[&str]) -> Option<(String, &'static st
         ["images"] => verb("image.upload", "", ""),
         ["images", _] => verb("", "", "image.delete"),
         ["certificates", _] => verb("certificate.put", "", "certificate.delete"),
+        ["verifications", _] => verb("verification.put", "", "verification.delete"),
+        ["verifications", _, "check"] => verb("", "verification.check", ""),
         _ => None,
     }?;
     Some((tenant.to_string(), action, rest.join("/")))

@@ -372,6 +372,13 @@ pub struct NodeFile {
     /// and `X-Forwarded-Proto` are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Hosts outside a tenant's domains must be verified before they are
+    /// routed (false).
+    #[serde(default)]
+    pub verify_hosts: bool,
+    /// The DNS resolver (`IP:port`) verification asks; the system's
+    /// otherwise.
+    pub verify_dns: Option<String>,
 }
 
 /// Egress exemptions as written in the file.
@@ -426,6 +433,10 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: crate::forwarded::TrustedProxies,
+    /// Hosts outside a tenant's domains must be verified first.
+    pub verify_hosts: bool,
+    /// The resolver host verification asks (`None`: the system's).
+    pub verify_dns: Option<SocketAddr>,
     /// Egress exemptions.
     pub egress_allow: Vec<String>,
     /// Extra CA certificates for outbound HTTPS (besides the webpki roots).
@@ -582,6 +593,13 @@ impl Config {
                 file.node.header_read_timeout_seconds.unwrap_or(10),
             ),
             trusted_proxies: crate::forwarded::TrustedProxies::parse(&file.node.trusted_proxies)?,
+            verify_hosts: file.node.verify_hosts,
+            verify_dns: file
+                .node
+                .verify_dns
+                .as_deref()
+                .map(|a| parse_addr("node.verify_dns", a))
+                .transpose()?,
             egress_allow: file.egress.allow,
             egress_ca_file: file.egress.ca_file,
             compile: CompileBudget {

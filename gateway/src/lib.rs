@@ -49,3 +49,4 @@ pub mod server;
 pub mod telemetry;
 pub mod throttle;
 pub mod tls;
+pub mod verify;

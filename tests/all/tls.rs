@@ -765,3 +765,174 @@ fn acme_backs_off_while_the_ca_is_down_and_plaintext_keeps_serving() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().unwrap(), "Hello, world!\n");
 }
+
+/// pebble-challtestsrv as a plain DNS server (A: 127.0.0.1 for every
+/// name; TXT records set over its management API), killed when dropped.
+struct TestDns {
+    child: std::process::Child,
+    dns: u16,
+    management: u16,
+}
+
+impl Drop for TestDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestDns {
+    fn start() -> TestDns {
+        let (dns, management) = (free_port(), free_port());
+        let child = std::process::Command::new("pebble-challtestsrv")
+            .args([
+                "-http01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-https01",
+                "",
+                "-defaultIPv6",
+                "",
+            ])
+            .args(["-defaultIPv4", "127.0.0.1"])
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-management", &format!("127.0.0.1:{management}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv");
+        eventually("the test DNS server answers", || {
+            TcpStream::connect(("127.0.0.1", management)).is_ok()
+        });
+        TestDns {
+            child,
+            dns,
+            management,
+        }
+    }
+
+    fn set_txt(&self, name: &str, value: &str) {
+        let resp = perch_tests::http()
+            .post(format!("http://127.0.0.1:{}/set-txt", self.management))
+            .body(serde_json::json!({"host": format!("{name}."), "value": value}).to_string())
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+}
+
+#[test]
+fn verify_hosts_asks_tenants_without_domains_to_prove_a_host_first() {
+    use serde_json::json;
+    if !perch_tests::require_program("pebble-challtestsrv") {
+        return;
+    }
+    let dns = TestDns::start();
+    let perch = Perch::start_with(&format!(
+        "[node]\nverify_hosts = true\nverify_dns = \"127.0.0.1:{}\"\n",
+        dns.dns
+    ));
+    let admin = perch.admin();
+    admin.put_json("/v1/tenants/free", None).expect_status(201);
+    admin
+        .put_json(
+            "/v1/tenants/owned",
+            Some(json!({"domains": ["owned.test"]})),
+        )
+        .expect_status(201);
+    let hello = std::fs::read(guests::HELLO).unwrap();
+    for t in ["free", "owned"] {
+        admin.upload(t, "hello", &hello).expect_status(201);
+    }
+    let route = |tenant: &str, host: &str| {
+        admin.put_json(
+            &format!("/v1/tenants/{tenant}/routes/{host}"),
+            Some(json!({"function": "hello"})),
+        )
+    };
+    // Within the tenant's domains: no verification.
+    route("owned", "owned.test").expect_status(201);
+    // Outside: refused until verified, with what to do.
+    let why = route("free", "shop.test").expect_error(403, "host_not_verified");
+    assert!(why.contains("verifications/shop.test"), "{why}");
+
+    let v = admin
+        .put_json("/v1/tenants/free/verifications/shop.test", None)
+        .expect_status(201);
+    let token = v["token"].as_str().unwrap().to_string();
+    assert_eq!(v["status"], "pending");
+    assert_eq!(v["dns"]["name"], "_perch-verify.shop.test");
+    assert_eq!(
+        v["http"]["url"],
+        format!("http://shop.test/.well-known/perch-verify/{token}")
+    );
+    // Asking again gives the same token.
+    let again = admin
+        .put_json("/v1/tenants/free/verifications/shop.test", None)
+        .expect_status(200);
+    assert_eq!(again["token"], token.as_str());
+    // Nothing published yet: the check says what it found.
+    let why = admin
+        .post_json("/v1/tenants/free/verifications/shop.test/check", json!({}))
+        .expect_error(422, "verification_failed");
+    assert!(why.contains("no TXT record"), "{why}");
+    route("free", "shop.test").expect_error(403, "host_not_verified");
+
+    // A TXT record with another value is not enough; the token is.
+    dns.set_txt("_perch-verify.shop.test", "something else");
+    admin
+        .post_json("/v1/tenants/free/verifications/shop.test/check", json!({}))
+        .expect_error(422, "verification_failed");
+    dns.set_txt("_perch-verify.shop.test", &token);
+    let done = admin
+        .post_json("/v1/tenants/free/verifications/shop.test/check", json!({}))
+        .expect_status(200);
+    assert_eq!(done["status"], "verified");
+    assert_eq!(done["method"], "dns");
+    // Now the route binds, and a wildcard under the verified host too.
+    route("free", "shop.test").expect_status(201);
+    route("free", "*.shop.test").expect_status(201);
+    assert_eq!(perch.get("shop.test", "/").status(), 200);
+    let listed = admin.get("/v1/tenants/free/verifications").ok();
+    assert_eq!(listed["verifications"][0]["status"], "verified");
+
+    // Over HTTP: the host's current server (here on 127.0.0.1:80, where the
+    // test DNS sends every name) answers the token.
+    let Ok(server) = std::net::TcpListener::bind("127.0.0.1:80") else {
+        eprintln!("note: 127.0.0.1:80 is taken; the HTTP verification was not tried");
+        return;
+    };
+    let v = admin
+        .put_json("/v1/tenants/free/verifications/web.test", None)
+        .expect_status(201);
+    let token = v["token"].as_str().unwrap().to_string();
+    let served = token.clone();
+    let origin = std::thread::spawn(move || {
+        let (mut conn, _) = server.accept().unwrap();
+        let mut head = [0u8; 2048];
+        let n = conn.read(&mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        let body = if head.starts_with(&format!("GET /.well-known/perch-verify/{served} ")) {
+            served
+        } else {
+            "wrong path".into()
+        };
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(resp.as_bytes()).unwrap();
+        head
+    });
+    let done = admin
+        .post_json("/v1/tenants/free/verifications/web.test/check", json!({}))
+        .expect_status(200);
+    assert_eq!(done["method"], "http");
+    let head = origin.join().unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("host: web.test"),
+        "{head}"
+    );
+    route("free", "web.test").expect_status(201);
+}

@@ -98,6 +98,8 @@ fn scope_of(rest: &[&str]) -> Result<Option<&'static str>, ()> {
     match rest.first() {
         None | Some(&"tokens") => Ok(None),
         Some(&"audit" | &"usage") => Ok(Some(ANY_SCOPE)),
+        // Verifying a host is the first step of routing it.
+        Some(&"verifications") => Ok(Some("routes")),
         Some(segment) => SCOPES
             .iter()
             .find(|s| **s != "*" && **s == *segment)

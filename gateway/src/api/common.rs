@@ -76,6 +76,7 @@ pub(crate) fn registry_error(e: RegistryError) -> Resp {
         RegistryError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", &m),
         RegistryError::HostTaken(m) => error(StatusCode::CONFLICT, "host_taken", &m),
         RegistryError::HostNotAllowed(m) => error(StatusCode::FORBIDDEN, "host_not_allowed", &m),
+        RegistryError::HostNotVerified(m) => error(StatusCode::FORBIDDEN, "host_not_verified", &m),
         RegistryError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_request", &m),
         RegistryError::InvalidDeployment(m) => {
             error(StatusCode::BAD_REQUEST, "invalid_deployment", &m)

@@ -18,6 +18,7 @@
 //! | `GET /v1/tenants/{tenant}/usage` | any scope of the tenant | `usage.rs` |
 //! | `GET /v1/tenants/{tenant}/logs?function=&status=&limit=&follow=` | `logs` | `logs.rs` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
+//! | `GET …/verifications`, `PUT`, `GET`, `DELETE …/verifications/{host}`, `POST …/{host}/check` | `routes` | `verifications.rs` |
 //! | `GET …/certificates`, `PUT`, `GET`, `DELETE …/certificates/{host}` | `certificates` | `certificates.rs` |
 //! | `PUT`, `DELETE /v1/tenants/{tenant}/routes/{pattern}` (`host[/path]`) | `routes` | `routes.rs` |
 //! | `GET /v1/tenants/{tenant}/kv`, `PUT …/kv/{ns}` | `kv` | `kv.rs` |
@@ -56,6 +57,7 @@ mod scheduled;
 mod settings;
 mod tenants;
 mod tokens;
+mod verifications;
 mod versions;
 
 use auth::Principal;
@@ -152,6 +154,7 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
                 ["images", id] => images::one(call, id.to_string()).await,
                 ["routes", rest @ ..] => routes::handle(call, rest).await,
                 ["certificates", rest @ ..] => certificates::handle(call, rest).await,
+                ["verifications", rest @ ..] => verifications::handle(call, rest).await,
                 ["kv", rest @ ..] => kv::handle(call, rest).await,
                 _ => not_found_endpoint(),
             }

@@ -31,9 +31,9 @@ mod state;
 mod store;
 
 pub use model::{
-    CertificateRecord, Deployment, Function, Holdings, ImageRecord, Outbound, QUOTAS, Quotas,
-    Route, SCOPES, Settings, Split, Tenant, TokenRecord, Version, VersionKind, WORLD_P2,
-    certificate_context, now, scopes_text, secret_context, var_secret_collision,
+    CertificateRecord, Deployment, Function, Holdings, HostVerification, ImageRecord, Outbound,
+    QUOTAS, Quotas, Route, SCOPES, Settings, Split, Tenant, TokenRecord, Version, VersionKind,
+    WORLD_P2, certificate_context, now, scopes_text, secret_context, var_secret_collision,
 };
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
 pub use rules::{AcmeHost, FunctionHold, MAX_DEPLOYED, NewVersion};
@@ -56,6 +56,9 @@ pub enum RegistryError {
     /// The host is outside the tenant's domains.
     #[error("{0}")]
     HostNotAllowed(String),
+    /// The host must be verified first (`node.verify_hosts`).
+    #[error("{0}")]
+    HostNotVerified(String),
     /// A malformed value.
     #[error("{0}")]
     Invalid(String),
@@ -133,6 +136,9 @@ pub struct Registry {
     certificates: watch::Sender<u64>,
     /// Counts every install (a change here, or another node's caught up).
     installs: watch::Sender<u64>,
+    /// `node.verify_hosts`: hosts outside a tenant's domains need a
+    /// verification first.
+    verify_hosts: bool,
 }
 
 /// Versions kept per function unless the config says otherwise.
@@ -164,6 +170,7 @@ impl Registry {
             quota_defaults: Quotas::default(),
             certificates: watch::channel(0).0,
             installs: watch::channel(0).0,
+            verify_hosts: false,
         };
         registry.reload(&mut registry.lock())?;
         Ok(registry)
@@ -194,6 +201,13 @@ impl Registry {
     /// What a tenant without quotas of its own may hold.
     pub fn with_quota_defaults(mut self, defaults: Quotas) -> Self {
         self.quota_defaults = defaults;
+        self
+    }
+
+    /// `node.verify_hosts`: a host outside a tenant's domains (a tenant
+    /// without any) must be verified before it is routed.
+    pub fn with_verify_hosts(mut self, on: bool) -> Self {
+        self.verify_hosts = on;
         self
     }
 

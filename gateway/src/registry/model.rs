@@ -37,6 +37,22 @@ pub struct Tenant {
     /// The tenant's own quotas; an unset one is the config's default.
     #[serde(default, skip_serializing_if = "Quotas::is_empty")]
     pub quotas: Quotas,
+    /// Hosts outside its domains it asked to verify (`node.verify_hosts`),
+    /// by host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub verifications: BTreeMap<String, HostVerification>,
+}
+
+/// A tenant's proof of control of a host (`node.verify_hosts`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostVerification {
+    /// What the host must show.
+    pub token: String,
+    /// Unix seconds of the request.
+    pub created_at: u64,
+    /// Unix seconds of the check that found the token; `None`: pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<u64>,
 }
 
 /// What a tenant may hold. `None`: no quota of its own (for a tenant: the

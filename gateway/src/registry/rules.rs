@@ -9,8 +9,9 @@ use std::sync::Arc;
 use perch_containers::ContainerSpec;
 
 use super::model::{
-    CertificateRecord, Deployment, Function, Holdings, ImageRecord, QUOTAS, Quotas, Route,
-    Settings, Split, Tenant, TokenRecord, Version, VersionKind, WORLD_P2, fn_key, now,
+    CertificateRecord, Deployment, Function, Holdings, HostVerification, ImageRecord, QUOTAS,
+    Quotas, Route, Settings, Split, Tenant, TokenRecord, Version, VersionKind, WORLD_P2, fn_key,
+    now,
 };
 use super::state::{State, of_tenant, overlapping, retain};
 use super::store::Change;
@@ -41,6 +42,7 @@ impl Registry {
                 domains: Vec::new(),
                 created_at: now(),
                 quotas: Quotas::default(),
+                verifications: Default::default(),
             });
             let changed = created || domains.as_ref().is_some_and(|d| *d != tenant.domains);
             if let Some(d) = &domains {
@@ -764,7 +766,7 @@ impl Registry {
         let host_pattern = parsed.host.clone();
         let host = host_pattern.as_string();
         self.change(|s, b| {
-            Self::may_hold(s, tenant, &host_pattern)?;
+            self.may_hold(s, tenant, &host_pattern)?;
             if !s.functions.contains_key(&fn_key(tenant, function)) {
                 return Err(RegistryError::NotFound(format!(
                     "function `{function}` does not exist"
@@ -790,8 +792,9 @@ impl Registry {
     }
 
     /// Whether `tenant` may hold `host`: within its domains (if it has
-    /// any), and not overlapping another tenant's route or certificate.
-    fn may_hold(s: &State, tenant: &str, host: &HostPattern) -> Result<()> {
+    /// any; without, verified first when `node.verify_hosts` is on), and
+    /// not overlapping another tenant's route or certificate.
+    fn may_hold(&self, s: &State, tenant: &str, host: &HostPattern) -> Result<()> {
         let t = s
             .tenants
             .get(tenant)
@@ -807,6 +810,22 @@ impl Registry {
                 "host `{name}` is outside tenant `{tenant}`'s domains ({})",
                 t.domains.join(", ")
             )));
+        }
+        if self.verify_hosts && t.domains.is_empty() {
+            // A wildcard stands on its parent's verification.
+            let needed = match host {
+                HostPattern::Exact(h) => h.clone(),
+                HostPattern::Wildcard(parent) => parent.clone(),
+            };
+            if t
+                .verifications
+                .get(&needed)
+                .is_none_or(|v| v.verified_at.is_none())
+            {
+                return Err(RegistryError::HostNotVerified(format!(
+                    "host `{needed}` is not verified for tenant `{tenant}`: PUT /v1/tenants/{tenant}/verifications/{needed}, publish the token, then POST …/verifications/{needed}/check"
+                )));
+            }
         }
         if overlapping(&s.routes, host).any(|r| r.tenant != tenant) {
             return Err(RegistryError::HostTaken(format!(
@@ -827,6 +846,85 @@ impl Registry {
         Ok(())
     }
 
+    // ---- host verification ----
+
+    /// Starts (or returns) the verification of an exact host for a tenant;
+    /// returns it and whether it is new. `token` is used for a new one.
+    pub fn start_verification(
+        &self,
+        tenant: &str,
+        host: &str,
+        token: String,
+    ) -> Result<(HostVerification, bool)> {
+        let Ok(HostPattern::Exact(host)) = HostPattern::parse(host) else {
+            return Err(RegistryError::Invalid(format!(
+                "`{host}` is not a host name (a wildcard is covered by its parent's verification)"
+            )));
+        };
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let t = s.tenants.get_mut(tenant).expect("checked");
+            if let Some(v) = t.verifications.get(&host) {
+                return Ok((v.clone(), false));
+            }
+            let v = HostVerification {
+                token: token.clone(),
+                created_at: now(),
+                verified_at: None,
+            };
+            t.verifications.insert(host.clone(), v.clone());
+            b.push(Change::PutTenant(t.clone()));
+            Ok((v, true))
+        })
+    }
+
+    /// A tenant's verifications, by host.
+    pub fn verifications(&self, tenant: &str) -> Result<Vec<(String, HostVerification)>> {
+        self.read(|s| {
+            let t = s.tenants.get(tenant).ok_or_else(|| {
+                RegistryError::NotFound(format!("tenant `{tenant}` does not exist"))
+            })?;
+            Ok(t.verifications
+                .iter()
+                .map(|(h, v)| (h.clone(), v.clone()))
+                .collect())
+        })
+    }
+
+    /// Marks `host` verified for the tenant, if its token is still `token`.
+    pub fn mark_verified(&self, tenant: &str, host: &str, token: &str) -> Result<HostVerification> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let t = s.tenants.get_mut(tenant).expect("checked");
+            let Some(v) = t.verifications.get_mut(host).filter(|v| v.token == token) else {
+                return Err(RegistryError::NotFound(format!(
+                    "no verification of `{host}` for tenant `{tenant}`"
+                )));
+            };
+            if v.verified_at.is_none() {
+                v.verified_at = Some(now());
+            }
+            let v = v.clone();
+            b.push(Change::PutTenant(t.clone()));
+            Ok(v)
+        })
+    }
+
+    /// Forgets a verification (routes it allowed stay).
+    pub fn delete_verification(&self, tenant: &str, host: &str) -> Result<()> {
+        self.change(|s, b| {
+            Self::require_tenant(s, tenant)?;
+            let t = s.tenants.get_mut(tenant).expect("checked");
+            if t.verifications.remove(host).is_none() {
+                return Err(RegistryError::NotFound(format!(
+                    "no verification of `{host}` for tenant `{tenant}`"
+                )));
+            }
+            b.push(Change::PutTenant(t.clone()));
+            Ok(())
+        })
+    }
+
     // ---- certificates ----
 
     /// Stores a certificate for one of the tenant's hosts (the caller
@@ -834,7 +932,7 @@ impl Registry {
     pub fn put_certificate(&self, record: CertificateRecord) -> Result<bool> {
         let host = HostPattern::parse(&record.host).map_err(RegistryError::Invalid)?;
         self.change(|s, b| {
-            Self::may_hold(s, &record.tenant, &host)?;
+            self.may_hold(s, &record.tenant, &host)?;
             let created = !s.certificates.contains_key(&record.host);
             b.push(Change::PutCertificate(record.clone()));
             s.certificates.insert(record.host.clone(), record.clone());

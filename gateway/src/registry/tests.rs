@@ -72,6 +72,7 @@ fn rebuilt(r: &Registry) -> View {
         quota_defaults: r.quota_defaults,
         certificates: tokio::sync::watch::channel(0).0,
         installs: tokio::sync::watch::channel(0).0,
+        verify_hosts: r.verify_hosts,
     };
     scratch.republish(&mut scratch.lock(), state, 0);
     view(&scratch.routes())
@@ -228,6 +229,7 @@ fn commits_are_compare_and_set_on_every_store() {
                 domains: vec![],
                 created_at: 0,
                 quotas: Quotas::default(),
+                verifications: Default::default(),
             })
         };
         assert_eq!(store.commit(0, &[t("a")]), Ok(1), "{name}");

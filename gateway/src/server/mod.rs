@@ -214,6 +214,7 @@ pub async fn serve(
     let db_path = config.data_dir.join("perch.redb");
     let defaults = config.limits;
     let max_versions = config.max_versions;
+    let verify_hosts = config.verify_hosts;
     let quota_defaults = config.quotas;
     let opened = tokio::task::spawn_blocking(move || {
         let db = redb::Database::create(&db_path)
@@ -224,6 +225,7 @@ pub async fn serve(
             db,
             Registry::open(store, defaults, secrets)?
                 .with_max_versions(max_versions)
+                .with_verify_hosts(verify_hosts)
                 .with_quota_defaults(quota_defaults),
         ))
     });
