@@ -519,10 +519,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Pebble (the CA) and pebble-challtestsrv (its DNS, answering 127.0.0.1
-/// for every name), killed when dropped.
+/// Pebble (the CA) with a [`TestDns`] as its resolver (127.0.0.1 for
+/// every name), killed when dropped.
 struct Pebble {
-    children: Vec<std::process::Child>,
+    child: std::process::Child,
+    /// Its DNS server.
+    _dns: TestDns,
     directory: String,
     management: u16,
     ca: TestCa,
@@ -532,10 +534,8 @@ struct Pebble {
 
 impl Drop for Pebble {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -551,7 +551,8 @@ impl Pebble {
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
         tls.write(dir.path(), "pebble");
-        let (management, dns, dns_management) = (free_port(), free_port(), free_port());
+        let management = free_port();
+        let dns = TestDns::start();
         let config = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{management}"),
@@ -566,28 +567,10 @@ impl Pebble {
         let config_file = dir.path().join("pebble.json");
         std::fs::write(&config_file, config.to_string()).unwrap();
         let log = |name: &str| Stdio::from(std::fs::File::create(dir.path().join(name)).unwrap());
-        let dns_server = Command::new("pebble-challtestsrv")
-            .args([
-                "-http01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-https01",
-                "",
-                "-defaultIPv6",
-                "",
-            ])
-            .args(["-defaultIPv4", "127.0.0.1"])
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
-            .args(["-management", &format!("127.0.0.1:{dns_management}")])
-            .stdout(log("challtestsrv.log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pebble-challtestsrv");
         let ca_server = Command::new("pebble")
             .arg("-config")
             .arg(&config_file)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args(["-dnsserver", &format!("127.0.0.1:{}", dns.dns)])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .stdout(log("pebble.log"))
@@ -595,7 +578,8 @@ impl Pebble {
             .spawn()
             .expect("pebble");
         let mut pebble = Pebble {
-            children: vec![dns_server, ca_server],
+            child: ca_server,
+            _dns: dns,
             directory: format!("https://127.0.0.1:{listen}/dir"),
             management,
             ca,
@@ -606,20 +590,12 @@ impl Pebble {
         while TcpStream::connect(("127.0.0.1", listen)).is_err()
             || TcpStream::connect(("127.0.0.1", management)).is_err()
         {
-            let exited: Vec<_> = pebble
-                .children
-                .iter_mut()
-                .filter_map(|c| c.try_wait().ok().flatten())
-                .collect();
-            if !exited.is_empty() || std::time::Instant::now() > deadline {
+            let exited = pebble.child.try_wait().ok().flatten();
+            if exited.is_some() || std::time::Instant::now() > deadline {
                 let read = |n: &str| {
                     std::fs::read_to_string(pebble._dir.path().join(n)).unwrap_or_default()
                 };
-                panic!(
-                    "Pebble did not start ({exited:?}):\n{}\n{}",
-                    read("pebble.log"),
-                    read("challtestsrv.log")
-                );
+                panic!("Pebble did not start ({exited:?}):\n{}", read("pebble.log"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

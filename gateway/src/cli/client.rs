@@ -13,6 +13,17 @@ pub struct Client {
     rt: tokio::runtime::Runtime,
 }
 
+/// The API's error in a non-2xx answer (or what was wrong reading it).
+async fn error_answer(status: StatusCode, body: hyper::body::Incoming) -> ClientError {
+    match body.collect().await {
+        Ok(bytes) => match check(status, &bytes.to_bytes()) {
+            Err(e) => e,
+            Ok(_) => ClientError(format!("unexpected answer {status}")),
+        },
+        Err(e) => ClientError(format!("reading response: {e}")),
+    }
+}
+
 /// A failed call, rendered as one line.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -98,12 +109,7 @@ impl Client {
         self.rt.block_on(async {
             let (parts, mut body) = self.send(req).await?.into_parts();
             if !parts.status.is_success() {
-                let bytes = body
-                    .collect()
-                    .await
-                    .map_err(|e| ClientError(format!("reading response: {e}")))?
-                    .to_bytes();
-                return check(parts.status, &bytes).map(drop);
+                return Err(error_answer(parts.status, body).await);
             }
             let mut pending = Vec::new();
             while let Some(frame) = body.frame().await {
@@ -134,12 +140,7 @@ impl Client {
         let result = self.rt.block_on(async {
             let (parts, mut body) = self.send(req).await?.into_parts();
             if !parts.status.is_success() {
-                let bytes = body
-                    .collect()
-                    .await
-                    .map_err(|e| ClientError(format!("reading response: {e}")))?
-                    .to_bytes();
-                return check(parts.status, &bytes).map(|_| 0);
+                return Err(error_answer(parts.status, body).await);
             }
             let file_error = |e: std::io::Error| ClientError(format!("{}: {e}", partial.display()));
             let mut file = std::fs::File::create(&partial).map_err(file_error)?;

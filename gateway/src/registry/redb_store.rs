@@ -29,6 +29,16 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Every kind of record, each in its table.
+const KINDS: [Kind; 6] = [
+    Kind::Tenant,
+    Kind::Token,
+    Kind::Function,
+    Kind::Route,
+    Kind::Image,
+    Kind::Certificate,
+];
+
 fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match kind {
         Kind::Tenant => TENANTS,
@@ -75,14 +85,7 @@ impl RedbStore {
                 }
             }
             revision = read_revision(&meta)?;
-            for kind in [
-                Kind::Tenant,
-                Kind::Token,
-                Kind::Function,
-                Kind::Route,
-                Kind::Image,
-                Kind::Certificate,
-            ] {
+            for kind in KINDS {
                 txn.open_table(table(kind)).map_err(unavailable)?;
             }
         }
@@ -142,14 +145,7 @@ impl RedbStore {
         to: &redb::WriteTransaction,
     ) -> Result<(), redb::Error> {
         perch_kv::copy::copy_table(from, to, META)?;
-        for kind in [
-            Kind::Tenant,
-            Kind::Token,
-            Kind::Function,
-            Kind::Route,
-            Kind::Image,
-            Kind::Certificate,
-        ] {
+        for kind in KINDS {
             perch_kv::copy::copy_table(from, to, table(kind))?;
         }
         Ok(())

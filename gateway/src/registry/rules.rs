@@ -817,8 +817,7 @@ impl Registry {
                 HostPattern::Exact(h) => h.clone(),
                 HostPattern::Wildcard(parent) => parent.clone(),
             };
-            if t
-                .verifications
+            if t.verifications
                 .get(&needed)
                 .is_none_or(|v| v.verified_at.is_none())
             {
