@@ -29,7 +29,7 @@ phase() {
     return "$rc"
 }
 # The summary, also when a phase failed.
-trap 'echo "[test.sh] ${PHASES:-nothing ran}; total $(seconds $(( $(date +%s%3N) - START )))" >&2' EXIT
+trap 'stop_postgres; echo "[test.sh] ${PHASES:-nothing ran}; total $(seconds $(( $(date +%s%3N) - START )))" >&2' EXIT
 
 # ---------------------------------------------------------------- install
 
@@ -93,6 +93,38 @@ install() {
     # The ACME tests: Pebble, Let's Encrypt's test CA, and pebble-challtestsrv,
     # its DNS stand-in.
     need_apt pebble
+    # The PostgreSQL store's tests (cluster mode): a server of their own.
+    need_apt postgresql-15
+}
+
+# ---------------------------------------------------------------- services
+
+# start_postgres — a throwaway PostgreSQL 15 cluster for this run, unless
+# PERCH_TEST_POSTGRES_URL names one: initdb in a temporary directory (as the
+# postgres user when we are root: initdb refuses root), a Unix socket in
+# that directory and no TCP listener, trust authentication; stopped and
+# removed when the run ends. Each test makes a database of its own on it.
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_DIR=
+PG_AS=()
+start_postgres() {
+    [ -n "${PERCH_TEST_POSTGRES_URL:-}" ] && return 0
+    PG_DIR=$(mktemp -d /tmp/perch-pg.XXXXXX)
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres "$PG_DIR"
+        PG_AS=(runuser -u postgres --)
+    fi
+    "${PG_AS[@]}" "$PG_BIN/initdb" -A trust -U postgres -D "$PG_DIR/data" >"$PG_DIR/initdb.log" 2>&1 ||
+        { cat "$PG_DIR/initdb.log" >&2; return 1; }
+    "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
+        -o "-k $PG_DIR -c listen_addresses= -p 5432" start >/dev/null ||
+        { cat "$PG_DIR/server.log" >&2; return 1; }
+    export PERCH_TEST_POSTGRES_URL="host=$PG_DIR port=5432 user=postgres dbname=postgres"
+}
+stop_postgres() {
+    [ -n "$PG_DIR" ] || return 0
+    "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
 }
 
 if [ "${1:-}" = --install-only ]; then
@@ -100,4 +132,5 @@ if [ "${1:-}" = --install-only ]; then
     exit
 fi
 phase install install
+phase postgres start_postgres
 phase tests cargo test --workspace "$@"

@@ -24,6 +24,7 @@ use crate::routing::{RouteTable, TenantGate};
 use crate::secrets::SecretBox;
 
 mod model;
+mod pg_store;
 mod redb_store;
 mod rules;
 mod snapshot;
@@ -35,6 +36,7 @@ pub use model::{
     QUOTAS, Quotas, Route, SCOPES, Settings, Split, Tenant, TokenRecord, Version, VersionKind,
     WORLD_P2, certificate_context, now, scopes_text, secret_context, var_secret_collision,
 };
+pub use pg_store::PgStore;
 pub use redb_store::{RedbStore, SCHEMA_VERSION};
 pub use rules::{AcmeHost, FunctionHold, MAX_DEPLOYED, NewVersion};
 pub use snapshot::KV_OPS_PER_INVOCATION;
