@@ -43,6 +43,9 @@ const MIGRATIONS: &[&str] = &[
 /// The channel commits are announced on.
 const CHANNEL: &str = "perch_registry";
 
+/// The `application_name` of the listening connections.
+const LISTENER: &str = "perch-registry-listen";
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -139,7 +142,9 @@ fn listen(url: &str, tx: &Weak<watch::Sender<u64>>) {
     loop {
         let Some(sender) = tx.upgrade() else { return };
         let session = (|| -> Result<(), postgres::Error> {
-            let mut client = Client::connect(url, NoTls)?;
+            let mut config: postgres::Config = url.parse()?;
+            config.application_name(LISTENER);
+            let mut client = config.connect(NoTls)?;
             client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
             let current: i64 = client
                 .query_one("SELECT revision FROM perch_registry_meta", &[])?

@@ -65,6 +65,24 @@ fn two_nodes_share_a_postgres_registry() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert_eq!(b.revision(), a.revision());
+    // b's listening connection dies: b reconnects and catches up with what
+    // a committed meanwhile, without a restart.
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'perch-registry-listen'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(killed.len(), 2, "one listener per store");
+    a.put_route("t", "g.test", "f").unwrap();
+    while b.routes().lookup("g.test", "/").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
+            "b never caught up after losing its connection"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // Both stores at the same base: one wins, the other conflicts.
     let base = sa.load().unwrap().revision;
     let tenant = |n: &str| {
@@ -89,7 +107,6 @@ fn two_nodes_share_a_postgres_registry() {
     numbers.sort();
     assert_eq!(numbers, [2, 3]);
     // A database from a newer perch is refused.
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     admin
         .execute("UPDATE perch_schema SET version = version + 1", &[])
         .unwrap();
