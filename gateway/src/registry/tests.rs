@@ -70,7 +70,8 @@ fn two_nodes_share_a_postgres_registry() {
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let killed = admin
         .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'perch-registry-listen'",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'perch-registry-listen' AND datname = current_database()",
             &[],
         )
         .unwrap();
