@@ -190,12 +190,13 @@ fn try_write(src: &Sources, work: &Path, out: &Path) -> Result<Option<Manifest>,
     let read = src.db.begin_read().map_err(db_error)?;
     let loaded = RedbStore::load_from(&read).map_err(db_error)?;
     let (components, images) = referenced(&loaded);
-    let mut holds: Vec<Hold> = Vec::new();
+    // Each component with its hold, kept until its bytes are in the tar.
+    let mut held: Vec<(&String, perch_runtime::Digest, Hold)> = Vec::new();
     for d in &components {
         let digest = d
             .parse()
             .map_err(|_| format!("a version names a malformed digest `{d}`"))?;
-        holds.push(src.artifacts.hold(digest));
+        held.push((d, digest, src.artifacts.hold(digest)));
     }
     {
         let copy = Database::create(&snapshot).map_err(db_error)?;
@@ -215,11 +216,10 @@ fn try_write(src: &Sources, work: &Path, out: &Path) -> Result<Option<Manifest>,
     let size = db_file.metadata().map_err(io("snapshot"))?.len();
     append(&mut tar, DATABASE, size, db_file, &mut files)?;
     fs::remove_file(&snapshot).map_err(io("snapshot"))?;
-    for d in &components {
-        let digest = d.parse().expect("parsed above");
+    for (d, digest, _) in &held {
         let Some(bytes) = src
             .runtime
-            .component_bytes(&digest)
+            .component_bytes(digest)
             .map_err(|e| format!("component {d}: {e}"))?
         else {
             return Ok(None);
@@ -250,7 +250,7 @@ fn try_write(src: &Sources, work: &Path, out: &Path) -> Result<Option<Manifest>,
             Err(e) => return Err(format!("image archive {}: {e}", path.display())),
         }
     }
-    drop(holds);
+    drop(held);
     let manifest = Manifest {
         format: FORMAT.into(),
         created_at: crate::registry::now(),

@@ -110,10 +110,8 @@ async fn serve(
     {
         return crate::http::text(http::StatusCode::OK, answer);
     }
-    let host = request_host(&req)
-        .as_deref()
-        .map(normalize_host)
-        .unwrap_or_default();
+    let raw_host = request_host(&req);
+    let host = raw_host.as_deref().map(normalize_host).unwrap_or_default();
     let client = config.trusted_proxies.client(peer.ip(), tls, req.headers());
     let traced = app.tracing.as_ref().map(|t| {
         t.server(
@@ -143,7 +141,7 @@ async fn serve(
     let index = target.pick(req.headers());
     strip_reserved(req.headers_mut());
     crate::forwarded::set(req.headers_mut(), &client);
-    set_scheme(&mut req, tls);
+    set_scheme(&mut req, tls, raw_host.as_deref());
     if let Some(t) = &traced {
         t.routed(&Routed {
             tenant: &target.tenant,
@@ -235,7 +233,8 @@ async fn serve(
 /// The guest learns the scheme of the connection from the URI: `https`
 /// over TLS (HTTP/1.1 sends only the path, HTTP/2 the whole URI), and
 /// never `https` on the plaintext listener, whatever URI the client sent.
-fn set_scheme<B>(req: &mut Request<B>, tls: bool) {
+/// `host` is the request's as it came ([`request_host`]).
+fn set_scheme<B>(req: &mut Request<B>, tls: bool, host: Option<&str>) {
     if tls == (req.uri().scheme_str() == Some("https")) {
         return;
     }
@@ -244,7 +243,7 @@ fn set_scheme<B>(req: &mut Request<B>, tls: bool) {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let uri = match request_host(req).filter(|_| tls) {
+    let uri = match host.filter(|_| tls) {
         Some(host) => format!("https://{host}{path}").parse(),
         None => path.parse(),
     };

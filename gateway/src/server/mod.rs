@@ -379,9 +379,8 @@ pub async fn serve(
                 changes,
                 stop_rx.clone(),
             ));
-            Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-                resolver,
-            )))
+            let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(resolver));
+            Some((acceptor, tls.handshake_timeout))
         }
     };
     let bind = |addr: SocketAddr| async move {
@@ -448,17 +447,14 @@ pub async fn serve(
     // The TLS listener's connections count towards the same cap as the
     // plaintext ones.
     let tls_loop = async {
-        let (Some(l), Some(acceptor)) = (tls_listener, tls_acceptor) else {
+        let (Some(l), Some((acceptor, handshake_timeout))) = (tls_listener, tls_acceptor) else {
             return;
         };
         let dataplane = dataplane.clone();
         let settings = listener::Settings {
             tls: Some(listener::TlsSettings {
                 acceptor,
-                handshake_timeout: config
-                    .tls
-                    .as_ref()
-                    .map_or(Duration::from_secs(10), |t| t.handshake_timeout),
+                handshake_timeout,
                 max_header_list_size: u32::try_from(head_room).unwrap_or(u32::MAX),
             }),
             ..data_settings
