@@ -2,7 +2,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use perch_tests::{NO_HANG, Perch, eventually, guests};
+use perch_tests::{NO_HANG, Perch, echoed_headers, eventually, guests};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -58,8 +58,7 @@ fn request_reaches_guest_unchanged_and_big_bodies_stream() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-echo-method"], "PATCH");
     assert_eq!(resp.headers()["x-echo-uri"], "/some/path?x=1&y=%20z");
-    let headers: Vec<String> =
-        serde_json::from_str(resp.headers()["x-echo-headers"].to_str().unwrap()).unwrap();
+    let headers = echoed_headers(&resp);
     assert!(
         headers.contains(&"x-custom: Value With Spaces".to_string()),
         "{headers:?}"
@@ -308,12 +307,6 @@ fn tenant_concurrency_cap_answers_429_for_that_tenant_only() {
     assert_eq!(perch.get("faulty.a.test", "/").status(), 200);
 }
 
-/// The request headers the echo guest saw.
-fn echoed_headers(resp: reqwest::blocking::Response) -> Vec<String> {
-    assert_eq!(resp.status(), 200);
-    serde_json::from_str(resp.headers()["x-echo-headers"].to_str().unwrap()).unwrap()
-}
-
 /// `count` failed admin logins that claim to come from `forwarded`; the
 /// status of the last.
 fn failed_logins(perch: &Perch, forwarded: &str, count: usize) -> u16 {
@@ -339,7 +332,7 @@ fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let perch = Perch::start_with("[node]\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
     perch.deploy("a", "echo", guests::ECHO, "echo.a.test");
     let seen = echoed_headers(
-        perch
+        &perch
             .request(Method::GET, "echo.a.test", "/")
             .header("x-forwarded-for", "6.6.6.6")
             .header("forwarded", "for=6.6.6.6;proto=https")
@@ -373,7 +366,7 @@ fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let perch = Perch::start_with("[node]\ntrusted_proxies = [\"127.0.0.1/32\"]\n");
     perch.deploy("a", "echo", guests::ECHO, "echo.a.test");
     let seen = echoed_headers(
-        perch
+        &perch
             .request(Method::GET, "echo.a.test", "/")
             .header("x-forwarded-for", "6.6.6.6, 198.51.100.7, 127.0.0.1")
             .header("x-forwarded-proto", "https")

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use perch_tests::{Perch, eventually, guests};
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
 /// A tiny origin on 127.0.0.1 answering every request with `origin says hi`.
@@ -105,29 +106,16 @@ fn perch_runtime_local_v4() -> Option<std::net::Ipv4Addr> {
 }
 
 /// A certificate authority made for one test, and a server certificate
-/// for `localhost` / 127.0.0.1 signed by it.
+/// for `localhost` / 127.0.0.1 it issued.
 struct TestPki {
-    ca_pem: String,
-    cert: rustls::pki_types::CertificateDer<'static>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
+    ca: crate::tls::TestCa,
+    leaf: crate::tls::Leaf,
 }
 
 fn test_pki(ca_name: &str) -> TestPki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, ca_name);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    TestPki {
-        ca_pem: ca.pem(),
-        cert: leaf.der().clone(),
-        key: rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-    }
+    let ca = crate::tls::TestCa::new(ca_name);
+    let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+    TestPki { ca, leaf }
 }
 
 /// An HTTPS origin on 127.0.0.1 (and [::1] when it can bind there, on the
@@ -139,7 +127,12 @@ fn https_origin(pki: &TestPki) -> (u16, Arc<AtomicUsize>) {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(
+                pki.leaf.der.clone(),
+            )],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.leaf.key_pem.as_bytes()).unwrap(),
+        )
         .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let config = Arc::new(config);
@@ -200,7 +193,7 @@ fn https_egress_dials_the_checked_address_and_verifies_the_name() {
 
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    std::fs::write(&ca_file, pki.ca.pem()).unwrap();
     let allow = |p: u16| format!("\"127.0.0.1:{p}\", \"[::1]:{p}\"");
     let perch = Perch::start_with(&format!(
         "[egress]\nallow = [{}, {}]\nca_file = {:?}\n",

@@ -452,11 +452,7 @@ fn a_collector_that_is_down_or_slow_costs_requests_nothing_and_drops_are_counted
         return;
     };
     // Down: nothing listens where the spans go.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = perch_tests::free_port();
     let slow = Receiver::start(&python, 5.0);
     for port in [closed, slow.port] {
         let perch = Perch::start_with(&format!(

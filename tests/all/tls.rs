@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use perch_tests::{NO_HANG, Perch, eventually, guests};
+use perch_tests::{NO_HANG, Perch, echoed_headers, eventually, free_port, guests};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use reqwest::blocking::Client;
 use serde_json::Value;
@@ -122,11 +122,6 @@ fn peer_certificate(resp: &reqwest::blocking::Response) -> Vec<u8> {
         .to_vec()
 }
 
-fn echo_headers(resp: &reqwest::blocking::Response) -> Vec<String> {
-    let raw = resp.headers()["x-echo-headers"].to_str().unwrap();
-    serde_json::from_str(raw).unwrap()
-}
-
 #[test]
 fn tls_serves_certificates_by_sni_over_http2_and_http1() {
     let ca = TestCa::new("Perch test CA");
@@ -156,7 +151,7 @@ fn tls_serves_certificates_by_sni_over_http2_and_http1() {
     assert_eq!(peer_certificate(&resp), shop.der);
     assert_eq!(resp.headers()["x-echo-scheme"], "https");
     assert_eq!(resp.headers()["x-echo-uri"], "/path?q=1");
-    let headers = echo_headers(&resp);
+    let headers = echoed_headers(&resp);
     assert!(
         headers.contains(&"x-forwarded-proto: https".to_string()),
         "{headers:?}"
@@ -507,16 +502,6 @@ fn tenants_upload_checked_certificates_served_by_sni_with_sealed_keys() {
             .send()
             .is_ok_and(|r| peer_certificate(&r) == wild.der)
     });
-}
-
-/// A free port on 127.0.0.1 (bound and released: Pebble takes its ports
-/// from its config file).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Pebble (the CA) with a [`TestDns`] as its resolver (127.0.0.1 for

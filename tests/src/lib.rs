@@ -35,6 +35,25 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A port on 127.0.0.1 that nothing listens on (bound and released), for
+/// servers that take their port from a config file, and for a peer that
+/// is down.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// The request headers the echo guest saw (its `x-echo-headers`), as
+/// `name: value` lines; the answer must be a 200.
+pub fn echoed_headers(resp: &Response) -> Vec<String> {
+    assert_eq!(resp.status(), 200);
+    serde_json::from_str(resp.headers()["x-echo-headers"].to_str().unwrap())
+        .expect("x-echo-headers is a JSON array")
+}
+
 /// The `perch` binary under test.
 pub fn perch_bin() -> PathBuf {
     if let Ok(p) = std::env::var("PERCH_BIN") {

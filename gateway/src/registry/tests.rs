@@ -38,6 +38,19 @@ fn stores(dir: &Path) -> Vec<(&'static str, Arc<dyn RegistryStore>)> {
     stores
 }
 
+/// Polls `cond` every 10 ms until it holds; panics naming `what` after
+/// `seconds`.
+fn wait_until(what: &str, seconds: u64, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {seconds} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Two nodes on one PostgreSQL database: each commit of one is announced
 /// (NOTIFY) to the other, which installs it; two changes computed on the
 /// same revision get one commit and one clean retry; a newer schema is
@@ -56,14 +69,9 @@ fn two_nodes_share_a_postgres_registry() {
     a.put_tenant("t", None).unwrap();
     a.add_version("t", "f", &digest(5), 0, true).unwrap();
     a.put_route("t", "f.test", "f").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while b.routes().lookup("f.test", "/").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "b never saw a's route"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until("b sees a's route", 10, || {
+        b.routes().lookup("f.test", "/").is_some()
+    });
     assert_eq!(b.revision(), a.revision());
     // b's listening connection dies: b reconnects and catches up with what
     // a committed meanwhile, without a restart.
@@ -77,13 +85,9 @@ fn two_nodes_share_a_postgres_registry() {
         .unwrap();
     assert_eq!(killed.len(), 2, "one listener per store");
     a.put_route("t", "g.test", "f").unwrap();
-    while b.routes().lookup("g.test", "/").is_none() {
-        assert!(
-            std::time::Instant::now() < deadline + std::time::Duration::from_secs(20),
-            "b never caught up after losing its connection"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until("b catches up after losing its connection", 20, || {
+        b.routes().lookup("g.test", "/").is_some()
+    });
     // Both stores at the same base: one wins, the other conflicts.
     let base = sa.load().unwrap().revision;
     let tenant = |n: &str| {
