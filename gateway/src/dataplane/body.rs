@@ -1,5 +1,6 @@
 //! The request body as the guest sees it: an error once it passes the
-//! limit. (Response bodies hold the tenant's concurrency slot through
+//! limit; a container's response body whose first frame Perch has already
+//! read. (Response bodies hold the tenant's concurrency slot through
 //! `http::Holding`.)
 use std::pin::Pin;
 use std::sync::Arc;
@@ -67,5 +68,51 @@ impl Body for LimitedBody {
             Some(b) => b.size_hint(),
             None => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// A body whose first frame was read ahead (`first`), then the rest.
+pub(super) struct Prefixed<B> {
+    first: Option<Frame<Bytes>>,
+    rest: B,
+}
+
+impl<B> Prefixed<B> {
+    pub(super) fn new(first: Option<Frame<Bytes>>, rest: B) -> Self {
+        Prefixed { first, rest }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Prefixed<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(frame) = self.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let rest = self.rest.size_hint();
+        let ahead = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len() as u64);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + ahead);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use perch_containers::{AcquireError, Lease};
 use perch_runtime::{InvocationRecord, LogSink, Outcome};
 
-use super::body::LimitedBody;
+use super::body::{LimitedBody, Prefixed};
 use super::errors::Failure;
 use super::executor::{Execution, Executor};
 use crate::http::{BoxError, Holding};
@@ -115,6 +115,9 @@ fn upstream(
     Ok(req)
 }
 
+/// How long a container's response head waits for its first body bytes.
+const FIRST_FRAME: Duration = Duration::from_millis(100);
+
 fn record(
     label: &str,
     outcome: Outcome,
@@ -206,23 +209,50 @@ impl Executor for ContainerExecutor {
                     Err(e) => Err(e.to_string()),
                 });
             }
+            let ok = |status: http::StatusCode| {
+                record(
+                    &label,
+                    Outcome::Ok,
+                    Some(status.as_u16()),
+                    started,
+                    lease.cold_start(),
+                )
+            };
             match sent {
                 Ok(resp) => {
-                    log.record(record(
-                        &label,
-                        Outcome::Ok,
-                        Some(resp.status().as_u16()),
-                        started,
-                        lease.cold_start(),
-                    ));
                     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = client_upgrade
                     {
+                        log.record(ok(resp.status()));
                         return Ok(switch(resp, client_side, lease, permit));
                     }
-                    let (mut parts, body) = resp.into_parts();
+                    let (mut parts, mut body) = resp.into_parts();
+                    // hyper sends a response head with its first body
+                    // bytes: a body that fails before them closes the
+                    // connection with no answer at all. So the first frame
+                    // is read before the head goes out (briefly: a slow
+                    // stream is not held back), and an instance that dies
+                    // between its head and its body is a 502.
+                    let first = match tokio::time::timeout(FIRST_FRAME, body.frame()).await {
+                        Ok(Some(Err(e))) => {
+                            lease.failed();
+                            log.record(record(
+                                &label,
+                                Outcome::ContainerError,
+                                None,
+                                started,
+                                lease.cold_start(),
+                            ));
+                            return Err(Failure::Container(format!(
+                                "{label}: the response broke before its body: {e}"
+                            )));
+                        }
+                        Ok(Some(Ok(frame))) => Some(frame),
+                        Ok(None) | Err(_) => None,
+                    };
+                    log.record(ok(parts.status));
                     strip_hop_by_hop(&mut parts.headers);
-                    let body = Holding::new(body, (lease, permit))
+                    let body = Holding::new(Prefixed::new(first, body), (lease, permit))
                         .map_err(|e| Box::new(e) as BoxError)
                         .boxed_unsync();
                     Ok(http::Response::from_parts(parts, body))
