@@ -46,6 +46,92 @@ pub struct FileConfig {
     /// The data plane over TLS (off without `listen`).
     #[serde(default)]
     pub tls: TlsFile,
+    /// Where the registry, KV and components are kept (redb by default).
+    #[serde(default)]
+    pub storage: StorageFile,
+}
+
+/// The `[storage]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    /// `redb` (the default: one node, the data directory) or `postgres`
+    /// (cluster mode: every node on one database).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The PostgreSQL connection string or URL (or `PERCH_STORAGE_URL`).
+    pub url: Option<String>,
+    /// Connections per pool (8).
+    pub pool_size: Option<usize>,
+    /// The server aborts statements running longer, ms (5000).
+    pub statement_timeout_ms: Option<u64>,
+    /// Giving up on connecting, ms (5000).
+    pub connect_timeout_ms: Option<u64>,
+}
+
+/// Where state is kept.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// One node: `perch.redb` and `artifacts/` in the data directory.
+    Redb,
+    /// Cluster mode: the registry, KV and components in PostgreSQL (the
+    /// data directory only caches compiled components).
+    Postgres(perch_pg::PgConfig),
+}
+
+/// The `[storage]` table resolved; `url` is `--storage-url` /
+/// `PERCH_STORAGE_URL`, which wins over the file's.
+fn storage_config(file: StorageFile, url: Option<String>) -> Result<Storage, String> {
+    let url = url.filter(|u| !u.is_empty()).or(file.url);
+    let kind = match (file.kind.as_deref(), &url) {
+        (Some(k), _) => k.to_string(),
+        (None, Some(_)) => "postgres".to_string(),
+        (None, None) => "redb".to_string(),
+    };
+    match kind.as_str() {
+        "redb" => {
+            if url.is_some() || file.pool_size.is_some() || file.statement_timeout_ms.is_some() {
+                return Err(
+                    "storage: url, pool_size and statement_timeout_ms are for type = \"postgres\""
+                        .into(),
+                );
+            }
+            Ok(Storage::Redb)
+        }
+        "postgres" => {
+            let Some(url) = url else {
+                return Err(
+                    "storage: type = \"postgres\" needs `url` (or PERCH_STORAGE_URL)".into(),
+                );
+            };
+            url.parse::<perch_pg::postgres::Config>()
+                .map_err(|e| format!("storage.url is not a PostgreSQL connection string: {e}"))?;
+            let mut pg = perch_pg::PgConfig::new(&url);
+            pg.pool_size = file.pool_size.unwrap_or(pg.pool_size);
+            if !(1..=256).contains(&pg.pool_size) {
+                return Err("storage.pool_size must be 1 to 256".into());
+            }
+            let ms = |v: Option<u64>, default: Duration, what: &str| match v {
+                None => Ok(default),
+                Some(ms) if (1..=600_000).contains(&ms) => Ok(Duration::from_millis(ms)),
+                Some(_) => Err(format!("storage.{what} must be 1 to 600000")),
+            };
+            pg.statement_timeout = ms(
+                file.statement_timeout_ms,
+                pg.statement_timeout,
+                "statement_timeout_ms",
+            )?;
+            pg.connect_timeout = ms(
+                file.connect_timeout_ms,
+                pg.connect_timeout,
+                "connect_timeout_ms",
+            )?;
+            Ok(Storage::Postgres(pg))
+        }
+        other => Err(format!(
+            "storage.type: `{other}` is not a storage type (redb or postgres)"
+        )),
+    }
 }
 
 /// The `[tls]` table.
@@ -451,6 +537,8 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     /// The TLS listener; `None` when off.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Where state is kept.
+    pub storage: Storage,
 }
 
 /// Values given on the command line or in the environment (already merged
@@ -465,6 +553,8 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
     /// `--tls-listen` / `PERCH_TLS_LISTEN`.
     pub tls_listen: Option<String>,
+    /// `--storage-url` / `PERCH_STORAGE_URL`.
+    pub storage_url: Option<String>,
 }
 
 /// Largest component upload the admin API takes.
@@ -611,6 +701,7 @@ impl Config {
             quotas: file.quotas,
             telemetry: telemetry_config(file.telemetry)?,
             tls: tls_config(file.tls, over.tls_listen)?,
+            storage: storage_config(file.storage, over.storage_url)?,
         };
         config.validate()?;
         Ok(config)

@@ -23,11 +23,13 @@
 //! ```
 #![deny(missing_docs)]
 
+mod apply;
 mod bindings;
 mod checked;
 pub mod copy;
 mod encoding;
 pub mod guest;
+mod pg_backend;
 mod quota;
 mod redb_backend;
 mod store;
@@ -35,6 +37,7 @@ mod store;
 /// The attribute [`KvStore`] implementations put on their `impl` block.
 pub use async_trait::async_trait;
 pub use checked::CheckedKv;
+pub use pg_backend::PgKv;
 pub use quota::{KvQuota, KvQuotas, KvUsage};
 pub use redb_backend::{KvStats, RedbKv};
 pub use store::{

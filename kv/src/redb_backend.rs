@@ -24,13 +24,14 @@ use moka::sync::Cache;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
+use crate::apply::{entry_size, live, new_entry};
 use crate::encoding::{
     decode_cursor, decode_entry, encode_cursor, encode_entry, expiry_key, full_key, ns_prefix,
     tenant_prefix,
 };
 use crate::{
-    Entry, KeyInfo, KvError, KvQuotas, KvStore, KvUsage, NamespaceId, Page, PutOptions, WriteOp,
-    WriteResult, now_ms,
+    Entry, KeyInfo, KvError, KvQuotas, KvStore, KvUsage, NamespaceId, Page, WriteOp, WriteResult,
+    now_ms,
 };
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -395,10 +396,6 @@ impl Drop for RedbKv {
     }
 }
 
-fn live(entry: Option<Entry>, now: u64) -> Option<Entry> {
-    entry.filter(|e| e.expires_at_ms.is_none_or(|t| t > now))
-}
-
 #[async_trait]
 impl KvStore for RedbKv {
     async fn get(&self, ns: &NamespaceId, key: &str) -> Result<Option<Entry>, KvError> {
@@ -635,11 +632,6 @@ struct Tables<'t> {
     usage: UsageTable<'t>,
 }
 
-/// What an entry takes of its tenant's `kv_bytes`: key, value, metadata.
-fn entry_size(key_len: usize, e: &Entry) -> i64 {
-    (key_len + e.value.len() + e.metadata.as_deref().map_or(0, str::len)) as i64
-}
-
 /// The same, of an encoded entry (its header is not counted).
 fn encoded_size(key_len: usize, encoded: &[u8]) -> i64 {
     (key_len + encoded.len().saturating_sub(13)) as i64
@@ -705,16 +697,6 @@ fn read_entry(kv: &KvTable<'_>, k: &[u8]) -> Result<Option<Entry>, KvError> {
     match kv.get(k).map_err(storage)? {
         Some(v) => Ok(Some(decode_entry(v.value())?)),
         None => Ok(None),
-    }
-}
-
-fn new_entry(value: Vec<u8>, options: &PutOptions, now: u64) -> Entry {
-    Entry {
-        value,
-        metadata: options.metadata.clone(),
-        expires_at_ms: options
-            .ttl
-            .map(|t| now.saturating_add(t.as_millis() as u64).max(now + 1)),
     }
 }
 
@@ -811,85 +793,27 @@ fn apply_on_overlay(
     now: u64,
     quota: crate::KvQuota,
 ) -> Result<Vec<WriteResult>, KvError> {
-    let kv = &t.kv;
-    // Per key: (stored before this job, value after the ops so far).
-    let mut overlay: HashMap<Vec<u8>, (Option<Entry>, Option<Entry>)> = HashMap::new();
-    let mut order = Vec::new();
-    let mut results = Vec::with_capacity(ops.len());
+    let mut stored = HashMap::new();
     for op in ops {
-        let k = full_key(ns, op.key());
-        if !overlay.contains_key(&k) {
-            let stored = read_entry(kv, &k)?;
-            overlay.insert(k.clone(), (stored.clone(), stored));
-            order.push(k.clone());
-        }
-        let slot = overlay.get_mut(&k).expect("inserted above");
-        let current = live(slot.1.clone(), now);
-        match op {
-            WriteOp::Put { value, options, .. } => {
-                slot.1 = Some(new_entry(value.clone(), options, now));
-                results.push(WriteResult::Done);
-            }
-            WriteOp::Delete { .. } => {
-                slot.1 = None;
-                results.push(WriteResult::Done);
-            }
-            WriteOp::Increment { delta, .. } => {
-                let base = match &current {
-                    None => 0i64,
-                    Some(e) => std::str::from_utf8(&e.value)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<i64>().ok())
-                        .ok_or_else(|| {
-                            KvError::NotACounter("value is not a decimal integer".into())
-                        })?,
-                };
-                let next = base
-                    .checked_add(*delta)
-                    .ok_or_else(|| KvError::NotACounter("counter overflow".into()))?;
-                let (metadata, expires_at_ms) = current
-                    .map(|e| (e.metadata, e.expires_at_ms))
-                    .unwrap_or((None, None));
-                slot.1 = Some(Entry {
-                    value: next.to_string().into_bytes(),
-                    metadata,
-                    expires_at_ms,
-                });
-                results.push(WriteResult::Counter(next));
-            }
-            WriteOp::CompareAndSwap { expected, new, .. } => {
-                let matches = current.as_ref().map(|e| &e.value) == expected.as_ref();
-                if matches {
-                    slot.1 = new.as_ref().map(|(v, o)| new_entry(v.clone(), o, now));
-                }
-                results.push(WriteResult::Swapped(matches));
-            }
+        if !stored.contains_key(op.key()) {
+            let entry = read_entry(&t.kv, &full_key(ns, op.key()))?;
+            stored.insert(op.key().to_string(), entry);
         }
     }
-    // What the job changes of the tenant's usage, refused past a quota
-    // before anything is written.
-    let key_len = |k: &[u8]| k.len() - ns_prefix(ns).len();
-    let size = |k: &[u8], e: &Option<Entry>| e.as_ref().map_or(0, |e| entry_size(key_len(k), e));
-    let mut delta = (0i64, 0i64);
-    for (k, (before, after)) in &overlay {
-        delta.0 += size(k, after) - size(k, before);
-        delta.1 += i64::from(after.is_some()) - i64::from(before.is_some());
-    }
+    let applied = crate::apply::apply(ops, now, stored)?;
+    // Refused past a quota before anything is written.
     if quota != crate::KvQuota::default() {
-        read_usage(&t.usage, &ns.tenant)?.admit(delta, quota)?;
+        read_usage(&t.usage, &ns.tenant)?.admit(applied.delta, quota)?;
     }
     let (kv, expiry) = (&mut t.kv, &mut t.expiry);
-    for k in order {
-        let (before, after) = overlay.remove(&k).expect("ordered keys are in the overlay");
-        if before == after {
-            continue;
-        }
-        if let Some(t) = before.as_ref().and_then(|e| e.expires_at_ms) {
+    for change in applied.changes {
+        let k = full_key(ns, &change.key);
+        if let Some(t) = change.before.as_ref().and_then(|e| e.expires_at_ms) {
             expiry
                 .remove(expiry_key(t, &k).as_slice())
                 .map_err(storage)?;
         }
-        match &after {
+        match &change.after {
             Some(e) => {
                 kv.insert(k.as_slice(), encode_entry(e).as_slice())
                     .map_err(storage)?;
@@ -905,8 +829,8 @@ fn apply_on_overlay(
         }
         touched.push(k);
     }
-    add_usage(&mut t.usage, &ns.tenant, delta)?;
-    Ok(results)
+    add_usage(&mut t.usage, &ns.tenant, applied.delta)?;
+    Ok(applied.results)
 }
 
 fn create_ns(txn: &WriteTransaction, ns: &NamespaceId) -> Result<bool, KvError> {

@@ -6,15 +6,70 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use perch_kv::{
-    CheckedKv, KvError, KvLimits, KvQuota, KvQuotas, KvStore, KvUsage, NamespaceId, PutOptions,
-    RedbKv, WriteOp,
+    CheckedKv, KvError, KvLimits, KvQuota, KvQuotas, KvStore, KvUsage, NamespaceId, PgKv,
+    PutOptions, RedbKv, WriteOp,
 };
 
-fn open(dir: &std::path::Path, quotas: Arc<KvQuotas>) -> (Arc<RedbKv>, Arc<dyn KvStore>) {
+type Purging = std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>;
+
+/// A store under test and its purge of expired keys.
+struct Store {
+    kv: Arc<dyn KvStore>,
+    purge: Box<dyn Fn() -> Purging + Send>,
+}
+
+type Open = fn(&std::path::Path, Arc<KvQuotas>) -> Store;
+
+/// redb, and PostgreSQL (skipped only with `PERCH_SKIP_EXTERNAL=1` and no
+/// `PERCH_TEST_POSTGRES_URL`).
+fn backends() -> Vec<(&'static str, Open)> {
+    let mut all: Vec<(&'static str, Open)> = vec![("redb", open_redb)];
+    if std::env::var_os("PERCH_TEST_POSTGRES_URL").is_some()
+        || std::env::var("PERCH_SKIP_EXTERNAL").as_deref() != Ok("1")
+    {
+        all.push(("postgres", open_postgres));
+    }
+    all
+}
+
+fn open_redb(dir: &std::path::Path, quotas: Arc<KvQuotas>) -> Store {
     let db = Arc::new(redb::Database::create(dir.join("kv.redb")).unwrap());
     let redb = Arc::new(RedbKv::open_full(db, Duration::from_secs(3600), 1 << 20, quotas).unwrap());
-    let kv: Arc<dyn KvStore> = Arc::new(CheckedKv::new(redb.clone(), KvLimits::default()));
-    (redb, kv)
+    let purger = redb.clone();
+    Store {
+        kv: Arc::new(CheckedKv::new(redb, KvLimits::default())),
+        purge: Box::new(move || {
+            let redb = purger.clone();
+            Box::pin(async move { redb.purge_expired().await.unwrap() })
+        }),
+    }
+}
+
+/// One database per directory; every open of it is another node.
+fn open_postgres(dir: &std::path::Path, quotas: Arc<KvQuotas>) -> Store {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let marker = dir.join("postgres-url");
+            let url = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
+                let url = perch_pg::test_database().expect("PostgreSQL for the tests");
+                std::fs::write(&marker, &url).unwrap();
+                url
+            });
+            let config = perch_pg::PgConfig::new(&url);
+            let pg =
+                Arc::new(PgKv::open(&config, quotas, Duration::from_secs(3600), 1 << 20).unwrap());
+            let purger = pg.clone();
+            Store {
+                kv: Arc::new(CheckedKv::new(pg, KvLimits::default())),
+                purge: Box::new(move || {
+                    let pg = purger.clone();
+                    Box::pin(async move { pg.purge_expired().await.unwrap() })
+                }),
+            }
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 fn usage(bytes: u64, keys: u64) -> KvUsage {
@@ -31,8 +86,16 @@ fn put(key: &str, value: &str) -> WriteOp {
 
 #[tokio::test]
 async fn usage_follows_every_kind_of_write() {
+    for (backend, open) in backends() {
+        eprintln!("{backend}");
+        usage_follows_writes(open).await;
+    }
+}
+
+async fn usage_follows_writes(open: Open) {
     let dir = tempfile::tempdir().unwrap();
-    let (redb, kv) = open(dir.path(), Arc::default());
+    let store = open(dir.path(), Arc::default());
+    let kv = store.kv.clone();
     let ns = NamespaceId::new("t", "default");
     let other = NamespaceId::new("t", "cache");
     let u = || async { kv.usage("t").await.unwrap() };
@@ -93,7 +156,7 @@ async fn usage_follows_every_kind_of_write() {
     kv.put(&ns, "gone", b"soon".to_vec(), ttl).await.unwrap();
     assert_eq!(u().await, usage(16, 4));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(redb.purge_expired().await.unwrap(), 1);
+    assert_eq!((store.purge)().await, 1);
     assert_eq!(u().await, usage(8, 3));
     kv.delete_tenant("t").await.unwrap();
     assert_eq!(u().await, usage(0, 0));
@@ -102,6 +165,13 @@ async fn usage_follows_every_kind_of_write() {
 
 #[tokio::test]
 async fn a_write_past_a_quota_is_refused_whole_and_earlier_writes_stay() {
+    for (backend, open) in backends() {
+        eprintln!("{backend}");
+        refused_whole(open).await;
+    }
+}
+
+async fn refused_whole(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let quotas = Arc::new(KvQuotas::default());
     quotas.set(
@@ -111,7 +181,7 @@ async fn a_write_past_a_quota_is_refused_whole_and_earlier_writes_stay() {
             keys: Some(3),
         },
     );
-    let (_redb, kv) = open(dir.path(), quotas.clone());
+    let kv = open(dir.path(), quotas.clone()).kv;
     let ns = NamespaceId::new("t", "default");
     kv.put(&ns, "a", b"123456789".to_vec(), PutOptions::default())
         .await
@@ -181,6 +251,15 @@ async fn a_write_past_a_quota_is_refused_whole_and_earlier_writes_stay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_never_pass_a_quota() {
+    for (backend, open) in backends() {
+        eprintln!("{backend}");
+        held_to_the_quota(open).await;
+    }
+}
+
+/// 50 concurrent puts of new keys against `kv_keys: 10`, spread over two
+/// stores on the same data (for PostgreSQL: two nodes).
+async fn held_to_the_quota(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let quotas = Arc::new(KvQuotas::default());
     quotas.set(
@@ -190,11 +269,18 @@ async fn concurrent_writers_never_pass_a_quota() {
             keys: Some(10),
         },
     );
-    let (_redb, kv) = open(dir.path(), quotas);
+    let first = open(dir.path(), quotas.clone()).kv;
+    // redb holds its file alone: its second store is the same one.
+    let second = if std::fs::exists(dir.path().join("postgres-url")).unwrap() {
+        open(dir.path(), quotas).kv
+    } else {
+        first.clone()
+    };
     let ns = NamespaceId::new("t", "default");
     let writes: Vec<_> = (0..50)
         .map(|i| {
-            let (kv, ns) = (kv.clone(), ns.clone());
+            let kv = if i % 2 == 0 { &first } else { &second }.clone();
+            let ns = ns.clone();
             tokio::spawn(async move {
                 kv.put(&ns, &format!("k{i}"), b"v".to_vec(), PutOptions::default())
                     .await
@@ -212,15 +298,18 @@ async fn concurrent_writers_never_pass_a_quota() {
         }
     }
     assert_eq!(ok, 10);
-    assert_eq!(kv.usage("t").await.unwrap().keys, 10);
-    assert_eq!(kv.list(&ns, "", None, 100).await.unwrap().keys.len(), 10);
+    assert_eq!(first.usage("t").await.unwrap().keys, 10);
+    assert_eq!(
+        second.list(&ns, "", None, 100).await.unwrap().keys.len(),
+        10
+    );
 }
 
 #[tokio::test]
 async fn data_from_before_usage_was_kept_is_counted_at_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (_redb, kv) = open(dir.path(), Arc::default());
+        let kv = open_redb(dir.path(), Arc::default()).kv;
         let ns = NamespaceId::new("t", "default");
         kv.put(&ns, "ab", b"xyz".to_vec(), PutOptions::default())
             .await
@@ -242,6 +331,6 @@ async fn data_from_before_usage_was_kept_is_counted_at_open() {
         assert!(txn.delete_table(table).unwrap());
         txn.commit().unwrap();
     }
-    let (_redb, kv) = open(dir.path(), Arc::default());
+    let kv = open_redb(dir.path(), Arc::default()).kv;
     assert_eq!(kv.usage("t").await.unwrap(), usage(7, 2));
 }

@@ -227,6 +227,10 @@ pub(super) struct ServeArgs {
     /// Data-plane TLS address (the `[tls]` table's `listen`; off by default).
     #[arg(long, env = "PERCH_TLS_LISTEN")]
     pub(super) tls_listen: Option<String>,
+    /// PostgreSQL connection string for cluster mode (the `[storage]`
+    /// table's `url`; prefer the environment variable: a flag shows in `ps`).
+    #[arg(long, env = "PERCH_STORAGE_URL", hide_env_values = true)]
+    pub(super) storage_url: Option<String>,
     /// Config file (TOML).
     #[arg(long, env = "PERCH_CONFIG")]
     pub(super) config: Option<PathBuf>,

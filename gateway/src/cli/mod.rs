@@ -113,6 +113,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         listen: args.listen,
         admin_listen: args.admin_listen,
         tls_listen: args.tls_listen,
+        storage_url: args.storage_url,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(c) => c,

@@ -11,11 +11,10 @@
 //! reports the current revision, so a node catches up on what it missed.
 //! Migrations are numbered and applied at open; a database whose schema is
 //! newer than this build is refused.
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls};
+use perch_pg::postgres::{self, Client};
+use perch_pg::{Listening, PgConfig};
 use tokio::sync::watch;
 
 use super::store::{Change, Kind, Loaded, Records, RegistryStore, StoreError};
@@ -64,43 +63,10 @@ fn kind_number(kind: Kind) -> i16 {
 
 /// The registry in a PostgreSQL database.
 pub struct PgStore {
-    client: Mutex<Client>,
+    client: Mutex<Option<Client>>,
+    config: PgConfig,
     tx: Arc<watch::Sender<u64>>,
-}
-
-/// Applies the migrations this build knows and the database lacks, in one
-/// transaction; refuses a schema newer than this build's.
-fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let mut txn = client.transaction().map_err(unavailable)?;
-    // One migrator at a time across nodes.
-    txn.execute("SELECT pg_advisory_xact_lock(7263)", &[])
-        .map_err(unavailable)?;
-    txn.batch_execute("CREATE TABLE IF NOT EXISTS perch_schema (version integer NOT NULL)")
-        .map_err(unavailable)?;
-    let current: i32 = match txn
-        .query_opt("SELECT version FROM perch_schema", &[])
-        .map_err(unavailable)?
-    {
-        Some(row) => row.get(0),
-        None => {
-            txn.execute("INSERT INTO perch_schema (version) VALUES (0)", &[])
-                .map_err(unavailable)?;
-            0
-        }
-    };
-    let known = MIGRATIONS.len() as i32;
-    if current > known {
-        return Err(StoreError::Corrupt(format!(
-            "the database's schema is version {current}; this perch knows up to {known}: upgrade perch"
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        txn.batch_execute(sql)
-            .map_err(|e| StoreError::Unavailable(format!("migration {}: {e}", i + 1)))?;
-    }
-    txn.execute("UPDATE perch_schema SET version = $1", &[&known])
-        .map_err(unavailable)?;
-    txn.commit().map_err(unavailable)
+    listening: Listening,
 }
 
 fn revision_of(client: &mut Client) -> Result<u64, StoreError> {
@@ -111,74 +77,70 @@ fn revision_of(client: &mut Client) -> Result<u64, StoreError> {
 }
 
 impl PgStore {
-    /// Connects to `url` (a libpq connection string or URL), applies the
-    /// migrations and starts listening for other nodes' commits. Blocking.
-    pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        let mut client = Client::connect(url, NoTls).map_err(unavailable)?;
-        migrate(&mut client)?;
+    /// Connects, applies the migrations (refusing a newer schema) and
+    /// starts listening for other nodes' commits. Blocking.
+    pub fn open(config: &PgConfig) -> Result<PgStore, StoreError> {
+        let mut client = config
+            .connect("perch-registry")
+            .map_err(StoreError::Unavailable)?;
+        perch_pg::migrate(&mut client, "perch_schema", MIGRATIONS).map_err(|e| {
+            if e.contains("upgrade perch") {
+                StoreError::Corrupt(e)
+            } else {
+                StoreError::Unavailable(e)
+            }
+        })?;
         let revision = revision_of(&mut client)?;
         let tx = Arc::new(watch::channel(revision).0);
-        let (url, weak) = (url.to_string(), Arc::downgrade(&tx));
-        std::thread::Builder::new()
-            .name("perch-pg-listen".into())
-            .spawn(move || listen(&url, &weak))
-            .map_err(unavailable)?;
+        let (on_connect, on_note) = (tx.clone(), tx.clone());
+        // After every (re)connection the current revision covers whatever
+        // was missed.
+        let listening = perch_pg::listen(
+            config,
+            LISTENER,
+            &[CHANNEL],
+            move |client| {
+                let current: i64 = client
+                    .query_one("SELECT revision FROM perch_registry_meta", &[])?
+                    .get(0);
+                on_connect.send_if_modified(|r| bump(r, current as u64));
+                Ok(())
+            },
+            move |_channel, payload| {
+                if let Ok(n) = payload.parse::<u64>() {
+                    on_note.send_if_modified(|r| bump(r, n));
+                }
+            },
+        )
+        .map_err(unavailable)?;
         Ok(PgStore {
-            client: Mutex::new(client),
+            client: Mutex::new(Some(client)),
+            config: config.clone(),
             tx,
+            listening,
         })
     }
 
-    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
-        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    /// Whether the notification connection is up (`/readyz`).
+    pub fn listening(&self) -> bool {
+        self.listening.connected()
     }
-}
 
-/// Announces every revision another node (or this one) commits, until the
-/// store is dropped; reconnects after a lost connection and then reports
-/// the revision it finds, which covers whatever it missed.
-fn listen(url: &str, tx: &Weak<watch::Sender<u64>>) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let Some(sender) = tx.upgrade() else { return };
-        let session = (|| -> Result<(), postgres::Error> {
-            let mut config: postgres::Config = url.parse()?;
-            config.application_name(LISTENER);
-            let mut client = config.connect(NoTls)?;
-            client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-            let current: i64 = client
-                .query_one("SELECT revision FROM perch_registry_meta", &[])?
-                .get(0);
-            sender.send_if_modified(|r| bump(r, current as u64));
-            drop(sender);
-            loop {
-                {
-                    let mut notes = client.notifications();
-                    let mut timed = notes.timeout_iter(Duration::from_secs(1));
-                    while let Some(note) = timed.next()? {
-                        let Some(sender) = tx.upgrade() else {
-                            return Ok(());
-                        };
-                        if let Ok(n) = note.payload().parse::<u64>() {
-                            sender.send_if_modified(|r| bump(r, n));
-                        }
-                    }
-                }
-                if tx.strong_count() == 0 {
-                    return Ok(());
-                }
-                // A round trip, so a dead connection shows up here.
-                client.is_valid(Duration::from_secs(5))?;
-            }
-        })();
-        match session {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "registry: lost the PostgreSQL notification connection; reconnecting");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+    /// Runs `f` on the store's connection, reconnecting first if it broke.
+    fn with_client<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            // A closed client is dropped here, on a blocking thread.
+            *slot = Some(
+                self.config
+                    .connect("perch-registry")
+                    .map_err(StoreError::Unavailable)?,
+            );
         }
+        f(slot.as_mut().expect("connected above"))
     }
 }
 
@@ -199,107 +161,13 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
 
 impl RegistryStore for PgStore {
     fn load(&self) -> Result<Loaded, StoreError> {
-        let mut client = self.client();
-        let mut txn = client
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .map_err(unavailable)?;
-        let revision: i64 = txn
-            .query_one("SELECT revision FROM perch_registry_meta", &[])
-            .map_err(unavailable)?
-            .get(0);
-        let mut records = Records::default();
-        for row in txn
-            .query(
-                "SELECT kind, key, value FROM perch_registry ORDER BY kind, key",
-                &[],
-            )
-            .map_err(unavailable)?
-        {
-            let (kind, key, value): (i16, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
-            match kind {
-                1 => records.tenants.push(decode(&key, &value)?),
-                2 => records.tokens.push(decode(&key, &value)?),
-                3 => records.functions.push(decode(&key, &value)?),
-                4 => records.routes.push(decode(&key, &value)?),
-                5 => records.images.push(decode(&key, &value)?),
-                6 => records.certificates.push(decode(&key, &value)?),
-                other => {
-                    return Err(StoreError::Corrupt(format!(
-                        "record {key} of unknown kind {other}"
-                    )));
-                }
-            }
-        }
-        txn.commit().map_err(unavailable)?;
-        Ok(Loaded {
-            records,
-            revision: revision as u64,
-        })
+        self.with_client(load)
     }
 
     fn commit(&self, base: u64, changes: &[Change]) -> Result<u64, StoreError> {
-        let mut client = self.client();
-        let mut txn = client.transaction().map_err(unavailable)?;
-        let current: i64 = txn
-            .query_one("SELECT revision FROM perch_registry_meta FOR UPDATE", &[])
-            .map_err(unavailable)?
-            .get(0);
-        if current as u64 != base {
-            return Err(StoreError::Conflict {
-                base,
-                current: current as u64,
-            });
-        }
-        if changes.is_empty() {
-            return Ok(base);
-        }
-        let put = txn
-            .prepare(
-                "INSERT INTO perch_registry (kind, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
-            )
-            .map_err(unavailable)?;
-        let delete = txn
-            .prepare("DELETE FROM perch_registry WHERE kind = $1 AND key = $2")
-            .map_err(unavailable)?;
-        for change in changes {
-            let (kind, key) = change.key();
-            let kind = kind_number(kind);
-            let value = match change {
-                Change::PutTenant(r) => Some(serde_json::to_vec(r)),
-                Change::PutToken(r) => Some(serde_json::to_vec(r)),
-                Change::PutFunction(r) => Some(serde_json::to_vec(r)),
-                Change::PutRoute(r) => Some(serde_json::to_vec(r)),
-                Change::PutImage(r) => Some(serde_json::to_vec(r)),
-                Change::PutCertificate(r) => Some(serde_json::to_vec(r)),
-                _ => None,
-            };
-            match value {
-                Some(v) => {
-                    let v = v.expect("registry records serialise");
-                    txn.execute(&put, &[&kind, &key, &v]).map_err(unavailable)?;
-                }
-                None => {
-                    txn.execute(&delete, &[&kind, &key]).map_err(unavailable)?;
-                }
-            }
-        }
-        let next = current + 1;
-        txn.execute("UPDATE perch_registry_meta SET revision = $1", &[&next])
-            .map_err(unavailable)?;
-        txn.execute(
-            "INSERT INTO perch_registry_changes (revision) VALUES ($1)",
-            &[&next],
-        )
-        .map_err(unavailable)?;
-        txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])
-            .map_err(unavailable)?;
-        txn.commit().map_err(unavailable)?;
-        self.tx.send_if_modified(|r| bump(r, next as u64));
-        Ok(next as u64)
+        let next = self.with_client(|client| commit(client, base, changes))?;
+        self.tx.send_if_modified(|r| bump(r, next));
+        Ok(next)
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
@@ -307,24 +175,125 @@ impl RegistryStore for PgStore {
     }
 }
 
-/// A new, empty database on the PostgreSQL server of
-/// `PERCH_TEST_POSTGRES_URL` for one test, as a connection string; `None`
-/// (with a note) when the variable is unset and `PERCH_SKIP_EXTERNAL=1`.
-#[cfg(test)]
-pub(crate) fn test_database() -> Option<String> {
-    let Ok(url) = std::env::var("PERCH_TEST_POSTGRES_URL") else {
-        if std::env::var("PERCH_SKIP_EXTERNAL").as_deref() == Ok("1") {
-            eprintln!("skipped: the PostgreSQL store (PERCH_TEST_POSTGRES_URL is not set)");
-            return None;
+fn load(client: &mut Client) -> Result<Loaded, StoreError> {
+    let mut txn = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(unavailable)?;
+    let revision: i64 = txn
+        .query_one("SELECT revision FROM perch_registry_meta", &[])
+        .map_err(unavailable)?
+        .get(0);
+    let mut records = Records::default();
+    for row in txn
+        .query(
+            "SELECT kind, key, value FROM perch_registry ORDER BY kind, key",
+            &[],
+        )
+        .map_err(unavailable)?
+    {
+        let (kind, key, value): (i16, String, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+        match kind {
+            1 => records.tenants.push(decode(&key, &value)?),
+            2 => records.tokens.push(decode(&key, &value)?),
+            3 => records.functions.push(decode(&key, &value)?),
+            4 => records.routes.push(decode(&key, &value)?),
+            5 => records.images.push(decode(&key, &value)?),
+            6 => records.certificates.push(decode(&key, &value)?),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "record {key} of unknown kind {other}"
+                )));
+            }
         }
-        panic!(
-            "PERCH_TEST_POSTGRES_URL is not set: ./test.sh starts a PostgreSQL server for the tests (or set PERCH_SKIP_EXTERNAL=1)"
-        );
-    };
-    let name = format!("perch_test_{}", crate::secrets::random_hex(6));
-    let mut admin = Client::connect(&url, NoTls).expect("connect to the test PostgreSQL");
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .expect("create a test database");
-    Some(format!("{url} dbname={name}"))
+    }
+    txn.commit().map_err(unavailable)?;
+    Ok(Loaded {
+        records,
+        revision: revision as u64,
+    })
+}
+
+fn commit(client: &mut Client, base: u64, changes: &[Change]) -> Result<u64, StoreError> {
+    let mut txn = client.transaction().map_err(unavailable)?;
+    let current: i64 = txn
+        .query_one("SELECT revision FROM perch_registry_meta FOR UPDATE", &[])
+        .map_err(unavailable)?
+        .get(0);
+    if current as u64 != base {
+        return Err(StoreError::Conflict {
+            base,
+            current: current as u64,
+        });
+    }
+    if changes.is_empty() {
+        return Ok(base);
+    }
+    let put = txn
+        .prepare(
+            "INSERT INTO perch_registry (kind, key, value) VALUES ($1, $2, $3)
+                 ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .map_err(unavailable)?;
+    let delete = txn
+        .prepare("DELETE FROM perch_registry WHERE kind = $1 AND key = $2")
+        .map_err(unavailable)?;
+    for change in changes {
+        let (kind, key) = change.key();
+        let kind = kind_number(kind);
+        let value = match change {
+            Change::PutTenant(r) => Some(serde_json::to_vec(r)),
+            Change::PutToken(r) => Some(serde_json::to_vec(r)),
+            Change::PutFunction(r) => Some(serde_json::to_vec(r)),
+            Change::PutRoute(r) => Some(serde_json::to_vec(r)),
+            Change::PutImage(r) => Some(serde_json::to_vec(r)),
+            Change::PutCertificate(r) => Some(serde_json::to_vec(r)),
+            _ => None,
+        };
+        match value {
+            Some(v) => {
+                let v = v.expect("registry records serialise");
+                txn.execute(&put, &[&kind, &key, &v]).map_err(unavailable)?;
+            }
+            None => {
+                txn.execute(&delete, &[&kind, &key]).map_err(unavailable)?;
+            }
+        }
+    }
+    let next = current + 1;
+    txn.execute("UPDATE perch_registry_meta SET revision = $1", &[&next])
+        .map_err(unavailable)?;
+    txn.execute(
+        "INSERT INTO perch_registry_changes (revision) VALUES ($1)",
+        &[&next],
+    )
+    .map_err(unavailable)?;
+    txn.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])
+        .map_err(unavailable)?;
+    txn.commit().map_err(unavailable)?;
+    Ok(next as u64)
+}
+
+/// A new, empty database for one test (see [`perch_pg::test_database`]).
+#[cfg(test)]
+pub(crate) fn test_database() -> Option<PgConfig> {
+    perch_pg::test_database().map(|url| PgConfig::new(&url))
+}
+
+impl Drop for PgStore {
+    /// Closing the connection blocks (and panics on an async thread).
+    fn drop(&mut self) {
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(client) = client {
+            let _ = std::thread::Builder::new()
+                .name("perch-pg-close".into())
+                .spawn(move || drop(client));
+        }
+    }
 }

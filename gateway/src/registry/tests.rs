@@ -75,7 +75,8 @@ fn two_nodes_share_a_postgres_registry() {
     assert_eq!(b.revision(), a.revision());
     // b's listening connection dies: b reconnects and catches up with what
     // a committed meanwhile, without a restart.
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut admin =
+        perch_pg::postgres::Client::connect(&url.url, perch_pg::postgres::NoTls).unwrap();
     let killed = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity

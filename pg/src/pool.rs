@@ -1,0 +1,219 @@
+//! A blocking connection pool.
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+/// How to reach the database, and what every connection is set up with.
+/// (Its `Debug` leaves the URL out: it may hold a password.)
+#[derive(Clone)]
+pub struct PgConfig {
+    /// A libpq connection string (`host=… user=… dbname=…`) or a
+    /// `postgres://` URL.
+    pub url: String,
+    /// Connections a pool opens at most.
+    pub pool_size: usize,
+    /// The server aborts any statement running longer
+    /// (`statement_timeout`).
+    pub statement_timeout: Duration,
+    /// Giving up on a connection attempt, and on waiting for a free pooled
+    /// connection.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgConfig {
+    /// `url` with the defaults: 8 connections, 5 s statements, 5 s to
+    /// connect.
+    pub fn new(url: &str) -> PgConfig {
+        PgConfig {
+            url: url.to_string(),
+            pool_size: 8,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Opens one connection named `application_name` (what
+    /// `pg_stat_activity` shows).
+    pub fn connect(&self, application_name: &str) -> Result<Client, String> {
+        let mut config: postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e: postgres::Error| format!("storage url: {e}"))?;
+        config
+            .application_name(application_name)
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .options(&format!(
+                "-c statement_timeout={}",
+                self.statement_timeout.as_millis().max(1)
+            ));
+        config.connect(NoTls).map_err(|e| crate::describe(&e))
+    }
+}
+
+struct Inner {
+    config: PgConfig,
+    name: String,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+struct State {
+    idle: Vec<Client>,
+    open: usize,
+}
+
+/// Up to `pool_size` connections, opened on demand and reused; a
+/// connection that broke is dropped instead of going back. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// A pool whose connections are named `name`; connects nothing yet.
+    pub fn new(config: PgConfig, name: &str) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                config,
+                name: name.to_string(),
+                state: Mutex::new(State {
+                    idle: Vec::new(),
+                    open: 0,
+                }),
+                freed: Condvar::new(),
+            }),
+        }
+    }
+
+    /// The configuration the pool connects with.
+    pub fn config(&self) -> &PgConfig {
+        &self.inner.config
+    }
+
+    /// An idle connection, a new one if the pool has room, or the next one
+    /// freed (waiting up to the connect timeout).
+    pub fn get(&self) -> Result<Pooled, String> {
+        let inner = &self.inner;
+        let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = std::time::Instant::now() + inner.config.connect_timeout;
+        loop {
+            if let Some(client) = state.idle.pop() {
+                if client.is_closed() {
+                    state.open -= 1;
+                    continue;
+                }
+                return Ok(self.pooled(client));
+            }
+            if state.open < inner.config.pool_size.max(1) {
+                state.open += 1;
+                drop(state);
+                return match inner.config.connect(&inner.name) {
+                    Ok(client) => Ok(self.pooled(client)),
+                    Err(e) => {
+                        self.release(None);
+                        Err(e)
+                    }
+                };
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no free database connection within {:?} ({} in use)",
+                    inner.config.connect_timeout, state.open
+                ));
+            }
+            state = inner
+                .freed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn pooled(&self, client: Client) -> Pooled {
+        Pooled {
+            client: Some(client),
+            pool: self.clone(),
+        }
+    }
+
+    fn release(&self, client: Option<Client>) {
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        match client {
+            Some(c) if !c.is_closed() => state.idle.push(c),
+            _ => state.open -= 1,
+        }
+        drop(state);
+        self.inner.freed.notify_one();
+    }
+
+    /// Closes the idle connections (after an outage, so the next use
+    /// connects afresh instead of finding a dead socket).
+    pub fn clear(&self) {
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = state.idle.len();
+        state.idle.clear();
+        state.open -= n;
+    }
+}
+
+/// A connection taken from a [`Pool`]; goes back when dropped.
+pub struct Pooled {
+    client: Option<Client>,
+    pool: Pool,
+}
+
+impl Deref for Pooled {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("held until drop")
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.pool.release(self.client.take());
+    }
+}
+
+impl Drop for Inner {
+    /// Closing a connection blocks (and panics on an async thread): the
+    /// idle ones are closed on a thread of their own.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let idle = std::mem::take(&mut state.idle);
+        if !idle.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("perch-pg-close".into())
+                .spawn(move || drop(idle));
+        }
+    }
+}
