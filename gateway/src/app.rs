@@ -30,8 +30,12 @@ pub struct App {
     pub containers: Option<Arc<perch_containers::Backend>>,
     /// The audit log of admin changes.
     pub audit: Arc<dyn crate::audit::AuditStore>,
-    /// The node's database (registry, KV, usage, audit), for backups.
-    pub db: Arc<redb::Database>,
+    /// The node's database (registry, KV, usage, audit), for backups;
+    /// `None` in cluster mode (the state is in PostgreSQL: `pg_dump`).
+    pub db: Option<Arc<redb::Database>>,
+    /// Where usage totals are kept (and, in cluster mode, what other
+    /// nodes counted).
+    pub usage_store: Arc<dyn crate::telemetry::usage::UsageStore>,
     /// The key-value store, its limits checked.
     pub kv: Arc<dyn perch_kv::KvStore>,
     /// Counters (shared with the data plane).

@@ -22,6 +22,10 @@ pub struct Artifacts {
     registry: Arc<Registry>,
     /// Digests of uploads under way, and how many.
     holds: Mutex<HashMap<Digest, usize>>,
+    /// Cluster mode: the artifact store is shared, and what no version of
+    /// this node's registry runs is only forgotten locally (another node
+    /// may be uploading the same bytes at this moment).
+    shared: bool,
 }
 
 /// An upload's claim on its digest; released when dropped.
@@ -50,6 +54,18 @@ impl Artifacts {
             runtime,
             registry,
             holds: Mutex::default(),
+            shared: false,
+        })
+    }
+
+    /// For a node whose artifact store is shared with others: components
+    /// no version uses are removed from this node's cache only.
+    pub fn new_shared(runtime: Arc<Runtime>, registry: Arc<Registry>) -> Arc<Artifacts> {
+        Arc::new(Artifacts {
+            runtime,
+            registry,
+            holds: Mutex::default(),
+            shared: true,
         })
     }
 
@@ -82,7 +98,12 @@ impl Artifacts {
             if holds.contains_key(&digest) {
                 continue;
             }
-            match self.runtime.remove_component(&digest) {
+            let removed_here = if self.shared {
+                self.runtime.forget_local(&digest)
+            } else {
+                self.runtime.remove_component(&digest)
+            };
+            match removed_here {
                 Ok(()) => {
                     removed += 1;
                     tracing::info!(digest = %text, "deleted a component no version uses");

@@ -73,6 +73,13 @@ impl ArtifactCache {
     /// Forgets a component: its local files (precompiled forms for any
     /// engine included) and its bytes in the store.
     pub(crate) fn remove(&self, digest: &Digest) -> Result<(), RuntimeError> {
+        self.remove_local(digest)?;
+        self.store.delete(digest)
+    }
+
+    /// Forgets a component's local files only (precompiled forms for any
+    /// engine included).
+    pub(crate) fn remove_local(&self, digest: &Digest) -> Result<(), RuntimeError> {
         let prefix = format!("{digest}.");
         let entries =
             fs::read_dir(&self.dir).map_err(|e| RuntimeError::artifact("list artifacts", e))?;
@@ -91,7 +98,7 @@ impl ArtifactCache {
                 }
             }
         }
-        self.store.delete(digest)
+        Ok(())
     }
 
     /// Digests of the components in the local directory (by file name:

@@ -325,6 +325,14 @@ impl Runtime {
         self.artifacts.remove(digest)
     }
 
+    /// Forgets a component on this node only (memory and local files),
+    /// leaving it in the artifact store: in cluster mode, where other
+    /// nodes may still run it. Blocking (I/O).
+    pub fn forget_local(&self, digest: &Digest) -> Result<(), RuntimeError> {
+        self.cache.invalidate(digest);
+        self.artifacts.remove_local(digest)
+    }
+
     /// Digests of the components in the local artifacts directory.
     /// Blocking (I/O).
     pub fn local_components(&self) -> Result<Vec<Digest>, RuntimeError> {

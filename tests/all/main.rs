@@ -3,6 +3,7 @@ mod admin;
 mod backup;
 mod bench;
 mod cli;
+mod cluster;
 mod containers;
 mod dataplane;
 mod egress;

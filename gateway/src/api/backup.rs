@@ -21,13 +21,20 @@ pub(super) async fn get(app: Arc<App>, method: Method) -> Resp {
     if method != Method::GET {
         return method_not_allowed("GET");
     }
+    let Some(db) = app.db.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "cluster_mode",
+            "this node keeps its state in PostgreSQL: back it up with pg_dump (see deploy/README.md)",
+        );
+    };
     let work = backup::work_dir(&app.config.data_dir);
     let out = work.join("backup.tar");
     let written = {
         let (app, work, out) = (app.clone(), work.clone(), out.clone());
         tokio::task::spawn_blocking(move || {
             let sources = Sources {
-                db: &app.db,
+                db: &db,
                 runtime: &app.runtime,
                 artifacts: &app.artifacts,
                 images_dir: &crate::api::images_dir(&app.config.data_dir),

@@ -70,6 +70,24 @@ pub(crate) fn quota_exceeded(quota: &str, limit: u64, message: &str) -> Resp {
     )
 }
 
+/// 503 `storage_unavailable`: the shared database cannot be reached
+/// (cluster mode); the detail goes to the server log only.
+pub(crate) fn storage_unavailable(detail: &str) -> Resp {
+    tracing::warn!(error = %detail, "storage unavailable");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage_unavailable",
+        "the storage is unavailable; nothing was changed, retry later",
+    )
+}
+
+/// A store's own failure (text for the server log): 503
+/// `storage_unavailable` in cluster mode, where it means the database is
+/// out of reach.
+pub(crate) fn storage_error(e: String) -> RegistryError {
+    RegistryError::Unavailable(e)
+}
+
 /// Maps a registry error to the admin API's answer.
 pub(crate) fn registry_error(e: RegistryError) -> Resp {
     match e {
@@ -90,6 +108,7 @@ pub(crate) fn registry_error(e: RegistryError) -> Resp {
             limit,
             message,
         } => quota_exceeded(quota, limit, &message),
+        RegistryError::Unavailable(m) => storage_unavailable(&m),
         other => {
             tracing::error!(error = %other, "registry failure");
             internal_error()

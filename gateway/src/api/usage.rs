@@ -17,7 +17,20 @@ pub(super) async fn show(call: TenantCall) -> Resp {
         let (registry, tenant) = (app.registry.clone(), tenant.clone());
         tri!(blocking(move || registry.holdings(&tenant)).await)
     };
-    let counted = app.registry.usage().totals(&tenant);
+    let mut counted = app.registry.usage().totals(&tenant);
+    let elsewhere = {
+        let (store, tenant) = (app.usage_store.clone(), tenant.clone());
+        tri!(
+            blocking(move || store
+                .elsewhere(&tenant)
+                .map_err(super::common::storage_error))
+            .await
+        )
+    };
+    counted.requests += elsewhere.requests;
+    counted.cpu_us += elsewhere.cpu_us;
+    counted.egress_bytes += elsewhere.egress_bytes;
+    counted.container_ms += elsewhere.container_ms;
     let kv = match app.kv.usage(&tenant).await {
         Ok(kv) => kv,
         Err(e) => return super::kv::kv_error(e),

@@ -143,8 +143,20 @@ impl Scheduler {
                     .await
                     .unwrap_or_default()
             };
-            for tick in ticker.advance(now, &schedules) {
-                if self.lease.claim(&tick) {
+            let due = ticker.advance(now, &schedules);
+            // A claim may ask the database (cluster mode): off this thread.
+            let claimed = {
+                let lease = self.lease.clone();
+                tokio::task::spawn_blocking(move || {
+                    due.into_iter()
+                        .filter(|t| lease.claim(t))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default()
+            };
+            for tick in claimed {
+                {
                     let this = self.clone();
                     tokio::spawn(async move {
                         let _ = this

@@ -92,11 +92,18 @@ pub enum RegistryError {
     /// The store failed.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The store cannot be reached (cluster mode: PostgreSQL is down);
+    /// nothing was changed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
-        RegistryError::Storage(e.to_string())
+        match e {
+            StoreError::Unavailable(m) => RegistryError::Unavailable(m),
+            other => RegistryError::Storage(other.to_string()),
+        }
     }
 }
 

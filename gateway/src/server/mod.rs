@@ -13,7 +13,8 @@ use tokio::sync::{Semaphore, watch};
 use crate::app::App;
 use crate::artifacts::Artifacts;
 use crate::config::Config;
-use crate::cron::{LocalLease, Scheduler};
+use crate::config::Storage;
+use crate::cron::{LocalLease, Scheduler, TickLease};
 use crate::dataplane::{DataPlane, Executor, NodeExecutor};
 use crate::logs::LogHub;
 use crate::registry::{RedbStore, Registry, RegistryStore};
@@ -181,6 +182,49 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The stores of one kind of storage.
+struct Stores {
+    registry: Arc<dyn RegistryStore>,
+    audit: Arc<dyn crate::audit::AuditStore>,
+    usage: Arc<dyn UsageStore>,
+    lease: Arc<dyn TickLease>,
+    /// The node's redb file (for KV and backups); `None` in cluster mode.
+    db: Option<Arc<redb::Database>>,
+}
+
+/// Opens the registry, audit, usage and lease stores: in the redb file at
+/// `db_path`, or (cluster mode) in PostgreSQL, migrating its schema.
+/// Blocking.
+fn open_stores(storage: &Storage, db_path: &Path, node: &str) -> Result<Stores, ServeError> {
+    match storage {
+        Storage::Redb => {
+            let db = redb::Database::create(db_path)
+                .map_err(|e| ServeError::Data(format!("cannot open {}: {e}", db_path.display())))?;
+            let db = Arc::new(db);
+            Ok(Stores {
+                registry: Arc::new(RedbStore::open(db.clone())?),
+                audit: Arc::new(crate::audit::RedbAudit::new(db.clone())),
+                usage: Arc::new(RedbUsage::new(db.clone())),
+                lease: Arc::new(LocalLease::default()),
+                db: Some(db),
+            })
+        }
+        Storage::Postgres(pg) => {
+            let registry = crate::registry::PgStore::open(pg)?;
+            crate::pg::migrate(pg).map_err(|e| ServeError::Data(format!("storage: {e}")))?;
+            let pool = perch_pg::Pool::new(pg.clone(), "perch-gateway");
+            tracing::info!(node, "storage: PostgreSQL (cluster mode)");
+            Ok(Stores {
+                registry: Arc::new(registry),
+                audit: Arc::new(crate::pg::PgAudit::new(pool.clone())),
+                usage: Arc::new(crate::pg::PgUsage::new(pool.clone(), node)),
+                lease: Arc::new(crate::pg::PgLease::new(pool, node)),
+                db: None,
+            })
+        }
+    }
+}
+
 /// Runs the server until a shutdown signal; calls `started` once listening.
 pub async fn serve(
     config: Config,
@@ -190,6 +234,20 @@ pub async fn serve(
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServeError::Data(format!("cannot create {}: {e}", config.data_dir.display()))
     })?;
+    let cluster = match &config.storage {
+        Storage::Redb => None,
+        Storage::Postgres(pg) => Some(pg.clone()),
+    };
+    if cluster.is_some() {
+        // Every node must open the others' secrets and accept the same
+        // admin token: neither may be made up per node.
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        if !set(&admin_token_env) || !set(&std::env::var("PERCH_SECRET_KEY").ok()) {
+            return Err(ServeError::Data(
+                "storage.type = \"postgres\" needs PERCH_ADMIN_TOKEN and PERCH_SECRET_KEY, the same on every node".into(),
+            ));
+        }
+    }
     let (token, token_source) = admin_token(&config.data_dir, admin_token_env)?;
 
     let mut rc = RuntimeConfig::new(config.data_dir.join("artifacts"));
@@ -205,6 +263,14 @@ pub async fn serve(
     rc.egress = perch_runtime::EgressConfig::new(exempt);
     rc.egress.ca_file = config.egress_ca_file.clone();
     rc.compiler = Some(compiler_command(&config)?);
+    if let Some(pg) = &cluster {
+        let pg = pg.clone();
+        let store = tokio::task::spawn_blocking(move || perch_runtime::PgArtifactStore::open(&pg))
+            .await
+            .map_err(|e| ServeError::Data(format!("artifact store: {e}")))?
+            .map_err(|e| ServeError::Data(format!("artifact store: {e}")))?;
+        rc.artifact_store = Arc::new(store);
+    }
     let runtime = Arc::new(Runtime::new(rc)?);
 
     let secrets = Arc::new(
@@ -216,34 +282,35 @@ pub async fn serve(
     let max_versions = config.max_versions;
     let verify_hosts = config.verify_hosts;
     let quota_defaults = config.quotas;
+    let storage = config.storage.clone();
+    let node_name = config.node_name.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        let db = redb::Database::create(&db_path)
-            .map_err(|e| ServeError::Data(format!("cannot open {}: {e}", db_path.display())))?;
-        let db = Arc::new(db);
-        let store: Arc<dyn RegistryStore> = Arc::new(RedbStore::open(db.clone())?);
-        Ok::<_, ServeError>((
-            db,
-            Registry::open(store, defaults, secrets)?
-                .with_max_versions(max_versions)
-                .with_verify_hosts(verify_hosts)
-                .with_quota_defaults(quota_defaults),
-        ))
+        let stores = open_stores(&storage, &db_path, &node_name)?;
+        let registry = Registry::open(stores.registry.clone(), defaults, secrets)?
+            .with_max_versions(max_versions)
+            .with_verify_hosts(verify_hosts)
+            .with_quota_defaults(quota_defaults);
+        Ok::<_, ServeError>((stores, registry))
     });
-    let (db, registry) = opened
+    let (stores, registry) = opened
         .await
         .map_err(|e| ServeError::Data(format!("registry load failed: {e}")))??;
     for digest in registry.all_digests() {
         match digest.parse() {
             Ok(d) if runtime.has_component(&d) => {}
             _ => {
-                tracing::warn!(%digest, "a registered version's component is missing from artifacts/")
+                tracing::warn!(%digest, "a registered version's component is missing from the artifact store")
             }
         }
     }
 
-    let audit: Arc<dyn crate::audit::AuditStore> =
-        Arc::new(crate::audit::RedbAudit::new(db.clone()));
-    let usage_store: Arc<dyn UsageStore> = Arc::new(RedbUsage::new(db.clone()));
+    let Stores {
+        audit,
+        usage: usage_store,
+        lease,
+        db: backup_db,
+        ..
+    } = stores;
     {
         let (usage, store) = (registry.usage().clone(), usage_store.clone());
         tokio::task::spawn_blocking(move || usage.load(&*store))
@@ -251,11 +318,27 @@ pub async fn serve(
             .map_err(|e| ServeError::Data(format!("usage totals: {e}")))?
             .map_err(|e| ServeError::Data(format!("usage totals: {e}")))?;
     }
-    let backup_db = db.clone();
-    let redb = perch_kv::RedbKv::open_with_quotas(db, registry.kv_quotas().clone())
-        .map_err(|e| ServeError::Data(format!("KV store: {e}")))?;
+    let backend: Arc<dyn perch_kv::KvStore> = match (&backup_db, &cluster) {
+        (_, Some(pg)) => {
+            let (pg, quotas) = (pg.clone(), registry.kv_quotas().clone());
+            let opened = tokio::task::spawn_blocking(move || {
+                perch_kv::PgKv::open(&pg, quotas, Duration::from_secs(1), 64 << 20)
+            });
+            Arc::new(
+                opened
+                    .await
+                    .map_err(|e| ServeError::Data(format!("KV store: {e}")))?
+                    .map_err(|e| ServeError::Data(format!("KV store: {e}")))?,
+            )
+        }
+        (Some(db), None) => Arc::new(
+            perch_kv::RedbKv::open_with_quotas(db.clone(), registry.kv_quotas().clone())
+                .map_err(|e| ServeError::Data(format!("KV store: {e}")))?,
+        ),
+        (None, None) => unreachable!("a node without PostgreSQL has its redb file"),
+    };
     let kv: Arc<dyn perch_kv::KvStore> = Arc::new(perch_kv::CheckedKv::new(
-        Arc::new(redb),
+        backend,
         perch_kv::KvLimits::default(),
     ));
     registry.attach_kv(kv.clone());
@@ -276,7 +359,11 @@ pub async fn serve(
         ),
     };
     let registry = Arc::new(registry);
-    let artifacts = Artifacts::new(runtime.clone(), registry.clone());
+    let artifacts = if cluster.is_some() {
+        Artifacts::new_shared(runtime.clone(), registry.clone())
+    } else {
+        Artifacts::new(runtime.clone(), registry.clone())
+    };
     let swept = {
         let artifacts = artifacts.clone();
         tokio::task::spawn_blocking(move || artifacts.sweep())
@@ -322,7 +409,7 @@ pub async fn serve(
         executor,
         logs: logs.clone(),
         node,
-        lease: Arc::new(LocalLease::default()),
+        lease,
         tenant_concurrency: config.tenant_concurrency,
         metrics: metrics.clone(),
         tracing: tracing.clone(),
@@ -333,6 +420,7 @@ pub async fn serve(
         containers,
         audit,
         db: backup_db,
+        usage_store: usage_store.clone(),
         kv,
         registry,
         runtime,

@@ -91,6 +91,11 @@ pub trait UsageStore: Send + Sync + 'static {
     /// Replaces the stored totals with `totals` (tenants not listed are
     /// removed: they were deleted).
     fn save(&self, totals: &[(String, Totals)]) -> Result<(), String>;
+    /// What other nodes counted for `tenant` (cluster mode; a single
+    /// node's store has no others).
+    fn elsewhere(&self, _tenant: &str) -> Result<Totals, String> {
+        Ok(Totals::default())
+    }
 }
 
 const USAGE: TableDefinition<&str, &[u8]> = TableDefinition::new("usage");

@@ -1,0 +1,310 @@
+//! Cluster mode's PostgreSQL implementations of the gateway's smaller
+//! stores: the audit log ([`PgAudit`]), each node's usage totals
+//! ([`PgUsage`]) and the cron tick lease ([`PgLease`]). (The registry's
+//! store is `registry::PgStore`, KV is `perch_kv::PgKv`, components are
+//! `perch_runtime::PgArtifactStore`.) Every method blocks: callers run it
+//! on blocking threads.
+use perch_pg::{PgConfig, Pool};
+
+use crate::audit::{AuditEntry, AuditStore};
+use crate::cron::{Tick, TickLease};
+use crate::telemetry::usage::{Totals, UsageStore};
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE perch_audit (
+         id bigserial PRIMARY KEY,
+         tenant text NOT NULL,
+         entry bytea NOT NULL
+     );
+     CREATE INDEX perch_audit_tenant ON perch_audit (tenant, id);
+     CREATE TABLE perch_usage (
+         node text NOT NULL,
+         tenant text NOT NULL,
+         totals bytea NOT NULL,
+         PRIMARY KEY (node, tenant)
+     );
+     CREATE TABLE perch_cron_ticks (
+         tenant text NOT NULL,
+         function text NOT NULL,
+         cron text NOT NULL,
+         minute bigint NOT NULL,
+         node text NOT NULL,
+         PRIMARY KEY (tenant, function, cron, minute)
+     );"];
+
+/// Applies the gateway's schema migrations. Blocking.
+pub fn migrate(config: &PgConfig) -> Result<(), String> {
+    let mut client = config.connect("perch-migrate")?;
+    let result = perch_pg::migrate(&mut client, "perch_gateway_schema", MIGRATIONS);
+    std::thread::spawn(move || drop(client));
+    result
+}
+
+fn describe(e: perch_pg::postgres::Error) -> String {
+    perch_pg::describe(&e)
+}
+
+/// The audit log in the shared database: every node appends to one log,
+/// ids in commit order.
+pub struct PgAudit {
+    pool: Pool,
+}
+
+impl PgAudit {
+    /// The log on `pool`.
+    pub fn new(pool: Pool) -> PgAudit {
+        PgAudit { pool }
+    }
+}
+
+impl AuditStore for PgAudit {
+    fn append(&self, entry: &AuditEntry) -> Result<u64, String> {
+        let mut client = self.pool.get()?;
+        let mut txn = client.transaction().map_err(describe)?;
+        let id: i64 = txn
+            .query_one(
+                "INSERT INTO perch_audit (tenant, entry) VALUES ($1, '') RETURNING id",
+                &[&entry.tenant],
+            )
+            .map_err(describe)?
+            .get(0);
+        let stored = AuditEntry {
+            id: id as u64,
+            ..entry.clone()
+        };
+        let bytes = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
+        txn.execute(
+            "UPDATE perch_audit SET entry = $2 WHERE id = $1",
+            &[&id, &bytes],
+        )
+        .map_err(describe)?;
+        txn.commit().map_err(describe)?;
+        Ok(id as u64)
+    }
+
+    fn list(
+        &self,
+        tenant: Option<&str>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, String> {
+        let mut client = self.pool.get()?;
+        let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let rows = client
+            .query(
+                "SELECT entry FROM perch_audit
+                 WHERE ($1::text IS NULL OR tenant = $1) AND id < $2
+                 ORDER BY id DESC LIMIT $3",
+                &[&tenant, &before, &(limit as i64)],
+            )
+            .map_err(describe)?;
+        rows.iter()
+            .map(|r| serde_json::from_slice(r.get::<_, &[u8]>(0)).map_err(|e| e.to_string()))
+            .collect()
+    }
+}
+
+/// Each node's usage totals in the shared database, one row per node and
+/// tenant: a node loads and saves its own rows, and a tenant's usage is
+/// the sum over the nodes.
+pub struct PgUsage {
+    pool: Pool,
+    node: String,
+}
+
+impl PgUsage {
+    /// The rows of `node` on `pool`.
+    pub fn new(pool: Pool, node: &str) -> PgUsage {
+        PgUsage {
+            pool,
+            node: node.to_string(),
+        }
+    }
+}
+
+fn decode_totals(bytes: &[u8]) -> Result<Totals, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+impl UsageStore for PgUsage {
+    fn load(&self) -> Result<Vec<(String, Totals)>, String> {
+        let mut client = self.pool.get()?;
+        let rows = client
+            .query(
+                "SELECT tenant, totals FROM perch_usage WHERE node = $1",
+                &[&self.node],
+            )
+            .map_err(describe)?;
+        rows.iter()
+            .map(|r| Ok((r.get(0), decode_totals(r.get::<_, &[u8]>(1))?)))
+            .collect()
+    }
+
+    fn save(&self, totals: &[(String, Totals)]) -> Result<(), String> {
+        let mut client = self.pool.get()?;
+        let mut txn = client.transaction().map_err(describe)?;
+        let tenants: Vec<&str> = totals.iter().map(|(t, _)| t.as_str()).collect();
+        txn.execute(
+            "DELETE FROM perch_usage WHERE node = $1 AND NOT (tenant = ANY($2))",
+            &[&self.node, &tenants],
+        )
+        .map_err(describe)?;
+        for (tenant, t) in totals {
+            let bytes = serde_json::to_vec(t).map_err(|e| e.to_string())?;
+            txn.execute(
+                "INSERT INTO perch_usage (node, tenant, totals) VALUES ($1, $2, $3)
+                 ON CONFLICT (node, tenant) DO UPDATE SET totals = EXCLUDED.totals",
+                &[&self.node, tenant, &bytes],
+            )
+            .map_err(describe)?;
+        }
+        txn.commit().map_err(describe)
+    }
+
+    fn elsewhere(&self, tenant: &str) -> Result<Totals, String> {
+        let mut client = self.pool.get()?;
+        let rows = client
+            .query(
+                "SELECT totals FROM perch_usage WHERE node <> $1 AND tenant = $2",
+                &[&self.node, &tenant],
+            )
+            .map_err(describe)?;
+        let mut sum = Totals::default();
+        for r in rows {
+            let t = decode_totals(r.get::<_, &[u8]>(0))?;
+            sum.requests += t.requests;
+            sum.cpu_us += t.cpu_us;
+            sum.egress_bytes += t.egress_bytes;
+            sum.container_ms += t.container_ms;
+        }
+        Ok(sum)
+    }
+}
+
+/// Cron ticks claimed in the shared database: the first node to insert a
+/// tick's row runs it. Rows older than a day are removed as ticks go by.
+pub struct PgLease {
+    pool: Pool,
+    node: String,
+}
+
+impl PgLease {
+    /// Claims as `node` on `pool`.
+    pub fn new(pool: Pool, node: &str) -> PgLease {
+        PgLease {
+            pool,
+            node: node.to_string(),
+        }
+    }
+}
+
+impl TickLease for PgLease {
+    fn claim(&self, tick: &Tick) -> bool {
+        let claimed = (|| -> Result<bool, String> {
+            let mut client = self.pool.get()?;
+            let minute = tick.minute as i64;
+            let n = client
+                .execute(
+                    "INSERT INTO perch_cron_ticks (tenant, function, cron, minute, node)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        &tick.tenant,
+                        &tick.function,
+                        &tick.cron,
+                        &minute,
+                        &self.node,
+                    ],
+                )
+                .map_err(describe)?;
+            if n == 1 && minute % 60 == 0 {
+                client
+                    .execute(
+                        "DELETE FROM perch_cron_ticks WHERE minute < $1",
+                        &[&(minute - 24 * 60)],
+                    )
+                    .map_err(describe)?;
+            }
+            Ok(n == 1)
+        })();
+        claimed.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, tenant = %tick.tenant, function = %tick.function, "cron: could not claim a tick (the database is unavailable); skipped");
+            false
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Option<Pool> {
+        let url = perch_pg::test_database()?;
+        let config = PgConfig::new(&url);
+        migrate(&config).unwrap();
+        Some(Pool::new(config, "test"))
+    }
+
+    #[test]
+    fn three_nodes_claim_each_tick_once() {
+        let Some(pool) = pool() else { return };
+        let leases: Vec<PgLease> = ["a", "b", "c"]
+            .iter()
+            .map(|n| PgLease::new(pool.clone(), n))
+            .collect();
+        for minute in 100..110 {
+            let tick = Tick {
+                tenant: "t".into(),
+                function: "f".into(),
+                cron: "* * * * *".into(),
+                minute,
+            };
+            let won = std::thread::scope(|s| {
+                let claims: Vec<_> = leases.iter().map(|l| s.spawn(|| l.claim(&tick))).collect();
+                claims.into_iter().filter(|c| c.join().unwrap()).count()
+            });
+            assert_eq!(won, 1, "minute {minute}");
+        }
+    }
+
+    #[test]
+    fn usage_rows_are_per_node_and_summed_elsewhere() {
+        let Some(pool) = pool() else { return };
+        let (a, b) = (PgUsage::new(pool.clone(), "a"), PgUsage::new(pool, "b"));
+        let t = |requests| Totals {
+            requests,
+            ..Totals::default()
+        };
+        a.save(&[("x".into(), t(3)), ("y".into(), t(1))]).unwrap();
+        b.save(&[("x".into(), t(4))]).unwrap();
+        assert_eq!(a.load().unwrap().len(), 2);
+        assert_eq!(a.elsewhere("x").unwrap().requests, 4);
+        assert_eq!(b.elsewhere("x").unwrap().requests, 3);
+        a.save(&[("x".into(), t(5))]).unwrap();
+        assert_eq!(a.load().unwrap(), vec![("x".to_string(), t(5))]);
+        // A deleted tenant leaves each node's rows at its next save.
+        b.save(&[]).unwrap();
+        assert_eq!(a.elsewhere("x").unwrap().requests, 0);
+    }
+
+    #[test]
+    fn the_audit_log_is_shared_and_paged() {
+        let Some(pool) = pool() else { return };
+        let (a, b) = (PgAudit::new(pool.clone()), PgAudit::new(pool));
+        for (i, tenant) in ["a", "b", "a"].iter().enumerate() {
+            let log = if i % 2 == 0 { &a } else { &b };
+            let e = AuditEntry {
+                id: 0,
+                time: i as u64,
+                token_id: "admin".into(),
+                tenant: tenant.to_string(),
+                action: "tenant.put".into(),
+                target: String::new(),
+                status: 201,
+            };
+            assert_eq!(log.append(&e).unwrap(), i as u64 + 1);
+        }
+        let ids = |v: Vec<AuditEntry>| v.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(b.list(None, None, 10).unwrap()), [3, 2, 1]);
+        assert_eq!(ids(a.list(Some("a"), None, 10).unwrap()), [3, 1]);
+        assert_eq!(ids(a.list(None, Some(3), 1).unwrap()), [2]);
+    }
+}
