@@ -259,7 +259,11 @@ mod tests {
             };
             let won = std::thread::scope(|s| {
                 let claims: Vec<_> = leases.iter().map(|l| s.spawn(|| l.claim(&tick))).collect();
-                claims.into_iter().map(|c| c.join().unwrap()).filter(|won| *won).count()
+                claims
+                    .into_iter()
+                    .map(|c| c.join().unwrap())
+                    .filter(|won| *won)
+                    .count()
             });
             assert_eq!(won, 1, "minute {minute}");
         }
