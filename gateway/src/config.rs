@@ -90,11 +90,12 @@ fn storage_config(file: StorageFile, url: Option<String>) -> Result<Storage, Str
     };
     match kind.as_str() {
         "redb" => {
-            if url.is_some() || file.pool_size.is_some() || file.statement_timeout_ms.is_some() {
-                return Err(
-                    "storage: url, pool_size and statement_timeout_ms are for type = \"postgres\""
-                        .into(),
-                );
+            if url.is_some()
+                || file.pool_size.is_some()
+                || file.statement_timeout_ms.is_some()
+                || file.connect_timeout_ms.is_some()
+            {
+                return Err("storage: url, pool_size, statement_timeout_ms and connect_timeout_ms are for type = \"postgres\"".into());
             }
             Ok(Storage::Redb)
         }

@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod apply;
+mod backend;
 mod bindings;
 mod checked;
 pub mod copy;

@@ -22,9 +22,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use moka::sync::Cache;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
-use tokio::sync::oneshot;
 
 use crate::apply::{entry_size, live, new_entry};
+use crate::backend::{Job, Outcome, Reply, answer, get_many, start_purger, submit};
 use crate::encoding::{
     decode_cursor, decode_entry, encode_cursor, encode_entry, expiry_key, full_key, ns_prefix,
     tenant_prefix,
@@ -48,28 +48,6 @@ const PURGE_BATCH: usize = 10_000;
 
 fn storage(e: impl std::fmt::Display) -> KvError {
     KvError::Storage(e.to_string())
-}
-
-type Reply<T> = oneshot::Sender<Result<T, KvError>>;
-
-enum Job {
-    Write {
-        ns: NamespaceId,
-        ops: Vec<WriteOp>,
-        reply: Reply<Vec<WriteResult>>,
-    },
-    CreateNamespace {
-        ns: NamespaceId,
-        reply: Reply<bool>,
-    },
-    DeleteTenant {
-        tenant: String,
-        reply: Reply<()>,
-    },
-    Purge {
-        now: u64,
-        reply: Option<Reply<usize>>,
-    },
 }
 
 /// Counters for metrics and benchmarks.
@@ -197,24 +175,7 @@ impl RedbKv {
             .name("perch-kv-writer".into())
             .spawn(move || writer_loop(&writer_shared, rx))
             .map_err(storage)?;
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let purge_tx = tx.clone();
-        let purger = std::thread::Builder::new()
-            .name("perch-kv-purge".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(purge_every) {
-                    if purge_tx
-                        .send(Job::Purge {
-                            now: now_ms(),
-                            reply: None,
-                        })
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            })
-            .map_err(storage)?;
+        let (stop_tx, purger) = start_purger(tx.clone(), purge_every)?;
         Ok(RedbKv {
             shared,
             writer: Some(tx),
@@ -241,19 +202,8 @@ impl RedbKv {
         .await
     }
 
-    /// Queues a job for the writer thread and awaits its answer, which comes
-    /// after the commit that includes it.
     async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, KvError> {
-        let (tx, rx) = oneshot::channel();
-        let writer = self
-            .writer
-            .as_ref()
-            .ok_or_else(|| KvError::Storage("KV store closed".into()))?;
-        writer
-            .send(job(tx))
-            .map_err(|_| KvError::Storage("KV writer stopped".into()))?;
-        rx.await
-            .map_err(|_| KvError::Storage("KV writer stopped".into()))?
+        submit(self.writer.as_ref(), job).await
     }
 
     /// Runs a read on a blocking thread: redb reads may wait on the disk.
@@ -497,25 +447,11 @@ impl KvStore for RedbKv {
         ns: &NamespaceId,
         keys: &[String],
     ) -> Result<Vec<Option<Entry>>, KvError> {
-        let mut out: Vec<Option<Option<Entry>>> =
-            keys.iter().map(|k| self.get_cached(ns, k)).collect();
-        let misses: Vec<Vec<u8>> = keys
-            .iter()
-            .zip(&out)
-            .filter(|(_, hit)| hit.is_none())
-            .map(|(k, _)| full_key(ns, k))
-            .collect();
-        if !misses.is_empty() {
-            let mut read = self
-                .read(move |s| s.read_through(misses))
-                .await?
-                .into_iter();
-            let now = now_ms();
-            for slot in out.iter_mut().filter(|hit| hit.is_none()) {
-                *slot = Some(live(read.next().flatten(), now));
-            }
-        }
-        Ok(out.into_iter().map(Option::flatten).collect())
+        get_many(self, ns, keys, |misses| {
+            let misses: Vec<Vec<u8>> = misses.iter().map(|k| full_key(ns, k)).collect();
+            self.read(move |s| s.read_through(misses))
+        })
+        .await
     }
 }
 
@@ -530,13 +466,6 @@ fn writer_loop(shared: &Shared, rx: mpsc::Receiver<Job>) {
         }
         run_group(shared, jobs);
     }
-}
-
-enum Outcome {
-    Write(Result<Vec<WriteResult>, KvError>),
-    Created(Result<bool, KvError>),
-    Deleted(Result<(), KvError>),
-    Purged(Result<usize, KvError>),
 }
 
 fn run_group(shared: &Shared, mut jobs: Vec<Job>) {
@@ -578,47 +507,10 @@ fn run_group(shared: &Shared, mut jobs: Vec<Job>) {
             shared.cache.invalidate(k);
         }
     }
-    match result {
-        Ok(outcomes) => {
-            shared.stats.commits.fetch_add(1, Ordering::Relaxed);
-            shared
-                .stats
-                .write_jobs
-                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                match (job, outcome) {
-                    (Job::Write { reply, .. }, Outcome::Write(r)) => drop(reply.send(r)),
-                    (Job::CreateNamespace { reply, .. }, Outcome::Created(r)) => {
-                        drop(reply.send(r))
-                    }
-                    (Job::DeleteTenant { reply, .. }, Outcome::Deleted(r)) => drop(reply.send(r)),
-                    (Job::Purge { reply, .. }, Outcome::Purged(r)) => {
-                        if let Ok(n) = &r {
-                            shared.stats.purged.fetch_add(*n as u64, Ordering::Relaxed);
-                        }
-                        if let Some(reply) = reply {
-                            let _ = reply.send(r);
-                        }
-                    }
-                    _ => unreachable!("outcomes follow jobs"),
-                }
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "KV commit failed");
-            for job in jobs {
-                match job {
-                    Job::Write { reply, .. } => drop(reply.send(Err(e.clone()))),
-                    Job::CreateNamespace { reply, .. } => drop(reply.send(Err(e.clone()))),
-                    Job::DeleteTenant { reply, .. } => drop(reply.send(Err(e.clone()))),
-                    Job::Purge {
-                        reply: Some(reply), ..
-                    } => drop(reply.send(Err(e.clone()))),
-                    Job::Purge { reply: None, .. } => {}
-                }
-            }
-        }
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "KV commit failed");
     }
+    answer(&shared.stats, jobs, result);
 }
 
 type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;

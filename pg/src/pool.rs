@@ -107,11 +107,6 @@ impl Pool {
         }
     }
 
-    /// The configuration the pool connects with.
-    pub fn config(&self) -> &PgConfig {
-        &self.inner.config
-    }
-
     /// An idle connection, a new one if the pool has room, or the next one
     /// freed (waiting up to the connect timeout).
     pub fn get(&self) -> Result<Pooled, String> {
@@ -167,15 +162,6 @@ impl Pool {
         }
         drop(state);
         self.inner.freed.notify_one();
-    }
-
-    /// Closes the idle connections (after an outage, so the next use
-    /// connects afresh instead of finding a dead socket).
-    pub fn clear(&self) {
-        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        let n = state.idle.len();
-        state.idle.clear();
-        state.open -= n;
     }
 }
 

@@ -57,14 +57,14 @@ impl PgArtifactStore {
         pool_config.statement_timeout = pool_config
             .statement_timeout
             .max(std::time::Duration::from_secs(60));
-        std::thread::spawn(move || drop(client));
         Ok(PgArtifactStore {
             pool: Pool::new(pool_config, "perch-artifacts"),
         })
     }
 
-    /// Every stored digest (for a migration's check, and tests).
-    pub fn digests(&self) -> Result<Vec<Digest>, RuntimeError> {
+    /// Every stored digest.
+    #[cfg(test)]
+    fn digests(&self) -> Result<Vec<Digest>, RuntimeError> {
         let mut client = self.pool.get().map_err(|e| db("connect", e))?;
         let rows = client
             .query("SELECT digest FROM perch_artifacts ORDER BY digest", &[])

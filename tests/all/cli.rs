@@ -135,16 +135,7 @@ fn generated_admin_token_is_private_and_never_logged() {
     use std::io::{BufRead, Read};
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(perch_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
+    let mut child = perch_tests::serve_command(dir.path())
         .env_remove("PERCH_ADMIN_TOKEN")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -2,7 +2,7 @@
 //! (`PERCH_TEST_POSTGRES_URL`; `./test.sh` starts one).
 use std::time::{Duration, Instant};
 
-use perch_tests::{Perch, guests, perch_bin};
+use perch_tests::{ADMIN_TOKEN, Perch, guests, serve_command};
 use serde_json::json;
 
 const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -161,18 +161,9 @@ fn a_cluster_node_needs_the_shared_secret_key_and_admin_token() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(perch_bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
+    let out = serve_command(dir.path())
         .env("PERCH_STORAGE_URL", &url)
-        .env("PERCH_ADMIN_TOKEN", "perch_test_admin_token")
+        .env("PERCH_ADMIN_TOKEN", ADMIN_TOKEN)
         .env_remove("PERCH_SECRET_KEY")
         .output()
         .unwrap();

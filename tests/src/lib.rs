@@ -74,6 +74,22 @@ pub fn perch_bin() -> PathBuf {
     bin
 }
 
+/// `perch serve` on `data_dir`, both listeners on `127.0.0.1:0`.
+pub fn serve_command(data_dir: &Path) -> Command {
+    let mut command = Command::new(perch_bin());
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir);
+    command
+}
+
 pub fn http() -> Client {
     Client::builder()
         .timeout(Duration::from_secs(120))
@@ -141,16 +157,7 @@ impl Perch {
             format!("[limits]\ncpu_ms = 5000\n{}", self.config)
         };
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(perch_bin())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(self.dir.join("data"))
+        let mut child = serve_command(&self.dir.join("data"))
             .arg("--config")
             .arg(&config_path)
             .env("PERCH_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -66,7 +66,8 @@ pub struct PgStore {
     client: Mutex<Option<Client>>,
     config: PgConfig,
     tx: Arc<watch::Sender<u64>>,
-    listening: Listening,
+    /// Held so the listening thread runs while the store lives.
+    _listening: Listening,
 }
 
 fn revision_of(client: &mut Client) -> Result<u64, StoreError> {
@@ -117,13 +118,8 @@ impl PgStore {
             client: Mutex::new(Some(client)),
             config: config.clone(),
             tx,
-            listening,
+            _listening: listening,
         })
-    }
-
-    /// Whether the notification connection is up (`/readyz`).
-    pub fn listening(&self) -> bool {
-        self.listening.connected()
     }
 
     /// Runs `f` on the store's connection, reconnecting first if it broke.
