@@ -229,6 +229,10 @@ impl From<KvError> for GuestError {
                 tracing::error!(error = %detail, "KV storage failure in a guest call");
                 GuestError::Other(STORAGE_ERROR.into())
             }
+            KvError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "KV storage unavailable in a guest call");
+                GuestError::Other("storage unavailable".into())
+            }
             other => GuestError::Other(other.to_string()),
         }
     }

@@ -34,9 +34,9 @@ use async_trait::async_trait;
 use moka::sync::Cache;
 use perch_pg::postgres::{self, Client, Transaction};
 use perch_pg::{Listening, PgConfig, Pool};
-use tokio::sync::oneshot;
 
 use crate::apply::{Applied, apply, live};
+use crate::backend::{Job, Outcome, Reply, answer, get_many, start_purger, submit};
 use crate::encoding::{decode_cursor, encode_cursor, full_key};
 use crate::{
     Entry, KeyInfo, KvError, KvQuotas, KvStats, KvStore, KvUsage, NamespaceId, Page, WriteOp,
@@ -85,30 +85,26 @@ fn storage(e: impl std::fmt::Display) -> KvError {
     KvError::Storage(e.to_string())
 }
 
-fn db(e: postgres::Error) -> KvError {
-    KvError::Storage(perch_pg::describe(&e))
+/// No connection to be had (from the pool, or a new one).
+fn unreachable_db(e: String) -> KvError {
+    KvError::Unavailable(e)
 }
 
-type Reply<T> = oneshot::Sender<Result<T, KvError>>;
-
-enum Job {
-    Write {
-        ns: NamespaceId,
-        ops: Vec<WriteOp>,
-        reply: Reply<Vec<WriteResult>>,
-    },
-    CreateNamespace {
-        ns: NamespaceId,
-        reply: Reply<bool>,
-    },
-    DeleteTenant {
-        tenant: String,
-        reply: Reply<()>,
-    },
-    Purge {
-        now: u64,
-        reply: Option<Reply<usize>>,
-    },
+/// A failed statement: the database out of reach (the connection broke;
+/// SQLSTATE classes 08 connection exception, 53 insufficient resources, 57
+/// operator intervention such as a shutdown) is [`KvError::Unavailable`],
+/// anything else [`KvError::Storage`].
+fn db(e: postgres::Error) -> KvError {
+    let out_of_reach = match e.code() {
+        None => true,
+        Some(code) => matches!(&code.code()[..2], "08" | "53" | "57"),
+    };
+    let text = perch_pg::describe(&e);
+    if out_of_reach {
+        KvError::Unavailable(text)
+    } else {
+        KvError::Storage(text)
+    }
 }
 
 /// What the node remembers, shared with the listening thread.
@@ -144,6 +140,10 @@ impl Memory {
 
     fn forget_tenant(&self, tenant: &str) {
         self.forget_all_entries();
+        self.forget_namespaces(tenant);
+    }
+
+    fn forget_namespaces(&self, tenant: &str) {
         self.namespaces().retain(|ns| ns.tenant != tenant);
     }
 
@@ -238,22 +238,7 @@ impl PgKv {
             .name("perch-kv-writer".into())
             .spawn(move || writer_loop(&writer_shared, &writer_config, writer_client, rx))
             .map_err(storage)?;
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let purge_tx = tx.clone();
-        let purger = std::thread::Builder::new()
-            .name("perch-kv-purge".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(purge_every) {
-                    let job = Job::Purge {
-                        now: now_ms(),
-                        reply: None,
-                    };
-                    if purge_tx.send(job).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(storage)?;
+        let (stop_tx, purger) = start_purger(tx.clone(), purge_every)?;
         Ok(PgKv {
             shared,
             writer: Some(tx),
@@ -279,11 +264,7 @@ impl PgKv {
     }
 
     async fn submit<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, KvError> {
-        let (tx, rx) = oneshot::channel();
-        let stopped = || KvError::Storage("KV writer stopped".into());
-        let writer = self.writer.as_ref().ok_or_else(stopped)?;
-        writer.send(job(tx)).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        submit(self.writer.as_ref(), job).await
     }
 
     /// Runs `f` with a pooled connection on a blocking thread.
@@ -293,7 +274,7 @@ impl PgKv {
     ) -> Result<T, KvError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let mut client = shared.pool.get().map_err(storage)?;
+            let mut client = shared.pool.get().map_err(unreachable_db)?;
             f(&shared, &mut client)
         })
         .await
@@ -529,12 +510,11 @@ impl KvStore for PgKv {
     }
 
     async fn delete_tenant(&self, tenant: &str) -> Result<(), KvError> {
-        let t = tenant.to_string();
-        let result = self
-            .submit(|reply| Job::DeleteTenant { tenant: t, reply })
-            .await;
-        self.shared.memory.forget_tenant(tenant);
-        result
+        // The writer forgets what this node knew of the tenant before it
+        // answers.
+        let tenant = tenant.to_string();
+        self.submit(|reply| Job::DeleteTenant { tenant, reply })
+            .await
     }
 
     async fn usage(&self, tenant: &str) -> Result<KvUsage, KvError> {
@@ -574,26 +554,11 @@ impl KvStore for PgKv {
         ns: &NamespaceId,
         keys: &[String],
     ) -> Result<Vec<Option<Entry>>, KvError> {
-        let mut out: Vec<Option<Option<Entry>>> =
-            keys.iter().map(|k| self.get_cached(ns, k)).collect();
-        let misses: Vec<String> = keys
-            .iter()
-            .zip(&out)
-            .filter(|(_, hit)| hit.is_none())
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !misses.is_empty() {
-            let id = ns.clone();
-            let mut read = self
-                .read(move |s, c| s.read_through(c, &id, &misses))
-                .await?
-                .into_iter();
-            let now = now_ms();
-            for slot in out.iter_mut().filter(|hit| hit.is_none()) {
-                *slot = Some(live(read.next().flatten(), now));
-            }
-        }
-        Ok(out.into_iter().map(Option::flatten).collect())
+        let id = ns.clone();
+        get_many(self, ns, keys, |misses| {
+            self.read(move |s, c| s.read_through(c, &id, &misses))
+        })
+        .await
     }
 }
 
@@ -619,13 +584,6 @@ fn writer_loop(shared: &Shared, config: &PgConfig, client: Client, rx: mpsc::Rec
     }
 }
 
-enum Outcome {
-    Write(Result<Vec<WriteResult>, KvError>),
-    Created(Result<bool, KvError>),
-    Deleted(Result<(), KvError>),
-    Purged(Result<usize, KvError>),
-}
-
 /// What a group's transaction touched, announced after its commit.
 #[derive(Default)]
 struct Touched {
@@ -643,7 +601,7 @@ fn run_group(shared: &Shared, config: &PgConfig, client: &mut Option<Client>, jo
             None => match config.connect("perch-kv-writer") {
                 Ok(c) => client.insert(c),
                 Err(e) => {
-                    result = Err(Retry::Failed(storage(e)));
+                    result = Err(Retry::Failed(unreachable_db(e)));
                     break;
                 }
             },
@@ -664,53 +622,18 @@ fn run_group(shared: &Shared, config: &PgConfig, client: &mut Option<Client>, jo
     let memory = &shared.memory;
     if !touched.tenants.is_empty() || result.is_err() {
         memory.forget_all_entries();
-        for t in &touched.tenants {
-            memory.namespaces().retain(|ns| &ns.tenant != t);
-        }
     } else {
         memory.forget_keys(&touched.keys);
     }
-    match result {
-        Ok(outcomes) => {
-            shared.stats.commits.fetch_add(1, Ordering::Relaxed);
-            shared
-                .stats
-                .write_jobs
-                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                match (job, outcome) {
-                    (Job::Write { reply, .. }, Outcome::Write(r)) => drop(reply.send(r)),
-                    (Job::CreateNamespace { reply, .. }, Outcome::Created(r)) => {
-                        drop(reply.send(r))
-                    }
-                    (Job::DeleteTenant { reply, .. }, Outcome::Deleted(r)) => drop(reply.send(r)),
-                    (Job::Purge { reply, .. }, Outcome::Purged(r)) => {
-                        if let Ok(n) = &r {
-                            shared.stats.purged.fetch_add(*n as u64, Ordering::Relaxed);
-                        }
-                        if let Some(reply) = reply {
-                            let _ = reply.send(r);
-                        }
-                    }
-                    _ => unreachable!("outcomes follow jobs"),
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "KV commit failed");
-            for job in jobs {
-                match job {
-                    Job::Write { reply, .. } => drop(reply.send(Err(e.clone()))),
-                    Job::CreateNamespace { reply, .. } => drop(reply.send(Err(e.clone()))),
-                    Job::DeleteTenant { reply, .. } => drop(reply.send(Err(e.clone()))),
-                    Job::Purge {
-                        reply: Some(reply), ..
-                    } => drop(reply.send(Err(e.clone()))),
-                    Job::Purge { reply: None, .. } => {}
-                }
-            }
+    for job in &jobs {
+        if let Job::DeleteTenant { tenant, .. } = job {
+            memory.forget_namespaces(tenant);
         }
     }
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, "KV commit failed");
+    }
+    answer(&shared.stats, jobs, result);
 }
 
 /// A failed transaction: worth running again (deadlock, serialisation

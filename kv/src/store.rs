@@ -190,6 +190,10 @@ pub enum KvError {
     /// The database failed.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The database cannot be reached (a shared database that is down or
+    /// refuses connections); nothing was changed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A key-value store with namespaces owned by tenants: what the guest host

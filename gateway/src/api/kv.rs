@@ -49,7 +49,7 @@ pub fn kv_error(e: KvError) -> Resp {
             limit,
             &format!("the write would take the tenant past its {quota} quota of {limit}"),
         ),
-        KvError::Storage(m) => super::common::storage_unavailable(&m),
+        KvError::Unavailable(m) => super::common::storage_unavailable(&m),
         other => {
             tracing::error!(error = %other, "KV failure");
             internal_error()
