@@ -66,6 +66,11 @@ fn metrics_expose_every_family_and_parse_as_prometheus_text() {
     assert_eq!(set.status(), 204);
     assert_eq!(perch.get("kv.acme.test", "/entry/k").status(), 200);
     assert_eq!(perch.get("nobody.test", "/").status(), 404);
+    // A request is counted once it is done, which may be just after its
+    // client has read the whole answer.
+    perch_tests::eventually("the five requests are counted", || {
+        perch.metric("perch_requests_total", "tenant=\"acme\"") == 5.0
+    });
 
     let text = perch.metrics_text();
     let parsed: Value =
