@@ -88,8 +88,9 @@ install() {
     # images they build. Named explicitly what --no-install-recommends would
     # leave out and the tests rely on: catatonit (the containers' init),
     # netavark + aardvark-dns (the network stack the tests were written on)
-    # and iptables (its port publishing).
-    need_apt podman runc busybox-static catatonit netavark aardvark-dns iptables
+    # iptables (its port publishing) and nftables (`nft`: Perch's own
+    # table that keeps tenant networks apart).
+    need_apt podman runc busybox-static catatonit netavark aardvark-dns iptables nftables
     # The ACME tests: Pebble, Let's Encrypt's test CA, and pebble-challtestsrv,
     # its DNS stand-in.
     need_apt pebble
@@ -103,7 +104,9 @@ install() {
 # PERCH_TEST_POSTGRES_URL names one: initdb in a temporary directory (as the
 # postgres user when we are root: initdb refuses root), a Unix socket in
 # that directory and no TCP listener, trust authentication; stopped and
-# removed when the run ends. Each test makes a database of its own on it.
+# removed when the run ends. Each test makes a database of its own on it;
+# tests run in parallel and every node holds a pool, a listener and a
+# writer, so the server takes more clients than PostgreSQL's default 100.
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_DIR=
 PG_AS=()
@@ -117,7 +120,7 @@ start_postgres() {
     "${PG_AS[@]}" "$PG_BIN/initdb" -A trust -U postgres -D "$PG_DIR/data" >"$PG_DIR/initdb.log" 2>&1 ||
         { cat "$PG_DIR/initdb.log" >&2; return 1; }
     "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
-        -o "-k $PG_DIR -c listen_addresses= -p 5432" start >/dev/null ||
+        -o "-k $PG_DIR -c listen_addresses= -p 5432 -c max_connections=600" start >/dev/null ||
         { cat "$PG_DIR/server.log" >&2; return 1; }
     export PERCH_TEST_POSTGRES_URL="host=$PG_DIR port=5432 user=postgres dbname=postgres"
 }

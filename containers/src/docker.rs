@@ -22,8 +22,9 @@ use tokio::io::AsyncReadExt;
 
 use crate::driver::{
     ContainerDriver, ContainerState, DriverError, LABEL_NODE, LABEL_TENANT, Labels, Listed,
-    RunRequest,
+    RunRequest, TenantNetwork,
 };
+use crate::isolation::bridge_name;
 
 /// A Docker Engine API endpoint (Docker or Podman).
 pub struct DockerDriver {
@@ -52,6 +53,9 @@ fn engine_error(e: BollardError) -> DriverError {
 
 /// The longest output line passed on; longer ones are split.
 const MAX_LINE: usize = 16 << 10;
+
+/// Docker's option naming a bridge network's interface.
+const DOCKER_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 
 /// `perch-net-<tenant>`: a tenant's network.
 pub fn network_name(tenant: &str) -> String {
@@ -118,6 +122,49 @@ impl DockerDriver {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| unavailable(&e))?;
         sender.send_request(req).await.map_err(|e| unavailable(&e))
+    }
+
+    /// Network `name` and its bridge interface, if the engine has it
+    /// (Podman's own endpoint gives the bridge as `network_interface`,
+    /// Docker's as an option).
+    async fn inspect_network(&self, name: &str) -> Result<Option<TenantNetwork>, DriverError> {
+        if self.podman {
+            let (status, body) = self
+                .raw(
+                    "GET",
+                    &format!("/v4.0.0/libpod/networks/{name}/json"),
+                    Vec::new(),
+                )
+                .await?;
+            return match status {
+                200 => {
+                    let v: serde_json::Value = serde_json::from_slice(&body)
+                        .map_err(|e| DriverError::Unavailable(format!("network inspect: {e}")))?;
+                    Ok(Some(TenantNetwork {
+                        name: name.to_string(),
+                        bridge: v["network_interface"].as_str().map(str::to_string),
+                    }))
+                }
+                404 => Ok(None),
+                s => Err(DriverError::Refused {
+                    status: s,
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                }),
+            };
+        }
+        match self
+            .docker
+            .inspect_network(name, None)
+            .await
+            .map_err(engine_error)
+        {
+            Ok(n) => Ok(Some(TenantNetwork {
+                name: name.to_string(),
+                bridge: n.options.and_then(|o| o.get(DOCKER_BRIDGE_NAME).cloned()),
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// [`DockerDriver::send`], with the whole body read: status and body.
@@ -192,18 +239,12 @@ impl ContainerDriver for DockerDriver {
         }
     }
 
-    async fn tenant_network(&self, node: &str, tenant: &str) -> Result<String, DriverError> {
+    async fn tenant_network(&self, node: &str, tenant: &str) -> Result<TenantNetwork, DriverError> {
         let name = network_name(tenant);
-        match self
-            .docker
-            .inspect_network(&name, None)
-            .await
-            .map_err(engine_error)
-        {
-            Ok(_) => return Ok(name),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
+        if let Some(found) = self.inspect_network(&name).await? {
+            return Ok(found);
         }
+        let bridge = bridge_name(&name);
         let labels = HashMap::from([
             (LABEL_NODE.to_string(), node.to_string()),
             (LABEL_TENANT.to_string(), tenant.to_string()),
@@ -212,6 +253,7 @@ impl ContainerDriver for DockerDriver {
             let body = serde_json::json!({
                 "name": name,
                 "driver": "bridge",
+                "network_interface": bridge,
                 "labels": labels,
                 "options": {"isolate": "true"},
             });
@@ -234,10 +276,13 @@ impl ContainerDriver for DockerDriver {
                 name: name.clone(),
                 driver: Some("bridge".into()),
                 labels: Some(labels),
-                options: Some(HashMap::from([(
-                    "com.docker.network.bridge.enable_icc".to_string(),
-                    "true".to_string(),
-                )])),
+                options: Some(HashMap::from([
+                    (
+                        "com.docker.network.bridge.enable_icc".to_string(),
+                        "true".to_string(),
+                    ),
+                    (DOCKER_BRIDGE_NAME.to_string(), bridge.clone()),
+                ])),
                 ..Default::default()
             };
             self.docker
@@ -247,9 +292,15 @@ impl ContainerDriver for DockerDriver {
                 .map_err(engine_error)
         };
         match created {
-            Ok(()) => Ok(name),
+            Ok(()) => Ok(TenantNetwork {
+                name,
+                bridge: Some(bridge),
+            }),
             // Another start created it first.
-            Err(DriverError::Refused { status: 409, .. }) => Ok(name),
+            Err(DriverError::Refused { status: 409, .. }) => self
+                .inspect_network(&name)
+                .await?
+                .ok_or_else(|| DriverError::Unavailable(format!("network {name} vanished"))),
             Err(e) => Err(e),
         }
     }

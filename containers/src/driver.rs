@@ -102,6 +102,15 @@ pub enum ContainerState {
     Gone,
 }
 
+/// A tenant's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantNetwork {
+    /// Its name (`perch-net-<tenant>`).
+    pub name: String,
+    /// Its bridge interface on the host, when the engine says.
+    pub bridge: Option<String>,
+}
+
 /// A container Perch labelled, as the engine lists it.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -151,9 +160,10 @@ pub trait ContainerDriver: Send + Sync + 'static {
     /// Removes image `id` (absent is fine).
     async fn remove_image(&self, id: &str) -> Result<(), DriverError>;
 
-    /// The name of the tenant's own network, created (isolated from every
-    /// other network) when missing.
-    async fn tenant_network(&self, node: &str, tenant: &str) -> Result<String, DriverError>;
+    /// The tenant's own network, created (isolated from every other
+    /// network, its bridge named by [`crate::isolation::bridge_name`])
+    /// when missing.
+    async fn tenant_network(&self, node: &str, tenant: &str) -> Result<TenantNetwork, DriverError>;
 
     /// Creates and starts an instance; returns its id.
     async fn run(&self, req: &RunRequest) -> Result<String, DriverError>;

@@ -4,6 +4,8 @@
 //! - `archive.rs`: image archives checked before an engine sees them.
 //! - `driver.rs`: the [`ContainerDriver`] seam; `docker.rs` implements it
 //!   over the Docker Engine API (Docker, Podman).
+//! - `isolation.rs`: the node's nftables table that keeps tenant networks
+//!   apart whatever the engine's own rules do.
 //! - `pool.rs`: the supervisor of one version's instances.
 //! - this file: the node's [`Backend`]: a pool per deployed container
 //!   version, the reaper that scales them down, and the reconcile at
@@ -18,11 +20,15 @@ use std::time::Duration;
 pub mod archive;
 mod docker;
 pub mod driver;
+pub mod isolation;
 mod pool;
 pub mod spec;
 
 pub use docker::{DockerDriver, network_name};
-pub use driver::{ContainerDriver, ContainerState, DriverError, Labels, Listed, RunRequest};
+pub use driver::{
+    ContainerDriver, ContainerState, DriverError, Labels, Listed, RunRequest, TenantNetwork,
+};
+pub use isolation::Firewall;
 pub use pool::{
     AcquireError, COLD_START_BUCKETS, ColdStarts, Instance, Lease, Lifecycle, Notices, Pool, QUEUE,
     VersionId, short_id,
@@ -45,12 +51,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Backend {
     /// A backend running containers through `driver`, labelled for `node`;
     /// lifecycle events go to `notices`; `images` is where image archives
-    /// are kept (`<hex>.tar`), to reload an image the engine lost.
+    /// are kept (`<hex>.tar`), to reload an image the engine lost;
+    /// `firewall`, when given, isolates tenant networks (see
+    /// [`Backend::isolate`]).
     pub fn new(
         driver: Arc<dyn ContainerDriver>,
         node: &str,
         notices: Notices,
         images: Option<std::path::PathBuf>,
+        firewall: Option<Firewall>,
     ) -> Arc<Backend> {
         Arc::new(Backend {
             node: Arc::new(pool::Node {
@@ -59,6 +68,7 @@ impl Backend {
                 notices,
                 images,
                 cold_starts: ColdStarts::default(),
+                firewall: firewall.map(Arc::new),
             }),
             pools: Mutex::default(),
         })
@@ -174,6 +184,47 @@ impl Backend {
         })
     }
 
+    /// At start, before [`Backend::reconcile`]: writes the isolation table
+    /// with the bridges of the tenants whose containers this node left
+    /// running (so they stay isolated when adopted). An engine that cannot
+    /// be listed leaves the table empty until containers start; a table
+    /// that cannot be written is an error (the node must not run
+    /// containers it cannot isolate).
+    pub async fn isolate(&self) -> Result<(), DriverError> {
+        let Some(firewall) = &self.node.firewall else {
+            return Ok(());
+        };
+        let mut bridges = Vec::new();
+        match self.node.driver.list(&self.node.name).await {
+            Ok(found) => {
+                let tenants: std::collections::BTreeSet<String> =
+                    found.into_iter().map(|c| c.labels.tenant).collect();
+                for tenant in tenants {
+                    match self
+                        .node
+                        .driver
+                        .tenant_network(&self.node.name, &tenant)
+                        .await
+                    {
+                        Ok(TenantNetwork {
+                            bridge: Some(b), ..
+                        }) => bridges.push(b),
+                        Ok(n) => {
+                            tracing::warn!(network = %n.name, "the engine does not name this network's bridge")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%tenant, error = %e, "could not inspect a tenant network at start")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the engine's containers to isolate them")
+            }
+        }
+        firewall.install(&bridges).await
+    }
+
     /// At start: every container labelled for this node is adopted by its
     /// version's pool when that version is deployed and the container
     /// answers, and removed otherwise.
@@ -217,8 +268,16 @@ impl Backend {
                 }));
             }
         }
+        let mut stopped = true;
         for s in stops {
-            let _ = s.await;
+            stopped &= matches!(s.await, Ok(Ok(())));
+        }
+        // The table goes only when nothing it guards may still run.
+        if let Some(firewall) = &self.node.firewall
+            && stopped
+            && let Err(e) = firewall.remove().await
+        {
+            tracing::warn!(error = %e, "could not remove the isolation table");
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::driver::{ContainerDriver, ContainerState, Labels, RunRequest};
+use crate::driver::{ContainerDriver, ContainerState, DriverError, Labels, RunRequest};
 use crate::spec::ContainerSpec;
 
 /// Requests that may wait for an instance, per version.
@@ -180,6 +180,27 @@ pub(crate) struct Node {
     pub(crate) images: Option<std::path::PathBuf>,
     /// Start-to-ready times of the node's instances.
     pub(crate) cold_starts: ColdStarts,
+    /// Perch's own isolation of tenant networks, unless the operator
+    /// leaves it to the engine.
+    pub(crate) firewall: Option<Arc<crate::isolation::Firewall>>,
+}
+
+impl Node {
+    /// The tenant's network, its bridge admitted to the node's isolation
+    /// table first (a bridge that cannot be isolated runs nothing).
+    pub(crate) async fn tenant_network(&self, tenant: &str) -> Result<String, DriverError> {
+        let network = self.driver.tenant_network(&self.name, tenant).await?;
+        if let Some(firewall) = &self.firewall {
+            let bridge = network.bridge.as_deref().ok_or_else(|| {
+                DriverError::Unavailable(format!(
+                    "the engine does not say which bridge network {} is; Perch cannot isolate it",
+                    network.name
+                ))
+            })?;
+            firewall.admit(bridge).await?;
+        }
+        Ok(network.name)
+    }
 }
 
 /// Upper bounds (seconds) of the cold-start histogram's buckets.
@@ -453,8 +474,7 @@ impl Pool {
         let timeout = Duration::from_secs(u64::from(self.spec.start_timeout_s));
         let network = self
             .node
-            .driver
-            .tenant_network(&self.node.name, &self.id.tenant)
+            .tenant_network(&self.id.tenant)
             .await
             .map_err(|e| e.to_string())?;
         let host_port = free_port().map_err(|e| format!("no free port: {e}"))?;

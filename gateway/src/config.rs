@@ -340,6 +340,19 @@ pub struct ContainersFile {
     /// Image ids every tenant may run besides its own.
     #[serde(default)]
     pub allowed_images: Vec<String>,
+    /// Who keeps tenant networks apart: `nftables` (the default: Perch's
+    /// own table as well as the engine's rules) or `engine` (the engine
+    /// alone).
+    pub isolation: Option<String>,
+}
+
+/// Who keeps tenant networks apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Perch's nftables table, besides the engine's own rules.
+    Nftables,
+    /// The engine's rules alone.
+    Engine,
 }
 
 /// The container backend's settings, when it is on.
@@ -353,6 +366,8 @@ pub struct ContainersConfig {
     pub allowed_images: Vec<String>,
     /// Bounds of a container spec.
     pub maxima: perch_containers::Maxima,
+    /// Who keeps tenant networks apart.
+    pub isolation: Isolation,
 }
 
 /// The `[max]` table: the operator maxima of the per-function limits,
@@ -595,7 +610,10 @@ fn containers_config(
         );
     }
     let Some(engine) = file.engine else {
-        if file.max_image_mb.is_some() || !file.allowed_images.is_empty() {
+        if file.max_image_mb.is_some()
+            || !file.allowed_images.is_empty()
+            || file.isolation.is_some()
+        {
             return Err("containers: set `engine` to turn the container backend on".into());
         }
         return Ok(None);
@@ -618,11 +636,21 @@ fn containers_config(
             "containers.allowed_images: `{bad}` is not an image id (sha256:<64 hex>)"
         ));
     }
+    let isolation = match file.isolation.as_deref() {
+        None | Some("nftables") => Isolation::Nftables,
+        Some("engine") => Isolation::Engine,
+        Some(other) => {
+            return Err(format!(
+                "containers.isolation: `{other}` is not `nftables` or `engine`"
+            ));
+        }
+    };
     Ok(Some(ContainersConfig {
         engine,
         max_image_bytes: max_image_mb << 20,
         allowed_images: file.allowed_images,
         maxima,
+        isolation,
     }))
 }
 
@@ -796,6 +824,24 @@ mod tests {
         }
         let zero: FileConfig = toml::from_str("[max]\nversions_per_function = 0").unwrap();
         assert!(Config::resolve(zero, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn containers_isolation_is_nftables_unless_left_to_the_engine() {
+        let resolve = |toml_text: &str| {
+            let file: FileConfig = toml::from_str(toml_text).unwrap();
+            Config::resolve(file, Overrides::default()).map(|c| c.containers.map(|c| c.isolation))
+        };
+        let engine = "[containers]\nengine = \"unix:///run/podman/podman.sock\"\n";
+        assert_eq!(resolve(engine).unwrap(), Some(Isolation::Nftables));
+        assert_eq!(
+            resolve(&format!("{engine}isolation = \"engine\"\n")).unwrap(),
+            Some(Isolation::Engine)
+        );
+        let bad = resolve(&format!("{engine}isolation = \"none\"\n")).unwrap_err();
+        assert!(bad.contains("containers.isolation"), "{bad}");
+        // Without an engine there is nothing to isolate.
+        assert!(resolve("[containers]\nisolation = \"engine\"\n").is_err());
     }
 
     #[test]

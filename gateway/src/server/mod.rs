@@ -621,12 +621,23 @@ async fn start_containers(
         .map_err(|e| ServeError::Data(format!("containers.engine `{}`: {e}", cc.engine)))?;
     tracing::info!(engine = %cc.engine, podman = driver.is_podman(), "container backend on");
     let notices = crate::logs::container_notices(logs.clone(), node.clone());
+    let firewall = (cc.isolation == crate::config::Isolation::Nftables)
+        .then(|| perch_containers::Firewall::new(node_name));
     let backend = perch_containers::Backend::new(
         Arc::new(driver),
         node_name,
         notices,
         Some(images_dir.to_path_buf()),
+        firewall,
     );
+    backend.isolate().await.map_err(|e| {
+        ServeError::Data(format!(
+            "containers.isolation = \"nftables\": cannot write the table that keeps tenant \
+             networks apart ({e}); run Perch where it may write nftables (root or \
+             CAP_NET_ADMIN, with `nft` installed), or set containers.isolation = \"engine\" \
+             if the engine's own isolation is trusted"
+        ))
+    })?;
     registry.attach_containers(backend.clone());
     if let Err(e) = backend.reconcile().await {
         tracing::warn!(error = %e, "could not list the engine's containers at start");
