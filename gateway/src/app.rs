@@ -46,6 +46,11 @@ pub struct App {
     pub throttle: Throttle,
     /// Bounds concurrent compilations so uploads cannot starve the node.
     pub compile_slots: tokio::sync::Semaphore,
+    /// The nodes' heartbeats (`GET /v1/nodes`).
+    pub nodes: Arc<dyn crate::nodes::NodeStore>,
+    /// Whether the node's last heartbeat reached its storage (always, on
+    /// a single node); false: `/readyz` says degraded.
+    pub storage_ok: AtomicBool,
     /// False once shutdown begins.
     pub ready: AtomicBool,
     /// Turns true once shutdown begins (ends live log streams).

@@ -42,6 +42,7 @@ pub mod http;
 pub mod limits;
 pub mod logs;
 pub mod names;
+pub mod nodes;
 pub mod pg;
 pub mod registry;
 pub mod routing;

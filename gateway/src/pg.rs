@@ -1,6 +1,7 @@
 //! Cluster mode's PostgreSQL implementations of the gateway's smaller
 //! stores: the audit log ([`PgAudit`]), each node's usage totals
-//! ([`PgUsage`]) and the cron tick lease ([`PgLease`]). (The registry's
+//! ([`PgUsage`]), the cron tick lease ([`PgLease`]) and the nodes'
+//! heartbeats ([`PgNodes`]). (The registry's
 //! store is `registry::PgStore`, KV is `perch_kv::PgKv`, components are
 //! `perch_runtime::PgArtifactStore`.) Every method blocks: callers run it
 //! on blocking threads.
@@ -8,9 +9,11 @@ use perch_pg::{PgConfig, Pool};
 
 use crate::audit::{AuditEntry, AuditStore};
 use crate::cron::{Tick, TickLease};
+use crate::nodes::{LIVE, NodeRecord, NodeStore};
 use crate::telemetry::usage::{Totals, UsageStore};
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE perch_audit (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE perch_audit (
          id bigserial PRIMARY KEY,
          tenant text NOT NULL,
          entry bytea NOT NULL
@@ -29,7 +32,15 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE perch_audit (
          minute bigint NOT NULL,
          node text NOT NULL,
          PRIMARY KEY (tenant, function, cron, minute)
-     );"];
+     );",
+    "CREATE TABLE perch_nodes (
+         id text PRIMARY KEY,
+         address text NOT NULL,
+         revision bigint NOT NULL,
+         version text NOT NULL,
+         last_seen timestamptz NOT NULL
+     );",
+];
 
 /// Applies the gateway's schema migrations. Blocking.
 pub fn migrate(config: &PgConfig) -> Result<(), String> {
@@ -230,6 +241,75 @@ impl TickLease for PgLease {
     }
 }
 
+/// Heartbeats in the shared database, timed by the database's clock (so
+/// nodes' clocks need not agree). Rows a day old are removed as nodes
+/// beat.
+pub struct PgNodes {
+    pool: Pool,
+}
+
+impl PgNodes {
+    /// Heartbeats on `pool`.
+    pub fn new(pool: Pool) -> PgNodes {
+        PgNodes { pool }
+    }
+}
+
+impl NodeStore for PgNodes {
+    fn beat(&self, me: &NodeRecord) -> Result<(), String> {
+        let mut client = self.pool.get()?;
+        client
+            .execute(
+                "INSERT INTO perch_nodes (id, address, revision, version, last_seen)
+                 VALUES ($1, $2, $3, $4, now())
+                 ON CONFLICT (id) DO UPDATE SET address = excluded.address,
+                     revision = excluded.revision, version = excluded.version,
+                     last_seen = excluded.last_seen",
+                &[&me.id, &me.address, &(me.revision as i64), &me.version],
+            )
+            .map_err(describe)?;
+        client
+            .execute(
+                "DELETE FROM perch_nodes WHERE last_seen < now() - interval '1 day'",
+                &[],
+            )
+            .map_err(describe)?;
+        Ok(())
+    }
+
+    fn live(&self) -> Result<Vec<NodeRecord>, String> {
+        let mut client = self.pool.get()?;
+        let rows = client
+            .query(
+                "SELECT id, address, revision, version,
+                        extract(epoch FROM last_seen)::bigint
+                 FROM perch_nodes
+                 WHERE last_seen > now() - make_interval(secs => $1)
+                 ORDER BY id",
+                &[&LIVE.as_secs_f64()],
+            )
+            .map_err(describe)?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeRecord {
+                id: r.get(0),
+                address: r.get(1),
+                revision: r.get::<_, i64>(2) as u64,
+                version: r.get(3),
+                last_seen: r.get::<_, i64>(4) as u64,
+            })
+            .collect())
+    }
+
+    fn leave(&self, id: &str) -> Result<(), String> {
+        let mut client = self.pool.get()?;
+        client
+            .execute("DELETE FROM perch_nodes WHERE id = $1", &[&id])
+            .map_err(describe)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +365,23 @@ mod tests {
         // A deleted tenant leaves each node's rows at its next save.
         b.save(&[]).unwrap();
         assert_eq!(a.elsewhere("x").unwrap().requests, 0);
+    }
+
+    #[test]
+    fn nodes_are_listed_while_they_beat() {
+        let Some(pool) = pool() else { return };
+        let (a, b) = (PgNodes::new(pool.clone()), PgNodes::new(pool));
+        use crate::nodes::tests::record;
+        a.beat(&record("a", 3)).unwrap();
+        b.beat(&record("b", 4)).unwrap();
+        a.beat(&record("a", 5)).unwrap();
+        let live = b.live().unwrap();
+        let ids: Vec<(&str, u64)> = live.iter().map(|n| (n.id.as_str(), n.revision)).collect();
+        assert_eq!(ids, [("a", 5), ("b", 4)]);
+        // The database's clock, not the caller's.
+        assert!(live.iter().all(|n| n.last_seen > 1000));
+        b.leave("b").unwrap();
+        assert_eq!(a.live().unwrap().len(), 1);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use moka::sync::Cache;
 use perch_pg::postgres::{self, Client, Transaction};
-use perch_pg::{Listening, PgConfig, Pool};
+use perch_pg::{Dedicated, Listening, PgConfig, Pool};
 
 use crate::apply::{Applied, apply, live};
 use crate::backend::{Job, Outcome, Reply, answer, get_many, start_purger, submit};
@@ -563,7 +563,7 @@ impl KvStore for PgKv {
 }
 
 fn writer_loop(shared: &Shared, config: &PgConfig, client: Client, rx: mpsc::Receiver<Job>) {
-    let mut client = Some(client);
+    let mut client = Dedicated::with(config, "perch-kv-writer", client);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         // A purge runs alone: its tenants are only known inside it.
@@ -571,7 +571,7 @@ fn writer_loop(shared: &Shared, config: &PgConfig, client: Client, rx: mpsc::Rec
             while jobs.len() < MAX_GROUP {
                 match rx.try_recv() {
                     Ok(job @ Job::Purge { .. }) => {
-                        run_group(shared, config, &mut client, jobs);
+                        run_group(shared, &mut client, jobs);
                         jobs = vec![job];
                         break;
                     }
@@ -580,7 +580,7 @@ fn writer_loop(shared: &Shared, config: &PgConfig, client: Client, rx: mpsc::Rec
                 }
             }
         }
-        run_group(shared, config, &mut client, jobs);
+        run_group(shared, &mut client, jobs);
     }
 }
 
@@ -591,20 +591,17 @@ struct Touched {
     tenants: Vec<String>,
 }
 
-fn run_group(shared: &Shared, config: &PgConfig, client: &mut Option<Client>, jobs: Vec<Job>) {
+fn run_group(shared: &Shared, client: &mut Dedicated, jobs: Vec<Job>) {
     let mut result = Err(Retry::Failed(storage("not run")));
     let mut touched = Touched::default();
     for attempt in 1..=ATTEMPTS {
         touched = Touched::default();
-        let conn = match client.as_mut().filter(|c| !c.is_closed()) {
-            Some(c) => c,
-            None => match config.connect("perch-kv-writer") {
-                Ok(c) => client.insert(c),
-                Err(e) => {
-                    result = Err(Retry::Failed(unreachable_db(e)));
-                    break;
-                }
-            },
+        let conn = match client.get() {
+            Ok(c) => c,
+            Err(e) => {
+                result = Err(Retry::Failed(unreachable_db(e)));
+                break;
+            }
         };
         result = run_transaction(shared, conn, &jobs, &mut touched);
         match &result {

@@ -14,7 +14,7 @@ mod pool;
 
 pub use listen::{Listening, listen};
 pub use migrate::migrate;
-pub use pool::{PgConfig, Pool, Pooled};
+pub use pool::{Dedicated, PgConfig, Pool, Pooled};
 pub use postgres;
 
 /// A failure talking to PostgreSQL, as text for the server log. (The

@@ -72,8 +72,73 @@ struct Inner {
 }
 
 struct State {
-    idle: Vec<Client>,
+    /// Idle connections, with when each went idle.
+    idle: Vec<(Client, std::time::Instant)>,
     open: usize,
+}
+
+/// A connection idle longer is checked before it is handed out.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether an idle connection still reaches the server: one round trip.
+/// The server may have gone away and come back (a restart) without the
+/// connection knowing; checking first keeps the caller's statement from
+/// failing on a dead connection while the database is up.
+fn still_up(client: &mut Client, config: &PgConfig) -> bool {
+    client.is_valid(config.connect_timeout).is_ok()
+}
+
+/// One connection of its own (not pooled) for a thread that works alone:
+/// opened on first use, opened again when it broke, and checked like a
+/// pooled one after being idle a while.
+pub struct Dedicated {
+    config: PgConfig,
+    name: String,
+    client: Option<Client>,
+    used: std::time::Instant,
+}
+
+impl Dedicated {
+    /// Not connected yet.
+    pub fn new(config: &PgConfig, name: &str) -> Dedicated {
+        Dedicated {
+            config: config.clone(),
+            name: name.to_string(),
+            client: None,
+            used: std::time::Instant::now(),
+        }
+    }
+
+    /// Holding `client`, already open.
+    pub fn with(config: &PgConfig, name: &str, client: Client) -> Dedicated {
+        Dedicated {
+            client: Some(client),
+            ..Dedicated::new(config, name)
+        }
+    }
+
+    /// Gives up the connection, if open (to close it elsewhere: closing
+    /// blocks).
+    pub fn take(&mut self) -> Option<Client> {
+        self.client.take()
+    }
+
+    /// The connection, (re)opened if needed.
+    pub fn get(&mut self) -> Result<&mut Client, String> {
+        let idle = std::mem::replace(&mut self.used, std::time::Instant::now()).elapsed();
+        let usable = match &mut self.client {
+            Some(c) if c.is_closed() => false,
+            Some(c) => idle < IDLE_CHECK || still_up(c, &self.config),
+            None => false,
+        };
+        if !usable {
+            // A broken client is dropped here, on the caller's (blocking)
+            // thread.
+            self.client = None;
+            self.client = Some(self.config.connect(&self.name)?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
 }
 
 /// Up to `pool_size` connections, opened on demand and reused; a
@@ -114,12 +179,22 @@ impl Pool {
         let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let deadline = std::time::Instant::now() + inner.config.connect_timeout;
         loop {
-            if let Some(client) = state.idle.pop() {
+            if let Some((mut client, since)) = state.idle.pop() {
                 if client.is_closed() {
                     state.open -= 1;
                     continue;
                 }
-                return Ok(self.pooled(client));
+                if since.elapsed() < IDLE_CHECK {
+                    return Ok(self.pooled(client));
+                }
+                drop(state);
+                if still_up(&mut client, &inner.config) {
+                    return Ok(self.pooled(client));
+                }
+                drop(client);
+                state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.open -= 1;
+                continue;
             }
             if state.open < inner.config.pool_size.max(1) {
                 state.open += 1;
@@ -157,7 +232,7 @@ impl Pool {
     fn release(&self, client: Option<Client>) {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         match client {
-            Some(c) if !c.is_closed() => state.idle.push(c),
+            Some(c) if !c.is_closed() => state.idle.push((c, std::time::Instant::now())),
             _ => state.open -= 1,
         }
         drop(state);

@@ -171,3 +171,214 @@ fn a_cluster_node_needs_the_shared_secret_key_and_admin_token() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("PERCH_SECRET_KEY"), "{stderr}");
 }
+
+/// `/readyz` of `node`: its status and `status` field.
+fn readiness(node: &Perch) -> (u16, String) {
+    let resp = perch_tests::http()
+        .get(format!("{}/readyz", node.admin_url))
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().unwrap_or_default();
+    (status, body["status"].as_str().unwrap_or("").to_string())
+}
+
+/// Puts `key` = `key` through `api`; whether it was acknowledged (a
+/// refusal must be 503 `storage_unavailable` with `Retry-After`).
+fn put_key(api: &perch_tests::Api, key: &str) -> bool {
+    let resp = api
+        .client
+        .put(format!("{}/v1/tenants/o/kv/default/values/{key}", api.base))
+        .bearer_auth(api.token.as_deref().unwrap())
+        .body(key.to_string())
+        .send();
+    let Ok(resp) = resp else { return false };
+    match resp.status().as_u16() {
+        204 => true,
+        503 => {
+            assert_eq!(
+                resp.headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap()),
+                Some("1")
+            );
+            let body: serde_json::Value = resp.json().unwrap();
+            assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+            false
+        }
+        s => panic!("PUT {key}: {s} {}", resp.text().unwrap_or_default()),
+    }
+}
+
+#[test]
+fn a_postgres_restart_under_load_degrades_the_nodes_and_loses_nothing() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(pg) = perch_tests::PgServer::start() else {
+        return;
+    };
+    let node = |n: u32| {
+        Perch::start_with_env(
+            &format!("[node]\nname = \"o{n}\"\n"),
+            &[
+                ("PERCH_STORAGE_URL", &pg.url),
+                ("PERCH_SECRET_KEY", SECRET_KEY),
+            ],
+        )
+    };
+    let (mut n1, n2) = (node(1), node(2));
+    // Both nodes are listed, with the revision they hold.
+    perch_tests::eventually("both nodes list each other", || {
+        let nodes = n2.admin().get("/v1/nodes").ok();
+        let ids: Vec<&str> = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap())
+            .collect();
+        ids == ["o1", "o2"]
+    });
+    n1.deploy("o", "hello", guests::HELLO, "hello.o.test");
+    n1.deploy("o", "counter", guests::KV_COUNTER, "count.o.test");
+    for n in [&n1, &n2] {
+        served(n, "hello.o.test", "/", |_| true);
+        served(n, "count.o.test", "/", |b| b.contains("visitor"));
+    }
+    let nodes = n1.admin().get("/v1/nodes").ok();
+    let listed = &nodes["nodes"][0];
+    assert_eq!(
+        listed["address"],
+        n1.data_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+    );
+    assert!(listed["revision"].as_u64().unwrap() > 0, "{nodes}");
+    assert_eq!(readiness(&n1), (200, "ready".to_string()));
+
+    // Load on both nodes, and a writer on node 1, all through the outage.
+    let stop = AtomicBool::new(false);
+    let acked = Mutex::new(Vec::<String>::new());
+    std::thread::scope(|s| {
+        let load: Vec<_> = [&n1, &n2]
+            .into_iter()
+            .map(|n| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut statuses = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        statuses.push(n.get("hello.o.test", "/").status().as_u16());
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        let writer = {
+            let (stop, acked, api) = (&stop, &acked, n1.admin());
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("k{i}");
+                    if put_key(&api, &key) {
+                        acked.lock().unwrap().push(key);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        perch_tests::eventually("writes are acknowledged", || {
+            acked.lock().unwrap().len() >= 5
+        });
+
+        pg.stop();
+        for n in [&n1, &n2] {
+            perch_tests::eventually("the node says it is degraded", || {
+                readiness(n) == (200, "degraded".to_string())
+            });
+        }
+        // Routed functions answer; an admin write is refused, cleanly; a
+        // guest's KV call fails where the guest sees it.
+        assert_eq!(n2.get("hello.o.test", "/").status(), 200);
+        assert!(!put_key(&n2.admin(), "during"));
+        let counted = n2.get("count.o.test", "/");
+        assert_eq!(counted.status(), 500);
+        let body = counted.text().unwrap();
+        assert!(body.contains("storage unavailable"), "{body}");
+        let during = acked.lock().unwrap().len();
+
+        pg.resume();
+        for n in [&n1, &n2] {
+            perch_tests::eventually("the node is ready again", || {
+                readiness(n) == (200, "ready".to_string())
+            });
+        }
+        perch_tests::eventually("writes are acknowledged again", || {
+            acked.lock().unwrap().len() >= during + 5
+        });
+        assert!(put_key(&n2.admin(), "after"));
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        for l in load {
+            let statuses = l.join().unwrap();
+            let failed = statuses.iter().filter(|s| **s != 200).count();
+            assert_eq!(
+                failed,
+                0,
+                "{failed} of {} data-plane requests failed",
+                statuses.len()
+            );
+        }
+    });
+    // Everything acknowledged is there, read through the other node.
+    let read = n2.admin();
+    let mut acked = acked.into_inner().unwrap();
+    acked.push("after".into());
+    for key in &acked {
+        let got = read.get(&format!("/v1/tenants/o/kv/default/values/{key}"));
+        assert_eq!((got.status, got.body.clone()), (200, json!(key)), "{key}");
+    }
+    served(&n2, "count.o.test", "/", |b| b.contains("visitor"));
+
+    // A node killed in the middle of writes loses nothing it acknowledged.
+    let acked = Mutex::new(Vec::<String>::new());
+    std::thread::scope(|s| {
+        let api = n1.admin();
+        let acked = &acked;
+        let writer = s.spawn(move || {
+            for i in 0.. {
+                let key = format!("kill{i}");
+                match api
+                    .client
+                    .put(format!("{}/v1/tenants/o/kv/default/values/{key}", api.base))
+                    .bearer_auth(api.token.as_deref().unwrap())
+                    .body(key.clone())
+                    .send()
+                {
+                    Ok(r) if r.status() == 204 => acked.lock().unwrap().push(key),
+                    Ok(r) => panic!("{key}: {}", r.status()),
+                    Err(_) => return, // the node is gone
+                }
+            }
+        });
+        perch_tests::eventually("writes are acknowledged", || {
+            acked.lock().unwrap().len() >= 20
+        });
+        n1.sigkill();
+        writer.join().unwrap();
+    });
+    let acked = acked.into_inner().unwrap();
+    for key in &acked {
+        let got = read.get(&format!("/v1/tenants/o/kv/default/values/{key}"));
+        assert_eq!((got.status, got.body.clone()), (200, json!(key)), "{key}");
+    }
+    // The killed node drops off the list once its heartbeat is old.
+    let started = Instant::now();
+    loop {
+        let nodes = n2.admin().get("/v1/nodes").ok();
+        if nodes["nodes"].as_array().unwrap().len() == 1 {
+            assert_eq!(nodes["nodes"][0]["id"], "o2");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{nodes}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

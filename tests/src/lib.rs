@@ -947,3 +947,129 @@ mod tests {
         require_program_with("perch-no-such-program", None);
     }
 }
+
+/// A PostgreSQL server of one test's own, for tests that stop and start
+/// it (the shared one, `PERCH_TEST_POSTGRES_URL`, must stay up for the
+/// others): `initdb` in a temporary directory (as the postgres user when
+/// we are root: initdb refuses root), a Unix socket there and no TCP
+/// listener; stopped and removed when dropped.
+pub struct PgServer {
+    /// A libpq connection string for its `postgres` database.
+    pub url: String,
+    dir: PathBuf,
+    as_postgres: bool,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl PgServer {
+    /// A new running server, or `None` when PostgreSQL is missing and
+    /// `PERCH_SKIP_EXTERNAL=1` (see [`external_decision`]).
+    pub fn start() -> Option<PgServer> {
+        let found = Path::new(PG_BIN).join("pg_ctl").exists();
+        match external_decision(std::env::var("PERCH_SKIP_EXTERNAL").ok().as_deref(), found) {
+            External::Run => {}
+            External::Skip => {
+                eprintln!("skipped: PostgreSQL 15 is not installed ({PG_BIN})");
+                return None;
+            }
+            External::Fail => panic!(
+                "PostgreSQL 15 is not installed ({PG_BIN}): ./test.sh installs it (or set PERCH_SKIP_EXTERNAL=1)"
+            ),
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("perch-pg-own-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        // SAFETY: geteuid has no preconditions.
+        let as_postgres = unsafe { libc::geteuid() } == 0;
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+        let server = PgServer {
+            url: format!(
+                "host={} port=5432 user=postgres dbname=postgres",
+                dir.display()
+            ),
+            dir,
+            as_postgres,
+        };
+        server.run(
+            "initdb",
+            &[
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-D",
+                &server.data().display().to_string(),
+            ],
+        );
+        server.resume();
+        Some(server)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// `program` of PostgreSQL's, run as the postgres user if we are root.
+    fn command(&self, program: &str) -> Command {
+        let bin = Path::new(PG_BIN).join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server (fast shutdown: sessions are cut) and waits.
+    pub fn stop(&self) {
+        let data = self.data().display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub fn resume(&self) {
+        let data = self.data().display().to_string();
+        let log = self.dir.join("server.log").display().to_string();
+        let options = format!("-k {} -c listen_addresses= -p 5432", self.dir.display());
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-o", &options, "start"],
+        );
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let data = self.data().display().to_string();
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

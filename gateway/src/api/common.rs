@@ -74,11 +74,16 @@ pub(crate) fn quota_exceeded(quota: &str, limit: u64, message: &str) -> Resp {
 /// (cluster mode); the detail goes to the server log only.
 pub(crate) fn storage_unavailable(detail: &str) -> Resp {
     tracing::warn!(error = %detail, "storage unavailable");
-    error(
+    let mut resp = error(
         StatusCode::SERVICE_UNAVAILABLE,
         "storage_unavailable",
         "the storage is unavailable; nothing was changed, retry later",
-    )
+    );
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp
 }
 
 /// A store's own failure (text for the server log): 503

@@ -16,8 +16,17 @@ pub(super) fn handle<B>(app: &App, req: &Request<B>) -> Option<Resp> {
     }
     Some(match req.uri().path() {
         "/healthz" => json(StatusCode::OK, &json!({"status": "ok"})),
+        // Storage out of reach: still 200 (routed functions answer from
+        // the snapshot), so a load balancer keeps sending traffic.
         "/readyz" if app.ready.load(Ordering::Relaxed) => {
-            json(StatusCode::OK, &json!({"status": "ready"}))
+            if app.storage_ok.load(Ordering::Relaxed) {
+                json(StatusCode::OK, &json!({"status": "ready"}))
+            } else {
+                json(
+                    StatusCode::OK,
+                    &json!({"status": "degraded", "storage": "unavailable"}),
+                )
+            }
         }
         "/readyz" => error(
             StatusCode::SERVICE_UNAVAILABLE,

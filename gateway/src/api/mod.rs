@@ -15,6 +15,7 @@
 //! | `PUT`, `GET …/images`, `GET`, `DELETE …/images/{id}` | `images` | `images.rs` |
 //! | `GET /v1/audit`, `GET …/audit` | admin; any scope of the tenant | `audit.rs` |
 //! | `GET /v1/backup` | admin | `backup.rs` |
+//! | `GET /v1/nodes` | admin | `nodes.rs` |
 //! | `GET /v1/tenants/{tenant}/usage` | any scope of the tenant | `usage.rs` |
 //! | `GET /v1/tenants/{tenant}/logs?function=&status=&limit=&follow=` | `logs` | `logs.rs` |
 //! | `GET /v1/tenants/{tenant}/routes` | `routes` | `routes.rs` |
@@ -52,6 +53,7 @@ mod usage;
 pub use images::images_dir;
 pub mod kv;
 mod logs;
+mod nodes;
 mod routes;
 mod scheduled;
 mod settings;
@@ -109,6 +111,10 @@ async fn route(app: Arc<App>, who: Principal, req: Request<Incoming>, segs: &[&s
         },
         ["v1", "backup"] => match who {
             Principal::Admin => backup::get(app, method).await,
+            Principal::Tenant(_) => common::forbidden(),
+        },
+        ["v1", "nodes"] => match who {
+            Principal::Admin => nodes::list(app, method).await,
             Principal::Tenant(_) => common::forbidden(),
         },
         ["v1", "tenants"] => match who {

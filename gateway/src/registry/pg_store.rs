@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use perch_pg::postgres::{self, Client};
-use perch_pg::{Listening, PgConfig};
+use perch_pg::{Dedicated, Listening, PgConfig};
 use tokio::sync::watch;
 
 use super::store::{Change, Kind, Loaded, Records, RegistryStore, StoreError};
@@ -63,8 +63,7 @@ fn kind_number(kind: Kind) -> i16 {
 
 /// The registry in a PostgreSQL database.
 pub struct PgStore {
-    client: Mutex<Option<Client>>,
-    config: PgConfig,
+    client: Mutex<Dedicated>,
     tx: Arc<watch::Sender<u64>>,
     /// Held so the listening thread runs while the store lives.
     _listening: Listening,
@@ -115,8 +114,7 @@ impl PgStore {
         )
         .map_err(unavailable)?;
         Ok(PgStore {
-            client: Mutex::new(Some(client)),
-            config: config.clone(),
+            client: Mutex::new(Dedicated::with(config, "perch-registry", client)),
             tx,
             _listening: listening,
         })
@@ -128,15 +126,7 @@ impl PgStore {
         f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut slot = self.client.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_none_or(Client::is_closed) {
-            // A closed client is dropped here, on a blocking thread.
-            *slot = Some(
-                self.config
-                    .connect("perch-registry")
-                    .map_err(StoreError::Unavailable)?,
-            );
-        }
-        f(slot.as_mut().expect("connected above"))
+        f(slot.get().map_err(StoreError::Unavailable)?)
     }
 }
 

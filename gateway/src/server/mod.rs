@@ -188,6 +188,7 @@ struct Stores {
     audit: Arc<dyn crate::audit::AuditStore>,
     usage: Arc<dyn UsageStore>,
     lease: Arc<dyn TickLease>,
+    nodes: Arc<dyn crate::nodes::NodeStore>,
     /// The node's redb file (for KV and backups); `None` in cluster mode.
     db: Option<Arc<redb::Database>>,
 }
@@ -206,6 +207,7 @@ fn open_stores(storage: &Storage, db_path: &Path, node: &str) -> Result<Stores, 
                 audit: Arc::new(crate::audit::RedbAudit::new(db.clone())),
                 usage: Arc::new(RedbUsage::new(db.clone())),
                 lease: Arc::new(LocalLease::default()),
+                nodes: Arc::new(crate::nodes::LocalNodes::default()),
                 db: Some(db),
             })
         }
@@ -218,7 +220,8 @@ fn open_stores(storage: &Storage, db_path: &Path, node: &str) -> Result<Stores, 
                 registry: Arc::new(registry),
                 audit: Arc::new(crate::pg::PgAudit::new(pool.clone())),
                 usage: Arc::new(crate::pg::PgUsage::new(pool.clone(), node)),
-                lease: Arc::new(crate::pg::PgLease::new(pool, node)),
+                lease: Arc::new(crate::pg::PgLease::new(pool.clone(), node)),
+                nodes: Arc::new(crate::pg::PgNodes::new(pool)),
                 db: None,
             })
         }
@@ -308,6 +311,7 @@ pub async fn serve(
         audit,
         usage: usage_store,
         lease,
+        nodes,
         db: backup_db,
         ..
     } = stores;
@@ -431,6 +435,8 @@ pub async fn serve(
         admin_token_hash: token_hash(&token),
         throttle: Throttle::new(20, Duration::from_secs(60)),
         compile_slots: Semaphore::new(2),
+        nodes,
+        storage_ok: AtomicBool::new(true),
         ready: AtomicBool::new(true),
         config: config.clone(),
     });
@@ -497,6 +503,11 @@ pub async fn serve(
     tokio::spawn(warmup::warm_up(app.clone()));
     tokio::spawn(app.registry.clone().follow());
     tokio::spawn(scheduler.run());
+    let heartbeat = tokio::spawn(crate::nodes::beat_every(
+        app.clone(),
+        info.data.to_string(),
+        stop_rx.clone(),
+    ));
     // Usage totals are written every few seconds, and once more after the
     // last connection drained.
     let (flush_stop, flush_stopped) = watch::channel(false);
@@ -596,6 +607,7 @@ pub async fn serve(
     }
     let _ = flush_stop.send(true);
     let _ = flusher.await;
+    let _ = heartbeat.await;
     if let Some(t) = tracing {
         let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
