@@ -9,10 +9,17 @@
 //! until its version has committed, and a collection never deletes a held
 //! digest: the two take the same lock around "is it used?" and "write" /
 //! "delete".
+//!
+//! Cluster mode: [`Artifacts::collect`] only forgets this node's copy (the
+//! store is shared); the shared store is collected by
+//! [`collect_shared_every`] on every node, one at a time, keeping what was
+//! stored within `storage.artifact_grace_s` (uploads under way on any node).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use perch_runtime::{Digest, Runtime};
+use std::time::Duration;
+
+use perch_runtime::{Digest, PgArtifactStore, Runtime};
 
 use crate::registry::Registry;
 
@@ -130,6 +137,59 @@ impl Artifacts {
                 tracing::warn!(error = %e, "could not list the artifacts directory");
                 0
             }
+        }
+    }
+
+    /// One round of cluster collection: this node's cached copies no
+    /// version runs are forgotten ([`Artifacts::sweep`]), then the shared
+    /// store's unused components older than `grace` are deleted, unless
+    /// another node is collecting; returns how many it deleted. Blocking.
+    pub fn collect_shared(&self, store: &PgArtifactStore, grace: Duration) -> usize {
+        self.sweep();
+        let collected = store.collect(grace, |candidates| {
+            let holds = self.lock();
+            let texts: Vec<String> = candidates.iter().map(Digest::to_string).collect();
+            self.registry
+                .unreferenced(&texts)
+                .iter()
+                .filter_map(|t| t.parse::<Digest>().ok())
+                .filter(|d| !holds.contains_key(d))
+                .collect()
+        });
+        match collected {
+            Ok(Some(deleted)) => {
+                for digest in &deleted {
+                    tracing::info!(%digest, "deleted a stored component no version uses (cluster)");
+                    if let Err(e) = self.runtime.forget_local(digest) {
+                        tracing::warn!(%digest, error = %e, "could not forget a deleted component here");
+                    }
+                }
+                deleted.len()
+            }
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster artifact collection failed; trying again later");
+                0
+            }
+        }
+    }
+}
+
+/// Runs [`Artifacts::collect_shared`] at start and then every half grace
+/// (between 1 s and 10 min) until `stop` turns true.
+pub async fn collect_shared_every(
+    artifacts: Arc<Artifacts>,
+    store: Arc<PgArtifactStore>,
+    grace: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = (grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        let (a, s) = (artifacts.clone(), store.clone());
+        let _ = tokio::task::spawn_blocking(move || a.collect_shared(&s, grace)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -67,7 +67,14 @@ pub struct StorageFile {
     pub statement_timeout_ms: Option<u64>,
     /// Giving up on connecting, ms (5000).
     pub connect_timeout_ms: Option<u64>,
+    /// A stored component no version runs is deleted once nothing stored
+    /// it for this long, seconds (3600; at least 1). An upload stores its
+    /// component before its version commits: the grace must outlast that.
+    pub artifact_grace_s: Option<u64>,
 }
+
+/// The default of `storage.artifact_grace_s`.
+const ARTIFACT_GRACE: Duration = Duration::from_secs(3600);
 
 /// Where state is kept.
 #[derive(Debug, Clone)]
@@ -81,7 +88,7 @@ pub enum Storage {
 
 /// The `[storage]` table resolved; `url` is `--storage-url` /
 /// `PERCH_STORAGE_URL`, which wins over the file's.
-fn storage_config(file: StorageFile, url: Option<String>) -> Result<Storage, String> {
+fn storage_config(file: StorageFile, url: Option<String>) -> Result<(Storage, Duration), String> {
     let url = url.filter(|u| !u.is_empty()).or(file.url);
     let kind = match (file.kind.as_deref(), &url) {
         (Some(k), _) => k.to_string(),
@@ -94,10 +101,11 @@ fn storage_config(file: StorageFile, url: Option<String>) -> Result<Storage, Str
                 || file.pool_size.is_some()
                 || file.statement_timeout_ms.is_some()
                 || file.connect_timeout_ms.is_some()
+                || file.artifact_grace_s.is_some()
             {
-                return Err("storage: url, pool_size, statement_timeout_ms and connect_timeout_ms are for type = \"postgres\"".into());
+                return Err("storage: url, pool_size, statement_timeout_ms, connect_timeout_ms and artifact_grace_s are for type = \"postgres\"".into());
             }
-            Ok(Storage::Redb)
+            Ok((Storage::Redb, ARTIFACT_GRACE))
         }
         "postgres" => {
             let Some(url) = url else {
@@ -127,7 +135,12 @@ fn storage_config(file: StorageFile, url: Option<String>) -> Result<Storage, Str
                 pg.connect_timeout,
                 "connect_timeout_ms",
             )?;
-            Ok(Storage::Postgres(pg))
+            let grace = match file.artifact_grace_s {
+                None => ARTIFACT_GRACE,
+                Some(s) if (1..=30 * 86_400).contains(&s) => Duration::from_secs(s),
+                Some(_) => return Err("storage.artifact_grace_s must be 1 to 2592000".into()),
+            };
+            Ok((Storage::Postgres(pg), grace))
         }
         other => Err(format!(
             "storage.type: `{other}` is not a storage type (redb or postgres)"
@@ -555,6 +568,9 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Where state is kept.
     pub storage: Storage,
+    /// Cluster mode: how long a stored component no version runs is kept
+    /// after it was last stored.
+    pub artifact_grace: Duration,
 }
 
 /// Values given on the command line or in the environment (already merged
@@ -681,6 +697,7 @@ impl Config {
             .unwrap_or_else(|| "127.0.0.1:8081".into());
         let max = DEFAULT_MAX.with(&file.max.limits);
         let limits = DEFAULT_LIMITS.with(&file.limits);
+        let (storage, artifact_grace) = storage_config(file.storage, over.storage_url)?;
         let config = Config {
             data_dir: over
                 .data_dir
@@ -730,7 +747,8 @@ impl Config {
             quotas: file.quotas,
             telemetry: telemetry_config(file.telemetry)?,
             tls: tls_config(file.tls, over.tls_listen)?,
-            storage: storage_config(file.storage, over.storage_url)?,
+            storage,
+            artifact_grace,
         };
         config.validate()?;
         Ok(config)
@@ -824,6 +842,47 @@ mod tests {
         }
         let zero: FileConfig = toml::from_str("[max]\nversions_per_function = 0").unwrap();
         assert!(Config::resolve(zero, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn the_storage_table_picks_postgres_by_url_and_checks_its_bounds() {
+        let resolve = |toml_text: &str, url: Option<&str>| {
+            let file: FileConfig = toml::from_str(toml_text).unwrap();
+            let over = Overrides {
+                storage_url: url.map(str::to_string),
+                ..Default::default()
+            };
+            Config::resolve(file, over)
+        };
+        let url = Some("host=/tmp user=postgres");
+        let c = resolve("", None).unwrap();
+        assert!(matches!(c.storage, Storage::Redb));
+        let c = resolve("[storage]\npool_size = 3\nartifact_grace_s = 7\n", url).unwrap();
+        let Storage::Postgres(pg) = &c.storage else {
+            panic!("postgres by url")
+        };
+        assert_eq!(
+            (pg.pool_size, c.artifact_grace),
+            (3, Duration::from_secs(7))
+        );
+        assert_eq!(
+            resolve("", url).unwrap().artifact_grace,
+            Duration::from_secs(3600)
+        );
+        for (bad, url, says) in [
+            (
+                "[storage]\nartifact_grace_s = 5\n",
+                None,
+                "for type = \"postgres\"",
+            ),
+            ("[storage]\nartifact_grace_s = 0\n", url, "artifact_grace_s"),
+            ("[storage]\npool_size = 0\n", url, "pool_size"),
+            ("[storage]\ntype = \"postgres\"\n", None, "needs `url`"),
+            ("[storage]\ntype = \"mysql\"\n", None, "not a storage type"),
+        ] {
+            let e = resolve(bad, url).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

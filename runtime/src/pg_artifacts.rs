@@ -6,13 +6,20 @@
 //! most 1 MiB each, written in one transaction with its header row in
 //! `perch_artifacts` (size, chunk count): a component is either whole or
 //! absent. Reads check the bytes against the digest.
+//!
+//! Collection ([`PgArtifactStore::collect`]) runs on one node at a time
+//! (a transaction-scoped advisory lock) and deletes only components
+//! untouched for a grace period: a node stores a component before the
+//! version naming it commits, and storing it again (the same bytes) marks
+//! it touched, so an upload under way is never collected under it.
 use perch_pg::postgres;
 use perch_pg::{PgConfig, Pool};
 
 use crate::store::ArtifactStore;
 use crate::{Digest, RuntimeError};
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE perch_artifacts (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE perch_artifacts (
          digest text PRIMARY KEY,
          size bigint NOT NULL,
          chunks integer NOT NULL,
@@ -23,7 +30,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE perch_artifacts (
          n integer NOT NULL,
          bytes bytea NOT NULL,
          PRIMARY KEY (digest, n)
-     );"];
+     );",
+    "ALTER TABLE perch_artifacts ADD COLUMN touched_at timestamptz NOT NULL DEFAULT now();",
+];
+
+/// The advisory lock key of collection ("perch-gc").
+const COLLECT_LOCK: i64 = 0x7065_7263_682d_6763;
 
 /// Bytes per chunk row.
 const CHUNK: usize = 1 << 20;
@@ -62,6 +74,56 @@ impl PgArtifactStore {
         })
     }
 
+    /// Deletes the components untouched for `grace` that `unused` says no
+    /// version runs (it gets the candidates and returns those to delete);
+    /// returns them. Another node collecting at the moment makes this a
+    /// no-op (`None`). Blocking.
+    pub fn collect(
+        &self,
+        grace: std::time::Duration,
+        unused: impl FnOnce(Vec<Digest>) -> Vec<Digest>,
+    ) -> Result<Option<Vec<Digest>>, RuntimeError> {
+        let what = "collect components";
+        let mut client = self.pool.get().map_err(|e| db(what, e))?;
+        let mut txn = client.transaction().map_err(|e| pg(what, e))?;
+        let locked: bool = txn
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&COLLECT_LOCK])
+            .map_err(|e| pg(what, e))?
+            .get(0);
+        if !locked {
+            return Ok(None);
+        }
+        // Locked rows: a node storing one of them again waits for this
+        // transaction, then inserts it anew if it was deleted.
+        let rows = txn
+            .query(
+                "SELECT digest FROM perch_artifacts
+                 WHERE touched_at < now() - make_interval(secs => $1)
+                 ORDER BY digest FOR UPDATE",
+                &[&grace.as_secs_f64()],
+            )
+            .map_err(|e| pg(what, e))?;
+        let candidates: Vec<Digest> = rows
+            .iter()
+            .filter_map(|r| r.get::<_, String>(0).parse().ok())
+            .collect();
+        let doomed = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            unused(candidates)
+        };
+        let keys: Vec<String> = doomed.iter().map(Digest::to_string).collect();
+        if !keys.is_empty() {
+            txn.execute(
+                "DELETE FROM perch_artifacts WHERE digest = ANY($1)",
+                &[&keys],
+            )
+            .map_err(|e| pg(what, e))?;
+        }
+        txn.commit().map_err(|e| pg(what, e))?;
+        Ok(Some(doomed))
+    }
+
     /// Every stored digest.
     #[cfg(test)]
     fn digests(&self) -> Result<Vec<Digest>, RuntimeError> {
@@ -87,16 +149,20 @@ impl ArtifactStore for PgArtifactStore {
         let key = digest.to_string();
         let chunks = bytes.len().div_ceil(CHUNK) as i32;
         // The header first: a second node storing the same digest waits
-        // here, then finds it (content-addressed: the same bytes).
-        let inserted = txn
-            .execute(
+        // here, then finds it (content-addressed: the same bytes) and
+        // marks it touched (so a collection leaves it alone); a collection
+        // deleting it at this moment makes this the insert.
+        let inserted: bool = txn
+            .query_one(
                 "INSERT INTO perch_artifacts (digest, size, chunks) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT (digest) DO UPDATE SET touched_at = now()
+                 RETURNING (xmax = 0)",
                 &[&key, &(bytes.len() as i64), &chunks],
             )
-            .map_err(|e| pg(&what, e))?;
-        if inserted == 0 {
-            return Ok(());
+            .map_err(|e| pg(&what, e))?
+            .get(0);
+        if !inserted {
+            return txn.commit().map_err(|e| pg(&what, e));
         }
         let insert = txn
             .prepare("INSERT INTO perch_artifact_chunks (digest, n, bytes) VALUES ($1, $2, $3)")
@@ -221,5 +287,67 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    #[test]
+    fn collection_takes_only_what_is_unused_and_untouched_one_node_at_a_time() {
+        use std::time::Duration;
+        let Some(url) = perch_pg::test_database() else {
+            return;
+        };
+        let (a, b) = (
+            PgArtifactStore::open(&PgConfig::new(&url)).unwrap(),
+            PgArtifactStore::open(&PgConfig::new(&url)).unwrap(),
+        );
+        let component = |n: u8| {
+            let bytes = vec![n; 100];
+            (Digest::of(&bytes), bytes)
+        };
+        let (used, used_bytes) = component(1);
+        let (old, old_bytes) = component(2);
+        let (fresh, fresh_bytes) = component(3);
+        for (d, bytes) in [(&used, &used_bytes), (&old, &old_bytes)] {
+            a.put(d, bytes).unwrap();
+        }
+        let mut admin = PgConfig::new(&url).connect("test").unwrap();
+        admin
+            .execute(
+                "UPDATE perch_artifacts SET touched_at = now() - interval '2 hours'",
+                &[],
+            )
+            .unwrap();
+        a.put(&fresh, &fresh_bytes).unwrap();
+        let grace = Duration::from_secs(3600);
+        let keep_used = |c: Vec<Digest>| c.into_iter().filter(|d| *d != used).collect();
+        // While one node collects, another's collection does nothing.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let first = std::thread::scope(|s| {
+            let a = &a;
+            let first = s.spawn(move || {
+                a.collect(grace, move |c| {
+                    tx.send(()).unwrap();
+                    done_rx.recv().unwrap();
+                    keep_used(c)
+                })
+            });
+            rx.recv().unwrap();
+            assert_eq!(b.collect(grace, keep_used).unwrap(), None);
+            done_tx.send(()).unwrap();
+            first.join().unwrap()
+        });
+        assert_eq!(first.unwrap(), Some(vec![old]));
+        assert!(a.contains(&used).unwrap() && a.contains(&fresh).unwrap());
+        assert!(!b.contains(&old).unwrap());
+        // Storing an old component again touches it: it is kept.
+        admin
+            .execute(
+                "UPDATE perch_artifacts SET touched_at = now() - interval '2 hours'",
+                &[],
+            )
+            .unwrap();
+        b.put(&fresh, &fresh_bytes).unwrap();
+        assert_eq!(a.collect(grace, |c| c).unwrap(), Some(vec![used.clone()]));
+        assert!(a.contains(&fresh).unwrap());
     }
 }

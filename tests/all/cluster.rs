@@ -382,3 +382,58 @@ fn a_postgres_restart_under_load_degrades_the_nodes_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_component_no_version_runs_is_collected_once_for_the_cluster() {
+    let Some(url) = perch_pg::test_database() else {
+        return;
+    };
+    let nodes: Vec<Perch> = (1..=3)
+        .map(|n| {
+            Perch::start_with_env(
+                &format!("[node]\nname = \"g{n}\"\n[storage]\nartifact_grace_s = 1\n"),
+                &[
+                    ("PERCH_STORAGE_URL", &url),
+                    ("PERCH_SECRET_KEY", SECRET_KEY),
+                ],
+            )
+        })
+        .collect();
+    let (n1, n3) = (&nodes[0], &nodes[2]);
+    n1.deploy("g", "hello", guests::HELLO, "hello.g.test");
+    n1.deploy("g", "counter", guests::KV_COUNTER, "count.g.test");
+    for n in &nodes {
+        served(n, "hello.g.test", "/", |_| true);
+    }
+    let mut db = perch_pg::PgConfig::new(&url).connect("test").unwrap();
+    let stored = |db: &mut perch_pg::postgres::Client| -> i64 {
+        db.query_one("SELECT count(*) FROM perch_artifacts", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(stored(&mut db), 2);
+    // Past the grace, a component still run is kept.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(stored(&mut db), 2);
+    n1.admin()
+        .delete("/v1/tenants/g/functions/hello")
+        .expect_status(204);
+    let started = Instant::now();
+    while stored(&mut db) != 1 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not collected");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // One node deleted it; the one left still serves everywhere.
+    let deleted = || -> usize {
+        nodes
+            .iter()
+            .map(|n| {
+                n.log_lines(&["deleted a stored component no version uses"])
+                    .len()
+            })
+            .sum()
+    };
+    perch_tests::eventually("a node logs the deletion", || deleted() > 0);
+    assert_eq!(deleted(), 1);
+    served(n3, "count.g.test", "/", |b| b.contains("visitor"));
+}

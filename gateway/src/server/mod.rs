@@ -266,13 +266,16 @@ pub async fn serve(
     rc.egress = perch_runtime::EgressConfig::new(exempt);
     rc.egress.ca_file = config.egress_ca_file.clone();
     rc.compiler = Some(compiler_command(&config)?);
+    let mut shared_artifacts = None;
     if let Some(pg) = &cluster {
         let pg = pg.clone();
         let store = tokio::task::spawn_blocking(move || perch_runtime::PgArtifactStore::open(&pg))
             .await
             .map_err(|e| ServeError::Data(format!("artifact store: {e}")))?
             .map_err(|e| ServeError::Data(format!("artifact store: {e}")))?;
-        rc.artifact_store = Arc::new(store);
+        let store = Arc::new(store);
+        rc.artifact_store = store.clone();
+        shared_artifacts = Some(store);
     }
     let runtime = Arc::new(Runtime::new(rc)?);
 
@@ -503,6 +506,14 @@ pub async fn serve(
     tokio::spawn(warmup::warm_up(app.clone()));
     tokio::spawn(app.registry.clone().follow());
     tokio::spawn(scheduler.run());
+    if let Some(store) = shared_artifacts {
+        tokio::spawn(crate::artifacts::collect_shared_every(
+            app.artifacts.clone(),
+            store,
+            config.artifact_grace,
+            stop_rx.clone(),
+        ));
+    }
     let heartbeat = tokio::spawn(crate::nodes::beat_every(
         app.clone(),
         info.data.to_string(),
