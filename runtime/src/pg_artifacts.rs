@@ -347,7 +347,7 @@ mod tests {
             )
             .unwrap();
         b.put(&fresh, &fresh_bytes).unwrap();
-        assert_eq!(a.collect(grace, |c| c).unwrap(), Some(vec![used.clone()]));
+        assert_eq!(a.collect(grace, |c| c).unwrap(), Some(vec![used]));
         assert!(a.contains(&fresh).unwrap());
     }
 }

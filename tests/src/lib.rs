@@ -900,54 +900,6 @@ pub fn image_id(archive: &[u8]) -> String {
     panic!("no config in the archive")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_present_program_always_runs() {
-        for skip in [None, Some("1"), Some("0"), Some("")] {
-            assert_eq!(external_decision(skip, true), External::Run, "{skip:?}");
-        }
-    }
-
-    #[test]
-    fn a_missing_program_fails_unless_skipping_is_asked_for() {
-        assert_eq!(external_decision(Some("1"), false), External::Skip);
-        for skip in [
-            None,
-            Some("0"),
-            Some(""),
-            Some("true"),
-            Some("yes"),
-            Some(" 1"),
-        ] {
-            assert_eq!(external_decision(skip, false), External::Fail, "{skip:?}");
-        }
-    }
-
-    #[test]
-    fn programs_are_found_on_path_and_by_path() {
-        assert!(find_program("sh").is_some());
-        assert!(find_program("/bin/sh").is_some());
-        assert!(find_program("perch-no-such-program").is_none());
-        assert!(find_program("/nonexistent/sh").is_none());
-        assert!(require_program("sh"));
-    }
-
-    #[test]
-    fn a_missing_program_is_skipped_only_when_asked() {
-        assert!(!require_program_with("perch-no-such-program", Some("1")));
-        assert!(require_program_with("sh", Some("1")));
-    }
-
-    #[test]
-    #[should_panic(expected = "needs `perch-no-such-program`, which is not on PATH")]
-    fn a_missing_program_fails_naming_it() {
-        require_program_with("perch-no-such-program", None);
-    }
-}
-
 /// A PostgreSQL server of one test's own, for tests that stop and start
 /// it (the shared one, `PERCH_TEST_POSTGRES_URL`, must stay up for the
 /// others): `initdb` in a temporary directory (as the postgres user when
@@ -1071,5 +1023,53 @@ impl Drop for PgServer {
             .args(["-D", &data, "-m", "immediate", "-w", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_present_program_always_runs() {
+        for skip in [None, Some("1"), Some("0"), Some("")] {
+            assert_eq!(external_decision(skip, true), External::Run, "{skip:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_program_fails_unless_skipping_is_asked_for() {
+        assert_eq!(external_decision(Some("1"), false), External::Skip);
+        for skip in [
+            None,
+            Some("0"),
+            Some(""),
+            Some("true"),
+            Some("yes"),
+            Some(" 1"),
+        ] {
+            assert_eq!(external_decision(skip, false), External::Fail, "{skip:?}");
+        }
+    }
+
+    #[test]
+    fn programs_are_found_on_path_and_by_path() {
+        assert!(find_program("sh").is_some());
+        assert!(find_program("/bin/sh").is_some());
+        assert!(find_program("perch-no-such-program").is_none());
+        assert!(find_program("/nonexistent/sh").is_none());
+        assert!(require_program("sh"));
+    }
+
+    #[test]
+    fn a_missing_program_is_skipped_only_when_asked() {
+        assert!(!require_program_with("perch-no-such-program", Some("1")));
+        assert!(require_program_with("sh", Some("1")));
+    }
+
+    #[test]
+    #[should_panic(expected = "needs `perch-no-such-program`, which is not on PATH")]
+    fn a_missing_program_fails_naming_it() {
+        require_program_with("perch-no-such-program", None);
     }
 }
