@@ -749,6 +749,28 @@ fn a_tenants_container_reaches_neither_another_tenants_container_nor_the_admin_a
     );
 }
 
+/// Tenant `tenant` with container function `function` (an httpd of its
+/// own image) routed at `FUNCTION.TENANT.test`, answering.
+fn httpd_function(p: &Perch, tenant: &str, function: &str) {
+    p.admin()
+        .put_json(&format!("/v1/tenants/{tenant}"), None)
+        .ok();
+    let archive = httpd_image(&format!("localhost/{tenant}:1"));
+    upload_image(p, tenant, &archive).expect_status(201);
+    put_container(
+        p,
+        tenant,
+        function,
+        json!({"image": image_id(&archive), "port": 8080}),
+    )
+    .expect_status(201);
+    route(p, tenant, function);
+    assert_eq!(
+        p.get(&format!("{function}.{tenant}.test"), "/").status(),
+        200
+    );
+}
+
 /// The node's isolation table, as `nft` lists it (`None`: there is none).
 fn isolation_table(node: &str) -> Option<String> {
     let table = perch_containers::isolation::table_name(node);
@@ -765,19 +787,7 @@ fn isolation_table(node: &str) -> Option<String> {
 fn the_isolation_table_names_each_tenant_bridge_and_goes_when_the_node_stops() {
     let Some(podman) = Podman::get() else { return };
     let (mut p, node) = perch(podman, "");
-    let api = p.admin();
-    api.put_json("/v1/tenants/fw", None).ok();
-    let archive = httpd_image("localhost/fw:1");
-    upload_image(&p, "fw", &archive).expect_status(201);
-    put_container(
-        &p,
-        "fw",
-        "web",
-        json!({"image": image_id(&archive), "port": 8080}),
-    )
-    .expect_status(201);
-    route(&p, "fw", "web");
-    assert_eq!(p.get("web.fw.test", "/").status(), 200);
+    httpd_function(&p, "fw", "web");
     let bridge = perch_containers::isolation::bridge_name(&perch_containers::network_name("fw"));
     let table = isolation_table(&node).expect("the node's table");
     assert!(
@@ -811,19 +821,7 @@ fn the_isolation_table_names_each_tenant_bridge_and_goes_when_the_node_stops() {
 fn isolation_left_to_the_engine_writes_no_table() {
     let Some(podman) = Podman::get() else { return };
     let (p, node) = perch(podman, "isolation = \"engine\"\n");
-    let api = p.admin();
-    api.put_json("/v1/tenants/fw-engine", None).ok();
-    let archive = httpd_image("localhost/fw-engine:1");
-    upload_image(&p, "fw-engine", &archive).expect_status(201);
-    put_container(
-        &p,
-        "fw-engine",
-        "web",
-        json!({"image": image_id(&archive), "port": 8080}),
-    )
-    .expect_status(201);
-    route(&p, "fw-engine", "web");
-    assert_eq!(p.get("web.fw-engine.test", "/").status(), 200);
+    httpd_function(&p, "fw-engine", "web");
     assert!(isolation_table(&node).is_none());
 }
 
