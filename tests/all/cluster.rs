@@ -437,3 +437,35 @@ fn a_component_no_version_runs_is_collected_once_for_the_cluster() {
     assert_eq!(deleted(), 1);
     served(n3, "count.g.test", "/", |b| b.contains("visitor"));
 }
+
+#[test]
+fn a_log_follower_on_one_node_sees_the_requests_every_node_served() {
+    let Some((_url, nodes)) = cluster() else {
+        return;
+    };
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let token = n1.deploy("l", "hello", guests::HELLO, "hello.l.test");
+    for n in [n1, n3] {
+        served(n, "hello.l.test", "/", |_| true);
+    }
+    let events = n2.follow_logs(&token, "l", "function=hello");
+    let mut seen = std::collections::BTreeSet::new();
+    let started = Instant::now();
+    while !(seen.contains("n1") && seen.contains("n3")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the follower on n2 saw requests of {seen:?} only"
+        );
+        for (n, path) in [(n1, "/from-n1"), (n3, "/from-n3")] {
+            assert_eq!(n.get("hello.l.test", path).status(), 200);
+        }
+        while let Ok(e) = events.recv_timeout(Duration::from_millis(200)) {
+            if e["type"] == "request" {
+                let node = e["node"].as_str().unwrap().to_string();
+                assert_eq!(e["path"], format!("/from-{node}"), "{e}");
+                assert_eq!(e["status"], 200);
+                seen.insert(node);
+            }
+        }
+    }
+}

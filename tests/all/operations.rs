@@ -359,31 +359,9 @@ fn sigkill_during_uploads_leaves_no_version_without_its_artifact() {
     }
 }
 
-/// Follows a tenant's log as NDJSON; lines go to the returned channel.
+/// Follows tenant `t`'s log as NDJSON; lines go to the returned channel.
 fn follow(perch: &Perch, token: &str, query: &str) -> std::sync::mpsc::Receiver<Value> {
-    let resp = perch
-        .client
-        .get(format!(
-            "{}/v1/tenants/t/logs?follow=1&{query}",
-            perch.admin_url
-        ))
-        .bearer_auth(token)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(resp).lines() {
-            let Ok(line) = line else { return };
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && tx.send(v).is_err()
-            {
-                return;
-            }
-        }
-    });
-    rx
+    perch.follow_logs(token, "t", query)
 }
 
 fn events(perch: &Perch, token: &str, query: &str) -> Vec<Value> {

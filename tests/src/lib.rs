@@ -344,6 +344,39 @@ impl Perch {
         token
     }
 
+    /// Follows `tenant`'s log (`follow=1&{query}`) as NDJSON with `token`;
+    /// each line goes to the returned channel, parsed.
+    pub fn follow_logs(
+        &self,
+        token: &str,
+        tenant: &str,
+        query: &str,
+    ) -> std::sync::mpsc::Receiver<Value> {
+        let resp = self
+            .client
+            .get(format!(
+                "{}/v1/tenants/{tenant}/logs?follow=1&{query}",
+                self.admin_url
+            ))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(resp).lines() {
+                let Ok(line) = line else { return };
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     /// `GET /metrics`, as text.
     pub fn metrics_text(&self) -> String {
         self.client

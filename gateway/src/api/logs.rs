@@ -158,7 +158,7 @@ async fn pump(
     loop {
         let frame = tokio::select! {
             next = follower.next() => match next {
-                Followed::Event(e) => format.event(e.as_ref()),
+                Followed::Event(e) => format.event(&e),
                 Followed::Lagged(n) => format.event(&json!({"type": "lagged", "dropped": n})),
                 Followed::Closed => return,
             },

@@ -4,6 +4,11 @@
 //! event takes the function's ring lock for a push and, only while
 //! someone follows the tenant, a channel send; nothing ever waits for a
 //! follower: one that falls behind loses events and is told how many.
+//!
+//! In cluster mode a [`Relay`] (`cluster.rs`) passes the events of tenants
+//! that someone follows on another node to that node, where they reach
+//! the followers ([`LogHub::deliver`]) but not the rings: a node's rings
+//! hold what it served.
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,10 +42,56 @@ struct FunctionLog {
     followers: AtomicUsize,
 }
 
+/// What followers receive: an event of this node, or one another node
+/// passed on (as the JSON it sends).
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// Served here.
+    Local(Arc<Event>),
+    /// Served by another node of the cluster.
+    Remote(Arc<serde_json::Value>),
+}
+
+impl Item {
+    fn function(&self) -> &str {
+        match self {
+            Item::Local(e) => e.function(),
+            Item::Remote(v) => v["function"].as_str().unwrap_or(""),
+        }
+    }
+
+    fn status(&self) -> Option<u16> {
+        match self {
+            Item::Local(e) => e.status(),
+            Item::Remote(v) => v["status"].as_u64().and_then(|s| u16::try_from(s).ok()),
+        }
+    }
+}
+
+impl serde::Serialize for Item {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Item::Local(e) => e.serialize(out),
+            Item::Remote(v) => v.serialize(out),
+        }
+    }
+}
+
+/// Where a cluster node's events go besides its own followers.
+pub trait Relay: Send + Sync {
+    /// Whether another node follows `tenant` (checked on every event:
+    /// cheap).
+    fn wanted(&self, tenant: &str) -> bool;
+    /// Passes an event on; never waits.
+    fn send(&self, tenant: &str, event: &Arc<Event>);
+    /// Someone here began following `tenant`.
+    fn followed(&self, tenant: &str);
+}
+
 /// One tenant's logs and its live channel.
 struct TenantLog {
     functions: RwLock<HashMap<String, Arc<FunctionLog>>>,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Item>,
     /// Followers of any of the tenant's functions.
     followers: AtomicUsize,
     /// Followers of the whole tenant.
@@ -52,6 +103,7 @@ pub struct LogHub {
     tenants: RwLock<HashMap<String, Arc<TenantLog>>>,
     bytes: AtomicUsize,
     node_bytes: usize,
+    relay: std::sync::OnceLock<Arc<dyn Relay>>,
 }
 
 impl Default for LogHub {
@@ -73,7 +125,7 @@ fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What a follower receives.
 pub enum Followed {
     /// The next event that passed the filter.
-    Event(Arc<Event>),
+    Event(Item),
     /// This many events were lost (the follower fell behind).
     Lagged(u64),
     /// The hub forgot the tenant (it was deleted).
@@ -82,7 +134,7 @@ pub enum Followed {
 
 /// A live subscription; gives its slot back when dropped.
 pub struct Follower {
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Item>,
     tenant: Arc<TenantLog>,
     function: Option<(String, Arc<FunctionLog>)>,
     status: Option<StatusFilter>,
@@ -131,7 +183,32 @@ impl LogHub {
             tenants: RwLock::default(),
             bytes: AtomicUsize::new(0),
             node_bytes,
+            relay: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Passes events on through `relay` too (cluster mode; once).
+    pub fn set_relay(&self, relay: Arc<dyn Relay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Hands an event another node served to `tenant`'s followers here.
+    pub fn deliver(&self, tenant: &str, event: serde_json::Value) {
+        let Some(t) = read(&self.tenants).get(tenant).cloned() else {
+            return;
+        };
+        if t.followers.load(Ordering::Acquire) > 0 {
+            let _ = t.tx.send(Item::Remote(Arc::new(event)));
+        }
+    }
+
+    /// Tenants someone here follows now.
+    pub fn followed_tenants(&self) -> Vec<String> {
+        read(&self.tenants)
+            .iter()
+            .filter(|(_, t)| t.followers.load(Ordering::Relaxed) > 0)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     fn tenant(&self, tenant: &str) -> Arc<TenantLog> {
@@ -190,9 +267,14 @@ impl LogHub {
                 over_node = over_node.saturating_sub(old);
             }
         }
+        if let Some(relay) = self.relay.get()
+            && relay.wanted(tenant)
+        {
+            relay.send(tenant, &event);
+        }
         if t.followers.load(Ordering::Acquire) > 0 {
             // No receiver left between the check and the send is fine.
-            let _ = t.tx.send(event);
+            let _ = t.tx.send(Item::Local(event));
         }
     }
 
@@ -260,6 +342,9 @@ impl LogHub {
             })
             .map_err(|_| TooManyFollowers)?;
         t.followers.fetch_add(1, Ordering::AcqRel);
+        if let Some(relay) = self.relay.get() {
+            relay.followed(tenant);
+        }
         Ok(Follower {
             rx: t.tx.subscribe(),
             tenant: t,
@@ -384,8 +469,8 @@ mod tests {
         let mut all = hub.follow("t", None, StatusFilter::parse("5xx")).unwrap();
         hub.push("t", event("b", 1, 200, 0));
         hub.push("t", event("a", 2, 500, 0));
-        assert!(matches!(f.next().await, Followed::Event(e) if e.time() == 2));
-        assert!(matches!(all.next().await, Followed::Event(e) if e.time() == 2));
+        assert!(matches!(f.next().await, Followed::Event(Item::Local(e)) if e.time() == 2));
+        assert!(matches!(all.next().await, Followed::Event(Item::Local(e)) if e.time() == 2));
         // A follower that stops reading loses events; the writer never waits.
         for i in 0..(CHANNEL_EVENTS as u64 + 10) {
             hub.push("t", event("a", 10 + i, 200, 0));

@@ -350,6 +350,10 @@ pub async fn serve(
     ));
     registry.attach_kv(kv.clone());
     let logs = Arc::new(LogHub::default());
+    if let Some(pg) = &cluster {
+        crate::logs::cluster::ClusterLogs::start(pg, &config.node_name, &logs)
+            .map_err(|e| ServeError::Data(format!("log relay: {e}")))?;
+    }
     let node: Arc<str> = config.node_name.as_str().into();
     let containers = match &config.containers {
         None => None,
