@@ -41,6 +41,7 @@ pub mod forwarded;
 pub mod http;
 pub mod limits;
 pub mod logs;
+pub mod migrate;
 pub mod names;
 pub mod nodes;
 pub mod pg;

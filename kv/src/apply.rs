@@ -40,9 +40,11 @@ pub(crate) fn new_entry(value: Vec<u8>, options: &PutOptions, now: u64) -> Entry
     Entry {
         value,
         metadata: options.metadata.clone(),
-        expires_at_ms: options
-            .ttl
-            .map(|t| now.saturating_add(t.as_millis() as u64).max(now + 1)),
+        expires_at_ms: options.expires_at_ms.or_else(|| {
+            options
+                .ttl
+                .map(|t| now.saturating_add(t.as_millis() as u64).max(now + 1))
+        }),
     }
 }
 

@@ -231,6 +231,7 @@ mod tests {
         PutOptions {
             ttl: None,
             metadata: Some(m.to_string()),
+            expires_at_ms: None,
         }
     }
 

@@ -535,6 +535,7 @@ impl ext::Host for KvHost<'_> {
         let options = PutOptions {
             ttl: ttl_ms.map(Duration::from_millis),
             metadata,
+            expires_at_ms: None,
         };
         self.write(
             KvOp::SetWithOptions,

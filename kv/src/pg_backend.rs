@@ -138,9 +138,11 @@ impl Memory {
         }
     }
 
+    /// Namespaces first: once a key of the tenant reads as gone, so does
+    /// its namespace.
     fn forget_tenant(&self, tenant: &str) {
-        self.forget_all_entries();
         self.forget_namespaces(tenant);
+        self.forget_all_entries();
     }
 
     fn forget_namespaces(&self, tenant: &str) {

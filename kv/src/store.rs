@@ -40,6 +40,9 @@ pub struct PutOptions {
     pub ttl: Option<Duration>,
     /// JSON metadata.
     pub metadata: Option<String>,
+    /// An expiry at this time (unix milliseconds) instead of `ttl`: for
+    /// copying an entry with its expiry exact (`perch storage migrate`).
+    pub expires_at_ms: Option<u64>,
 }
 
 /// One key of a listing.

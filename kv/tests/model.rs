@@ -184,6 +184,7 @@ async fn agree_with_the_model(backend: &str, open: Open, seed: u64) {
                         PutOptions {
                             ttl,
                             metadata: metadata.clone(),
+                            expires_at_ms: None,
                         },
                     )
                     .await
@@ -374,6 +375,7 @@ async fn limits_are_errors_not_panics() {
         let options = PutOptions {
             ttl: None,
             metadata,
+            expires_at_ms: None,
         };
         assert!(
             matches!(
@@ -466,6 +468,7 @@ async fn expired_keys_vanish_from_get_and_list_and_are_purged() {
     let ttl = |d| PutOptions {
         ttl: Some(d),
         metadata: None,
+        expires_at_ms: None,
     };
     kv.put(&ns, "short", b"x".to_vec(), ttl(Duration::from_millis(200)))
         .await

@@ -108,6 +108,7 @@ async fn usage_follows_writes(open: Open) {
     let meta = PutOptions {
         ttl: None,
         metadata: Some("{}".into()),
+        expires_at_ms: None,
     };
     kv.put(&ns, "ab", b"x".to_vec(), meta).await.unwrap();
     assert_eq!(u().await, usage(5, 1));
@@ -152,6 +153,7 @@ async fn usage_follows_writes(open: Open) {
     let ttl = PutOptions {
         ttl: Some(Duration::from_millis(1)),
         metadata: None,
+        expires_at_ms: None,
     };
     kv.put(&ns, "gone", b"soon".to_vec(), ttl).await.unwrap();
     assert_eq!(u().await, usage(16, 4));

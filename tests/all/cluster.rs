@@ -469,3 +469,106 @@ fn a_log_follower_on_one_node_sees_the_requests_every_node_served() {
         }
     }
 }
+
+#[test]
+fn perch_storage_migrate_moves_a_node_into_a_cluster_that_serves_it_the_same() {
+    let Some(url) = perch_pg::test_database() else {
+        return;
+    };
+    // A populated single node: functions with versions and settings (a
+    // secret too), routes, a token, KV with TTLs and metadata.
+    let mut single = Perch::start();
+    let token = single.deploy("m", "counter", guests::KV_COUNTER, "count.m.test");
+    single.deploy("m", "hello", guests::HELLO, "hello.m.test");
+    let api = single.api(&token);
+    api.put_settings(
+        "m",
+        "counter",
+        json!({"vars": {"GREETING": "Hey"}, "secrets": {"S": "sealed"}}),
+    );
+    for _ in 0..3 {
+        assert_eq!(single.get("count.m.test", "/").status(), 200);
+    }
+    api.put_json("/v1/tenants/m/kv/cache", None)
+        .expect_status(201);
+    api.put_json("/v1/tenants/m/kv/empty", None)
+        .expect_status(201);
+    for (key, query, meta) in [
+        ("a", "?ttl=3600", Some("{\"n\":1}")),
+        ("b%00nul", "", None),
+        ("c/d", "?ttl=86400", None),
+    ] {
+        let mut req = api
+            .client
+            .put(format!(
+                "{}/v1/tenants/m/kv/cache/values/{key}{query}",
+                api.base
+            ))
+            .bearer_auth(&token)
+            .body(format!("value of {key}"));
+        if let Some(m) = meta {
+            req = req.header("perch-kv-metadata", m);
+        }
+        assert_eq!(req.send().unwrap().status(), 204, "{key}");
+    }
+    let listing = |api: &perch_tests::Api| {
+        (
+            api.get("/v1/tenants/m/kv").ok(),
+            api.get("/v1/tenants/m/kv/cache/keys").ok(),
+            api.get("/v1/tenants/m/kv/cache/values/b%00nul").body,
+            api.get("/v1/tenants/m/functions/counter/versions").ok(),
+            api.get("/v1/tenants/m/routes").ok(),
+        )
+    };
+    let before = listing(&api);
+    let hello = single.get("hello.m.test", "/").text().unwrap();
+    assert!(single.sigterm().success());
+    let data = single.dir.join("data");
+    let key = std::fs::read_to_string(data.join("secret.key")).unwrap();
+    let migrate = |secret: &str| {
+        std::process::Command::new(perch_tests::perch_bin())
+            .args(["storage", "migrate", "--from"])
+            .arg(&data)
+            .env("PERCH_STORAGE_URL", &url)
+            .env("PERCH_SECRET_KEY", secret)
+            .output()
+            .unwrap()
+    };
+    // A cluster key that is not the node's is refused before anything.
+    let wrong = migrate(&"ab".repeat(32));
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("PERCH_SECRET_KEY"),
+        "{wrong:?}"
+    );
+    let done = migrate(key.trim());
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{done:?}");
+    assert!(
+        stdout.contains("3 KV namespaces with 4 keys") && stdout.contains("2 components"),
+        "{stdout}"
+    );
+    // Not twice into the same database.
+    let again = migrate(key.trim());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a registry"));
+
+    // The cluster serves it the same: the same answers, listings, token
+    // and secret.
+    let node = Perch::start_with_env(
+        "[node]\nname = \"m1\"\n",
+        &[
+            ("PERCH_STORAGE_URL", &url),
+            ("PERCH_SECRET_KEY", key.trim()),
+        ],
+    );
+    assert_eq!(node.get("hello.m.test", "/").text().unwrap(), hello);
+    assert_eq!(
+        node.get("count.m.test", "/").text().unwrap(),
+        "Hey! You are visitor 4.\n"
+    );
+    let api = node.api(&token);
+    assert_eq!(listing(&api), before);
+    let settings = api.get("/v1/tenants/m/functions/counter").ok();
+    assert!(settings.to_string().contains("\"S\""), "{settings}");
+}

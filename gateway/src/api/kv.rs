@@ -228,7 +228,11 @@ async fn value(
                 }
                 Err(BodyError::Other(resp)) => return resp,
             };
-            let options = PutOptions { ttl, metadata };
+            let options = PutOptions {
+                ttl,
+                metadata,
+                expires_at_ms: None,
+            };
             tri!(
                 kv.put(&id, &key, body.to_vec(), options)
                     .await

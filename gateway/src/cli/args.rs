@@ -109,6 +109,11 @@ pub(super) enum Command {
     },
     /// Restore a backup into a new data directory (offline: no server).
     Restore(RestoreArgs),
+    /// Move a node's state between storages (offline).
+    Storage {
+        #[command(subcommand)]
+        action: StorageAction,
+    },
     /// Show a tenant's usage and quotas.
     Usage {
         /// Tenant.
@@ -196,6 +201,23 @@ pub(super) struct NewArgs {
     /// source tree this binary was built from].
     #[arg(long, env = "PERCH_SDK_PATH")]
     pub(super) sdk_path: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum StorageAction {
+    /// Copy a single node's data directory (stopped) into an empty
+    /// PostgreSQL database for cluster mode: the registry, KV with TTLs
+    /// and metadata, and the components, each verified by counts and
+    /// SHA-256. The cluster's PERCH_SECRET_KEY must be the node's key.
+    Migrate {
+        /// The node's data directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL connection string or URL (prefer the
+        /// environment variable: a flag shows in `ps`).
+        #[arg(long, env = "PERCH_STORAGE_URL", hide_env_values = true)]
+        to: String,
+    },
 }
 
 #[derive(Args, Debug)]

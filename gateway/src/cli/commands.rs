@@ -30,7 +30,11 @@ pub(super) fn run_client(cmd: Command) -> Result<(), ClientError> {
             println!("backup written to {} ({written} bytes)", to.display());
             Ok(())
         }
-        Command::Serve(_) | Command::New(_) | Command::Compile(_) | Command::Restore(_) => {
+        Command::Serve(_)
+        | Command::New(_)
+        | Command::Compile(_)
+        | Command::Restore(_)
+        | Command::Storage { .. } => {
             unreachable!("handled by main")
         }
         Command::Deploy {

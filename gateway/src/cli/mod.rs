@@ -25,6 +25,9 @@ pub fn main() -> ExitCode {
         Command::Compile(args) => run_compile(args),
         Command::New(args) => run_new(args),
         Command::Restore(args) => run_restore(args),
+        Command::Storage {
+            action: args::StorageAction::Migrate { from, to },
+        } => run_migrate(&from, &to),
         other => match commands::run_client(other) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -83,6 +86,48 @@ fn run_restore(args: RestoreArgs) -> ExitCode {
                 r.functions,
                 args.data_dir.display()
             );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_migrate(from: &std::path::Path, to: &str) -> ExitCode {
+    if let Err(e) = to.parse::<perch_pg::postgres::Config>() {
+        eprintln!("error: --to is not a PostgreSQL connection string: {e}");
+        return ExitCode::FAILURE;
+    }
+    let key = std::env::var("PERCH_SECRET_KEY").ok();
+    match crate::migrate::migrate(from, &perch_pg::PgConfig::new(to), key.as_deref()) {
+        Ok(m) => {
+            println!(
+                "migrated {}: {} registry records ({} versions; sha256 {}), {} KV namespaces with {} keys (sha256 {}), {} components ({} bytes); all read back the same",
+                from.display(),
+                m.records,
+                m.versions,
+                m.registry_sha256,
+                m.namespaces,
+                m.keys,
+                m.kv_sha256,
+                m.components,
+                m.component_bytes
+            );
+            if m.images > 0 {
+                println!(
+                    "note: {} container image archives stay in {}: copy that directory into every cluster node's data directory",
+                    m.images,
+                    crate::api::images_dir(from).display()
+                );
+            }
+            if key.is_none() {
+                println!(
+                    "start the cluster's nodes with PERCH_SECRET_KEY set to the contents of {}",
+                    from.join("secret.key").display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -301,13 +301,21 @@ pub async fn serve(
     let (stores, registry) = opened
         .await
         .map_err(|e| ServeError::Data(format!("registry load failed: {e}")))??;
-    for digest in registry.all_digests() {
-        match digest.parse() {
-            Ok(d) if runtime.has_component(&d) => {}
-            _ => {
-                tracing::warn!(%digest, "a registered version's component is missing from the artifact store")
+    {
+        // Looking a component up may ask the database (cluster mode):
+        // blocking, so not on this thread.
+        let (digests, runtime) = (registry.all_digests(), runtime.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            for digest in digests {
+                match digest.parse() {
+                    Ok(d) if runtime.has_component(&d) => {}
+                    _ => {
+                        tracing::warn!(%digest, "a registered version's component is missing from the artifact store")
+                    }
+                }
             }
-        }
+        })
+        .await;
     }
 
     let Stores {
