@@ -9,11 +9,16 @@ const SECRET_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aa
 
 /// Three nodes on a new database; `None` when PostgreSQL is skipped.
 fn cluster() -> Option<(String, Vec<Perch>)> {
+    cluster_with("")
+}
+
+/// [`cluster`] with `extra` TOML in each node's config.
+fn cluster_with(extra: &str) -> Option<(String, Vec<Perch>)> {
     let url = perch_pg::test_database()?;
     let nodes = (1..=3)
         .map(|n| {
             Perch::start_with_env(
-                &format!("[node]\nname = \"n{n}\"\n"),
+                &format!("[node]\nname = \"n{n}\"\n{extra}"),
                 &[
                     ("PERCH_STORAGE_URL", &url),
                     ("PERCH_SECRET_KEY", SECRET_KEY),
@@ -385,20 +390,9 @@ fn a_postgres_restart_under_load_degrades_the_nodes_and_loses_nothing() {
 
 #[test]
 fn a_component_no_version_runs_is_collected_once_for_the_cluster() {
-    let Some(url) = perch_pg::test_database() else {
+    let Some((url, nodes)) = cluster_with("[storage]\nartifact_grace_s = 1\n") else {
         return;
     };
-    let nodes: Vec<Perch> = (1..=3)
-        .map(|n| {
-            Perch::start_with_env(
-                &format!("[node]\nname = \"g{n}\"\n[storage]\nartifact_grace_s = 1\n"),
-                &[
-                    ("PERCH_STORAGE_URL", &url),
-                    ("PERCH_SECRET_KEY", SECRET_KEY),
-                ],
-            )
-        })
-        .collect();
     let (n1, n3) = (&nodes[0], &nodes[2]);
     n1.deploy("g", "hello", guests::HELLO, "hello.g.test");
     n1.deploy("g", "counter", guests::KV_COUNTER, "count.g.test");
