@@ -355,7 +355,15 @@ fn sigkill_during_uploads_leaves_no_version_without_its_artifact() {
                 v["version"]
             );
         }
-        assert_eq!(perch.get("f.test", "/").status(), 200, "round {round}");
+        // Whichever version is deployed answers (kvext has no `/`: its
+        // 404 `unknown route` is an answer too); never a missing component.
+        let resp = perch.get("f.test", "/");
+        let status = resp.status().as_u16();
+        let body = resp.text().unwrap_or_default();
+        assert!(
+            status == 200 || (status == 404 && body.contains("unknown route")),
+            "round {round}: {status} {body}"
+        );
     }
 }
 
