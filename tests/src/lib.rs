@@ -721,7 +721,8 @@ pub fn run_python(python: &Path, script: &str, input: &[u8]) -> String {
 /// definitions in a temporary directory, runc and cgroupfs (what works on
 /// these machines), started on first use and shared by every
 /// test of the process. A watcher removes its containers, the isolation
-/// tables of the process's nodes (named `test-<pid>-…`), its storage and
+/// tables of the process's nodes (named `<word>-<pid>` or
+/// `<word>-<pid>-<hex>`), its storage and
 /// the directory once the test process has exited.
 pub struct Podman {
     /// `unix:///…/podman.sock`.
@@ -769,7 +770,7 @@ impl Podman {
              while kill -0 {pid} 2>/dev/null; do sleep 0.5; done\n\
              podman {args} rm -f -a -t 0 > /dev/null 2>&1\n\
              for t in $(nft list tables 2>/dev/null | awk '$2 == \"inet\" && $3 ~ /^perch_/ {{print $3}}'); do\n\
-               nft list table inet $t 2>/dev/null | grep -q 'comment \"perch node test-{pid}-' && nft delete table inet $t\n\
+               nft list table inet $t 2>/dev/null | grep -qE 'comment \"perch node [a-z]+-{pid}(-[0-9a-f]+)?\"' && nft delete table inet $t\n\
              done\n\
              kill $svc; wait $svc\n\
              podman {args} system reset -f > /dev/null 2>&1\n\
