@@ -80,16 +80,7 @@ fn registry_digest(records: &Records) -> String {
     let mut h = Context::new(&SHA256);
     for change in puts(records) {
         let (kind, key) = change.key();
-        let json = match &change {
-            Change::PutTenant(r) => serde_json::to_vec(r),
-            Change::PutToken(r) => serde_json::to_vec(r),
-            Change::PutFunction(r) => serde_json::to_vec(r),
-            Change::PutRoute(r) => serde_json::to_vec(r),
-            Change::PutImage(r) => serde_json::to_vec(r),
-            Change::PutCertificate(r) => serde_json::to_vec(r),
-            _ => Ok(Vec::new()),
-        }
-        .expect("registry records serialise");
+        let json = change.record().unwrap_or_default();
         for part in [&[kind as u8][..], key.as_bytes(), &json] {
             h.update(&(part.len() as u64).to_be_bytes());
             h.update(part);

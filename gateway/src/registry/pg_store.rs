@@ -229,18 +229,8 @@ fn commit(client: &mut Client, base: u64, changes: &[Change]) -> Result<u64, Sto
     for change in changes {
         let (kind, key) = change.key();
         let kind = kind_number(kind);
-        let value = match change {
-            Change::PutTenant(r) => Some(serde_json::to_vec(r)),
-            Change::PutToken(r) => Some(serde_json::to_vec(r)),
-            Change::PutFunction(r) => Some(serde_json::to_vec(r)),
-            Change::PutRoute(r) => Some(serde_json::to_vec(r)),
-            Change::PutImage(r) => Some(serde_json::to_vec(r)),
-            Change::PutCertificate(r) => Some(serde_json::to_vec(r)),
-            _ => None,
-        };
-        match value {
+        match change.record() {
             Some(v) => {
-                let v = v.expect("registry records serialise");
                 txn.execute(&put, &[&kind, &key, &v]).map_err(unavailable)?;
             }
             None => {

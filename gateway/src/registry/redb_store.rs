@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -48,10 +47,6 @@ fn table(kind: Kind) -> TableDefinition<'static, &'static str, &'static [u8]> {
         Kind::Image => IMAGES,
         Kind::Certificate => CERTIFICATES,
     }
-}
-
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("registry records serialise")
 }
 
 /// The registry in a redb database.
@@ -177,16 +172,7 @@ impl RegistryStore for RedbStore {
         for change in changes {
             let (kind, key) = change.key();
             let mut t = txn.open_table(table(kind)).map_err(unavailable)?;
-            let value = match change {
-                Change::PutTenant(r) => Some(json(r)),
-                Change::PutToken(r) => Some(json(r)),
-                Change::PutFunction(r) => Some(json(r)),
-                Change::PutRoute(r) => Some(json(r)),
-                Change::PutImage(r) => Some(json(r)),
-                Change::PutCertificate(r) => Some(json(r)),
-                _ => None,
-            };
-            match value {
+            match change.record() {
                 Some(v) => t.insert(key.as_str(), v.as_slice()).map(drop),
                 None => t.remove(key.as_str()).map(drop),
             }

@@ -56,6 +56,28 @@ pub enum Kind {
 }
 
 impl Change {
+    /// The record a put stores, as the stores keep it (JSON); `None` for
+    /// a deletion.
+    pub fn record(&self) -> Option<Vec<u8>> {
+        fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+            serde_json::to_vec(value).expect("registry records serialise")
+        }
+        match self {
+            Change::PutTenant(r) => Some(json(r)),
+            Change::PutToken(r) => Some(json(r)),
+            Change::PutFunction(r) => Some(json(r)),
+            Change::PutRoute(r) => Some(json(r)),
+            Change::PutImage(r) => Some(json(r)),
+            Change::PutCertificate(r) => Some(json(r)),
+            Change::DeleteTenant(_)
+            | Change::DeleteToken(_)
+            | Change::DeleteFunction(_)
+            | Change::DeleteRoute(_)
+            | Change::DeleteImage(_)
+            | Change::DeleteCertificate(_) => None,
+        }
+    }
+
     /// The kind of record and its key.
     pub fn key(&self) -> (Kind, String) {
         match self {
