@@ -92,16 +92,10 @@ impl Firewall {
     /// Adds `bridge` before a container starts on it; the table is
     /// rewritten only when the bridge is new.
     pub async fn admit(&self, bridge: &str) -> Result<(), DriverError> {
-        check_bridge(bridge)?;
-        let mut set = self.bridges.lock().await;
-        if set.contains(bridge) {
+        if self.bridges.lock().await.contains(bridge) {
             return Ok(());
         }
-        let mut next = set.clone();
-        next.insert(bridge.to_string());
-        self.write(&ruleset(&self.table, &self.node, &next)).await?;
-        *set = next;
-        Ok(())
+        self.install(&[bridge.to_string()]).await
     }
 
     /// Deletes the table (the node has stopped its containers).
