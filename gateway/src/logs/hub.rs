@@ -10,7 +10,7 @@
 //! the followers ([`LogHub::deliver`]) but not the rings: a node's rings
 //! hold what it served.
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::broadcast;
@@ -28,9 +28,18 @@ pub const MAX_FOLLOWERS: usize = 8;
 /// Events a follower may be behind before it loses some.
 const CHANNEL_EVENTS: usize = 1024;
 
+/// An event in a ring, with its size and its place in the node's
+/// arrival order (which orders events of one millisecond across
+/// functions).
+struct Entry {
+    event: Arc<Event>,
+    size: usize,
+    seq: u64,
+}
+
 #[derive(Default)]
 struct Ring {
-    events: VecDeque<(Arc<Event>, usize)>,
+    events: VecDeque<Entry>,
     bytes: usize,
     /// The function was forgotten: its bytes are no longer counted.
     gone: bool,
@@ -102,6 +111,8 @@ struct TenantLog {
 pub struct LogHub {
     tenants: RwLock<HashMap<String, Arc<TenantLog>>>,
     bytes: AtomicUsize,
+    /// Events pushed so far: the next event's place in arrival order.
+    seq: AtomicU64,
     node_bytes: usize,
     relay: std::sync::OnceLock<Arc<dyn Relay>>,
 }
@@ -182,6 +193,7 @@ impl LogHub {
         LogHub {
             tenants: RwLock::default(),
             bytes: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
             node_bytes,
             relay: std::sync::OnceLock::new(),
         }
@@ -254,12 +266,18 @@ impl LogHub {
             if ring.gone {
                 return;
             }
-            ring.events.push_back((event.clone(), size));
+            // Taken under the ring lock: a ring's entries ascend.
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+            ring.events.push_back(Entry {
+                event: event.clone(),
+                size,
+                seq,
+            });
             ring.bytes += size;
             let total = self.bytes.fetch_add(size, Ordering::Relaxed) + size;
             let mut over_node = total.saturating_sub(self.node_bytes);
             while ring.events.len() > RING_EVENTS || ring.bytes > RING_BYTES || over_node > 0 {
-                let Some((_, old)) = ring.events.pop_front() else {
+                let Some(Entry { size: old, .. }) = ring.events.pop_front() else {
                     break;
                 };
                 ring.bytes -= old;
@@ -303,23 +321,24 @@ impl LogHub {
             Some(name) => read(&t.functions).get(name).cloned().into_iter().collect(),
             None => read(&t.functions).values().cloned().collect(),
         };
-        let mut out: Vec<Arc<Event>> = Vec::new();
+        let mut out: Vec<(u64, u64, Arc<Event>)> = Vec::new();
         for f in rings {
             let ring = lock(&f.ring);
             let passing = ring
                 .events
                 .iter()
                 .rev()
-                .filter(|(e, _)| status.is_none_or(|s| s.matches(e.status())))
+                .filter(|e| status.is_none_or(|s| s.matches(e.event.status())))
                 .take(limit)
-                .map(|(e, _)| e.clone());
+                .map(|e| (e.event.time(), e.seq, e.event.clone()));
             out.extend(passing);
         }
-        // Stable: events of one function keep their order on equal times.
-        out.sort_by_key(|e| e.time());
+        // Events of one millisecond, of one function or of several, in the
+        // order they arrived.
+        out.sort_unstable_by_key(|(time, seq, _)| (*time, *seq));
         let skip = out.len().saturating_sub(limit);
         out.drain(..skip);
-        out
+        out.into_iter().map(|(_, _, e)| e).collect()
     }
 
     /// Subscribes to new events of `tenant` (one function, or all), or
@@ -460,6 +479,25 @@ mod tests {
         assert_eq!(times(hub.latest("t", Some("a"), five, 10)), [3]);
         hub.forget_function("t", "a");
         assert_eq!(times(hub.latest("t", None, None, 10)), [2]);
+    }
+
+    #[test]
+    fn events_of_one_millisecond_list_in_arrival_order_across_functions() {
+        let hub = LogHub::default();
+        // Many functions, so that the rings' (hash) order differs from the
+        // order of arrival for some pair.
+        let names: Vec<String> = (0..32).map(|i| format!("f{i}")).collect();
+        for name in &names {
+            hub.push("t", event(name, 7, 200, 0));
+        }
+        let listed: Vec<String> = hub
+            .latest("t", None, None, 100)
+            .iter()
+            .map(|e| e.function().to_string())
+            .collect();
+        assert_eq!(listed, names);
+        let last = hub.latest("t", None, None, 1);
+        assert_eq!(last[0].function(), "f31");
     }
 
     #[tokio::test]
