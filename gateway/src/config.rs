@@ -71,6 +71,11 @@ pub struct StorageFile {
     /// it for this long, seconds (3600; at least 1). An upload stores its
     /// component before its version commits: the grace must outlast that.
     pub artifact_grace_s: Option<u64>,
+    /// PEM CA certificates of the server: connections require TLS and
+    /// verify the server's certificate and name (libpq's
+    /// `sslmode=verify-full`). Without it, TLS follows the URL's `sslmode`
+    /// (`prefer` by default) and the certificate is not verified.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The default of `storage.artifact_grace_s`.
@@ -102,8 +107,9 @@ fn storage_config(file: StorageFile, url: Option<String>) -> Result<(Storage, Du
                 || file.statement_timeout_ms.is_some()
                 || file.connect_timeout_ms.is_some()
                 || file.artifact_grace_s.is_some()
+                || file.ca_file.is_some()
             {
-                return Err("storage: url, pool_size, statement_timeout_ms, connect_timeout_ms and artifact_grace_s are for type = \"postgres\"".into());
+                return Err("storage: url, pool_size, statement_timeout_ms, connect_timeout_ms, artifact_grace_s and ca_file are for type = \"postgres\"".into());
             }
             Ok((Storage::Redb, ARTIFACT_GRACE))
         }
@@ -140,6 +146,9 @@ fn storage_config(file: StorageFile, url: Option<String>) -> Result<(Storage, Du
                 Some(s) if (1..=30 * 86_400).contains(&s) => Duration::from_secs(s),
                 Some(_) => return Err("storage.artifact_grace_s must be 1 to 2592000".into()),
             };
+            if let Some(ca) = &file.ca_file {
+                pg.verify_with(ca)?;
+            }
             Ok((Storage::Postgres(pg), grace))
         }
         other => Err(format!(

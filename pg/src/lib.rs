@@ -2,7 +2,8 @@
 //! KV, artifacts, leases): what a connection is ([`PgConfig`]), a small
 //! blocking pool ([`Pool`]), numbered schema migrations that refuse a newer
 //! schema ([`migrate`]), a thread that LISTENs and reconnects
-//! ([`listen`]), and throwaway databases for tests ([`test_database`]).
+//! ([`listen`]), TLS with rustls ([`PgTls`]), and throwaway databases for
+//! tests ([`test_database`]).
 //!
 //! Every call here blocks: callers run it on blocking threads (or their
 //! own), never on an async worker.
@@ -11,18 +12,29 @@
 mod listen;
 mod migrate;
 mod pool;
+mod tls;
 
 pub use listen::{Listening, listen};
 pub use migrate::migrate;
 pub use pool::{Dedicated, PgConfig, Pool, Pooled};
 pub use postgres;
+pub use tls::PgTls;
 
 /// A failure talking to PostgreSQL, as text for the server log. (The
 /// stores map it to their own "unavailable" error.)
 pub fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => {
+            // The kind ("error performing TLS handshake"), then why.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 

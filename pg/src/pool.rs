@@ -3,7 +3,9 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
+
+use crate::tls::PgTls;
 
 /// How to reach the database, and what every connection is set up with.
 /// (Its `Debug` leaves the URL out: it may hold a password.)
@@ -20,6 +22,8 @@ pub struct PgConfig {
     /// Giving up on a connection attempt, and on waiting for a free pooled
     /// connection.
     pub connect_timeout: Duration,
+    /// TLS: unverified unless set up with a CA file ([`PgConfig::verify_with`]).
+    pub tls: PgTls,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -28,6 +32,7 @@ impl std::fmt::Debug for PgConfig {
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -41,7 +46,25 @@ impl PgConfig {
             pool_size: 8,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            tls: PgTls::unverified(),
         }
+    }
+
+    /// Requires TLS with the server's certificate verified against the CA
+    /// certificates in `ca_file` (PEM); refuses a URL with
+    /// `sslmode=disable`.
+    pub fn verify_with(&mut self, ca_file: &std::path::Path) -> Result<(), String> {
+        let config: postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e: postgres::Error| format!("storage url: {e}"))?;
+        if config.get_ssl_mode() == postgres::config::SslMode::Disable {
+            return Err(
+                "storage: ca_file asks for verified TLS, the url for sslmode=disable".into(),
+            );
+        }
+        self.tls = PgTls::verified(ca_file)?;
+        Ok(())
     }
 
     /// Opens one connection named `application_name` (what
@@ -60,7 +83,20 @@ impl PgConfig {
                 "-c statement_timeout={}",
                 self.statement_timeout.as_millis().max(1)
             ));
-        config.connect(NoTls).map_err(|e| crate::describe(&e))
+        let unix_only = config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, postgres::config::Host::Unix(_)));
+        if unix_only {
+            // As libpq: no TLS over a Unix socket (the server offers none
+            // there, and there is no name to verify).
+            config.ssl_mode(postgres::config::SslMode::Disable);
+        } else if self.tls.is_verified() {
+            config.ssl_mode(postgres::config::SslMode::Require);
+        }
+        config
+            .connect(self.tls.clone())
+            .map_err(|e| crate::describe(&e))
     }
 }
 

@@ -572,3 +572,97 @@ fn perch_storage_migrate_moves_a_node_into_a_cluster_that_serves_it_the_same() {
     let settings = api.get("/v1/tenants/m/functions/counter").ok();
     assert!(settings.to_string().contains("\"S\""), "{settings}");
 }
+
+#[test]
+fn nodes_reach_postgresql_over_tls_verified_by_a_ca_or_bound_to_its_certificate() {
+    use crate::tls::TestCa;
+    let ca = TestCa::new("Perch test PostgreSQL CA");
+    let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+    let Some(pg) = perch_tests::PgServer::start_tls(&leaf.cert_pem, &leaf.key_pem) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let stranger = dir.path().join("stranger.pem");
+    std::fs::write(&stranger, TestCa::new("Someone else").pem()).unwrap();
+    let ca_config =
+        |file: &std::path::Path| format!("[storage]\nca_file = \"{}\"\n", file.display());
+
+    // Verified: the certificate chains to the CA and names the host.
+    let url = pg.tcp_url("localhost", "");
+    let verified = Perch::start_with_env(
+        &format!("[node]\nname = \"tls1\"\n{}", ca_config(&ca_file)),
+        &[
+            ("PERCH_STORAGE_URL", &url),
+            ("PERCH_SECRET_KEY", SECRET_KEY),
+        ],
+    );
+    verified.deploy("t", "hello", guests::HELLO, "hello.tls.test");
+    // Unverified, but SCRAM bound to the server's certificate: a node
+    // that could not bind (or saw another certificate) fails to log in.
+    let bound = pg.tcp_url("127.0.0.1", "sslmode=require channel_binding=require");
+    let unverified = Perch::start_with_env(
+        "[node]\nname = \"tls2\"\n",
+        &[
+            ("PERCH_STORAGE_URL", &bound),
+            ("PERCH_SECRET_KEY", SECRET_KEY),
+        ],
+    );
+    served(&unverified, "hello.tls.test", "/", |b| b.contains("Hello"));
+    assert_eq!(verified.get("hello.tls.test", "/").status(), 200);
+
+    // Every connection either node holds is encrypted.
+    let mut db = perch_pg::PgConfig::new(&pg.url).connect("test").unwrap();
+    let rows = db
+        .query(
+            "SELECT a.application_name, s.ssl FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.application_name LIKE 'perch-%'",
+            &[],
+        )
+        .unwrap();
+    assert!(rows.len() >= 4, "{} perch connections", rows.len());
+    for row in &rows {
+        let (name, ssl): (String, bool) = (row.get(0), row.get(1));
+        assert!(ssl, "{name} is not encrypted");
+    }
+    drop(db);
+
+    // A certificate from another CA, a name it does not hold, TLS turned
+    // off (the server refuses TCP without it), and a CA with
+    // sslmode=disable: each node refuses to start, saying why.
+    let refused = |config: String, url: String, why: &[&str]| {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("perch.toml"), config).unwrap();
+        let out = serve_command(d.path())
+            .arg("--config")
+            .arg(d.path().join("perch.toml"))
+            .env("PERCH_STORAGE_URL", &url)
+            .env("PERCH_SECRET_KEY", SECRET_KEY)
+            .env("PERCH_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started: {stderr}");
+        assert!(
+            why.iter().any(|w| stderr.contains(w)),
+            "{why:?} not in {stderr}"
+        );
+    };
+    refused(ca_config(&stranger), url.clone(), &["UnknownIssuer"]);
+    refused(
+        ca_config(&ca_file),
+        pg.tcp_url("pg.invalid", "hostaddr=127.0.0.1"),
+        &["NotValidForName", "certificate"],
+    );
+    refused(
+        String::new(),
+        pg.tcp_url("127.0.0.1", "sslmode=disable"),
+        &["no encryption", "pg_hba.conf"],
+    );
+    refused(
+        ca_config(&ca_file),
+        pg.tcp_url("localhost", "sslmode=disable"),
+        &["sslmode=disable"],
+    );
+}

@@ -940,10 +940,15 @@ pub fn image_id(archive: &[u8]) -> String {
 /// we are root: initdb refuses root), a Unix socket there and no TCP
 /// listener; stopped and removed when dropped.
 pub struct PgServer {
-    /// A libpq connection string for its `postgres` database.
+    /// A libpq connection string for its `postgres` database (over the
+    /// Unix socket, trusted).
     pub url: String,
     dir: PathBuf,
     as_postgres: bool,
+    /// The port of its socket, and of its loopback TCP listener when it
+    /// has one ([`PgServer::start_tls`]).
+    port: u16,
+    tcp: bool,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -952,6 +957,32 @@ impl PgServer {
     /// A new running server, or `None` when PostgreSQL is missing and
     /// `PERCH_SKIP_EXTERNAL=1` (see [`external_decision`]).
     pub fn start() -> Option<PgServer> {
+        PgServer::start_with(None)
+    }
+
+    /// A new running server that also listens on a loopback TCP port with
+    /// TLS (`cert_pem` and `key_pem`), where only TLS connections are let
+    /// in, with SCRAM passwords: user `postgres`, password
+    /// [`PgServer::PASSWORD`]; see [`PgServer::tcp_url`].
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<PgServer> {
+        PgServer::start_with(Some((cert_pem, key_pem)))
+    }
+
+    /// The `postgres` user's password over TCP.
+    pub const PASSWORD: &str = "perch-test-password";
+
+    /// A connection string for the TCP listener at `host` (`127.0.0.1` or
+    /// `localhost`), with the password, and `extra` parameters.
+    pub fn tcp_url(&self, host: &str, extra: &str) -> String {
+        assert!(self.tcp, "the server has no TCP listener");
+        format!(
+            "host={host} port={} user=postgres password={} dbname=postgres {extra}",
+            self.port,
+            PgServer::PASSWORD
+        )
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<PgServer> {
         let found = Path::new(PG_BIN).join("pg_ctl").exists();
         match external_decision(std::env::var("PERCH_SKIP_EXTERNAL").ok().as_deref(), found) {
             External::Run => {}
@@ -978,13 +1009,16 @@ impl PgServer {
                 .expect("chown");
             assert!(status.success());
         }
+        let port = if tls.is_some() { free_port() } else { 5432 };
         let server = PgServer {
             url: format!(
-                "host={} port=5432 user=postgres dbname=postgres",
+                "host={} port={port} user=postgres dbname=postgres",
                 dir.display()
             ),
             dir,
             as_postgres,
+            port,
+            tcp: tls.is_some(),
         };
         server.run(
             "initdb",
@@ -997,8 +1031,64 @@ impl PgServer {
                 &server.data().display().to_string(),
             ],
         );
+        if let Some((cert, key)) = tls {
+            server.set_up_tls(cert, key);
+        }
         server.resume();
+        if tls.is_some() {
+            server.run(
+                "psql",
+                &[
+                    "-h",
+                    &server.dir.display().to_string(),
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-qc",
+                    &format!("ALTER USER postgres PASSWORD '{}'", PgServer::PASSWORD),
+                ],
+            );
+        }
         Some(server)
+    }
+
+    /// The certificate and key in the data directory, `ssl = on`, and a
+    /// pg_hba.conf that refuses TCP without TLS.
+    fn set_up_tls(&self, cert: &str, key: &str) {
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), cert).unwrap();
+        std::fs::write(data.join("server.key"), key).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostnossl all all all reject\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(
+            &mut conf,
+            b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&data)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
     }
 
     fn data(&self) -> PathBuf {
@@ -1041,7 +1131,12 @@ impl PgServer {
     pub fn resume(&self) {
         let data = self.data().display().to_string();
         let log = self.dir.join("server.log").display().to_string();
-        let options = format!("-k {} -c listen_addresses= -p 5432", self.dir.display());
+        let listen = if self.tcp { "127.0.0.1" } else { "" };
+        let options = format!(
+            "-k {} -c listen_addresses={listen} -p {}",
+            self.dir.display(),
+            self.port
+        );
         self.run(
             "pg_ctl",
             &["-D", &data, "-l", &log, "-w", "-o", &options, "start"],

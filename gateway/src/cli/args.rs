@@ -217,6 +217,10 @@ pub(super) enum StorageAction {
         /// environment variable: a flag shows in `ps`).
         #[arg(long, env = "PERCH_STORAGE_URL", hide_env_values = true)]
         to: String,
+        /// PEM CA certificates of the server: TLS with its certificate
+        /// and name verified (as `[storage] ca_file`).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 

@@ -26,8 +26,8 @@ pub fn main() -> ExitCode {
         Command::New(args) => run_new(args),
         Command::Restore(args) => run_restore(args),
         Command::Storage {
-            action: args::StorageAction::Migrate { from, to },
-        } => run_migrate(&from, &to),
+            action: args::StorageAction::Migrate { from, to, ca_file },
+        } => run_migrate(&from, &to, ca_file.as_deref()),
         other => match commands::run_client(other) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -95,13 +95,20 @@ fn run_restore(args: RestoreArgs) -> ExitCode {
     }
 }
 
-fn run_migrate(from: &std::path::Path, to: &str) -> ExitCode {
+fn run_migrate(from: &std::path::Path, to: &str, ca_file: Option<&std::path::Path>) -> ExitCode {
     if let Err(e) = to.parse::<perch_pg::postgres::Config>() {
         eprintln!("error: --to is not a PostgreSQL connection string: {e}");
         return ExitCode::FAILURE;
     }
+    let mut pg = perch_pg::PgConfig::new(to);
+    if let Some(ca) = ca_file
+        && let Err(e) = pg.verify_with(ca)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let key = std::env::var("PERCH_SECRET_KEY").ok();
-    match crate::migrate::migrate(from, &perch_pg::PgConfig::new(to), key.as_deref()) {
+    match crate::migrate::migrate(from, &pg, key.as_deref()) {
         Ok(m) => {
             println!(
                 "migrated {}: {} registry records ({} versions; sha256 {}), {} KV namespaces with {} keys (sha256 {}), {} components ({} bytes); all read back the same",
