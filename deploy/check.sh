@@ -6,12 +6,26 @@
 #   deliberately broken copy (so the check cannot pass by validating nothing);
 #   overlays/traefik renders (its Traefik custom resources have no schema in
 #   kubernetes-validate: only the built-in objects are validated there).
+# - k3s cluster mode: overlays/cluster, overlays/cluster-cnpg,
+#   overlays/cluster-postgres and storage-migrate render, and every built-in
+#   object passes the same validation; the CloudNativePG Cluster (a custom
+#   resource) is not schema-validated, only the custom resources expected
+#   may go unvalidated. deploy/check-k3s.py then checks what cluster mode
+#   depends on: 3 replicas of a Parallel StatefulSet rolled one at a time,
+#   no volumeClaimTemplates (the data directory an emptyDir with a
+#   sizeLimit), PERCH_STORAGE_URL from a secretKeyRef (perch-storage/url;
+#   perch-pg-app/uri with CloudNativePG), a PodDisruptionBudget, spreading
+#   over hosts, [storage] type = "postgres" with base/perch.toml's settings;
+#   the Cluster's instances and initdb database; the plain server's user,
+#   PGDATA, probe and Service; NetworkPolicies admitting Perch (and the
+#   migration Job) to 5432; the Job on the single node's volume. Broken
+#   copies must fail those checks too.
 # - systemd: install.sh installs PERCH_BINARY, the unit and /etc/perch into a
 #   throwaway root; `systemd-analyze verify` of the unit there prints nothing;
 #   `systemd-analyze security` scores it 4.0 or less.
 # - the shell scripts in deploy/ parse (bash -n).
-# Needs kubectl, kubernetes-validate (pip), systemd-analyze; exits non-zero
-# on any failure.
+# Needs kubectl, kubernetes-validate (pip; PyYAML, which check-k3s.py uses,
+# comes with it), systemd-analyze; exits non-zero on any failure.
 set -uo pipefail
 binary=${1:+$(realpath -m "$1")}
 cd "$(dirname "$0")/.."
@@ -84,6 +98,81 @@ else
     cat "$W/kustomize.err" >&2
     fail "k3s/overlays/traefik: kubectl kustomize"
 fi
+
+# --- k3s: cluster mode --------------------------------------------------------
+# validated LABEL FILE [CR_KINDS]: every object of FILE valid, but those of
+# the custom resource kinds CR_KINDS (space-separated, sorted), which
+# kubernetes-validate has no schema for and which must be the only ones it
+# skips; sets n_valid to the number validated.
+validated() {
+    local objects skipped n_skipped
+    n_valid=0
+    if ! validate "$2"; then
+        grep -v '^INFO' "$W/validate.out" >&2
+        fail "$1: kubernetes-validate --strict -k $k8s_version"
+        return 1
+    fi
+    objects=$(grep -c '^kind:' "$2")
+    n_valid=$(grep -c 'passed for resource' "$W/validate.out")
+    n_skipped=$(grep -c "find schema for kind" "$W/validate.out")
+    skipped=$(grep -o "find schema for kind [A-Za-z]*" "$W/validate.out" |
+        awk '{ print $NF }' | sort -u | paste -sd ' ')
+    if [ "$skipped" != "${3:-}" ] || [ $((n_valid + n_skipped)) -ne "$objects" ]; then
+        cat "$W/validate.out" >&2
+        fail "$1: $n_valid of $objects objects validated (no schema: ${skipped:-none}; expected: ${3:-none})"
+        return 1
+    fi
+}
+# shape MODE FILE: deploy/check-k3s.py on one render (what it found in
+# $W/shape.out, its complaints in $W/shape.err).
+shape() {
+    python3 deploy/check-k3s.py "$1" "$2" "$W/base.yaml" "$W/storage-migrate.yaml" \
+        > "$W/shape.out" 2> "$W/shape.err"
+}
+# cluster_check DIR MODE [CR_KINDS] [NOTE]: render DIR, validate it, check
+# its shape.
+cluster_check() {
+    local name label=${1#deploy/}
+    name=$(basename "$1")
+    if ! kubectl kustomize "$1" > "$W/$name.yaml" 2> "$W/kustomize.err"; then
+        cat "$W/kustomize.err" >&2
+        fail "$label: kubectl kustomize"
+        return
+    fi
+    validated "$label" "$W/$name.yaml" "${3:-}" || return
+    if shape "$2" "$W/$name.yaml"; then
+        shaped+=" $name"
+        pass "$label: $n_valid ${3:+built-in }object$([ "$n_valid" = 1 ] || echo s) valid for Kubernetes $k8s_version${4:+; $4}; $(cat "$W/shape.out")"
+    else
+        cat "$W/shape.err" >&2
+        fail "$label: $(head -1 "$W/shape.err")"
+    fi
+}
+# First the migration Job: the overlays' PostgreSQL NetworkPolicies must
+# admit its pods.
+shaped=
+cluster_check deploy/k3s/storage-migrate migrate
+cluster_check deploy/k3s/overlays/cluster cluster
+cluster_check deploy/k3s/overlays/cluster-cnpg cnpg Cluster \
+    "the CloudNativePG Cluster is a custom resource: NOT schema-validated, only its shape checked"
+cluster_check deploy/k3s/overlays/cluster-postgres postgres
+# The shape checks must refuse broken copies (so they cannot pass by
+# looking at nothing), of the renders they passed.
+for breakage in 'cluster cluster s/^  replicas: 3$/  replicas: 1/' \
+                'cluster cluster s/^kind: PodDisruptionBudget$/kind: PodDisruptionBudgetX/' \
+                'cnpg cluster-cnpg s/name: perch-pg-app$/name: perch-storage/' \
+                'postgres cluster-postgres s/runAsUser: 999$/runAsUser: 0/'; do
+    read -r mode name expr <<< "$breakage"
+    [[ " $shaped " == *" $name "* ]] || continue
+    sed -e "$expr" "$W/$name.yaml" > "$W/broken.yaml"
+    if cmp -s "$W/$name.yaml" "$W/broken.yaml"; then
+        fail "k3s/overlays/$name: self-test '$expr' changed nothing"
+    elif shape "$mode" "$W/broken.yaml"; then
+        fail "k3s/overlays/$name: check-k3s.py accepted a broken copy ($expr)"
+    else
+        pass "k3s/overlays/$name: a broken copy is refused: $(head -1 "$W/shape.err")"
+    fi
+done
 
 # --- systemd -----------------------------------------------------------------
 # A throwaway root: what install.sh installs, and the distribution's units

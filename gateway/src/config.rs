@@ -75,6 +75,7 @@ pub struct StorageFile {
     /// verify the server's certificate and name (libpq's
     /// `sslmode=verify-full`). Without it, TLS follows the URL's `sslmode`
     /// (`prefer` by default) and the certificate is not verified.
+    /// (`PERCH_STORAGE_CA_FILE` wins over it.)
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -596,6 +597,8 @@ pub struct Overrides {
     pub tls_listen: Option<String>,
     /// `--storage-url` / `PERCH_STORAGE_URL`.
     pub storage_url: Option<String>,
+    /// `--storage-ca-file` / `PERCH_STORAGE_CA_FILE`.
+    pub storage_ca_file: Option<PathBuf>,
 }
 
 /// Largest component upload the admin API takes.
@@ -706,7 +709,11 @@ impl Config {
             .unwrap_or_else(|| "127.0.0.1:8081".into());
         let max = DEFAULT_MAX.with(&file.max.limits);
         let limits = DEFAULT_LIMITS.with(&file.limits);
-        let (storage, artifact_grace) = storage_config(file.storage, over.storage_url)?;
+        let mut storage_file = file.storage;
+        if over.storage_ca_file.is_some() {
+            storage_file.ca_file = over.storage_ca_file;
+        }
+        let (storage, artifact_grace) = storage_config(storage_file, over.storage_url)?;
         let config = Config {
             data_dir: over
                 .data_dir
@@ -888,6 +895,16 @@ mod tests {
             ("[storage]\npool_size = 0\n", url, "pool_size"),
             ("[storage]\ntype = \"postgres\"\n", None, "needs `url`"),
             ("[storage]\ntype = \"mysql\"\n", None, "not a storage type"),
+            (
+                "[storage]\nca_file = \"/nowhere.pem\"\n",
+                None,
+                "for type = \"postgres\"",
+            ),
+            (
+                "[storage]\nca_file = \"/nowhere.pem\"\n",
+                url,
+                "/nowhere.pem",
+            ),
         ] {
             let e = resolve(bad, url).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

@@ -257,6 +257,10 @@ pub(super) struct ServeArgs {
     /// table's `url`; prefer the environment variable: a flag shows in `ps`).
     #[arg(long, env = "PERCH_STORAGE_URL", hide_env_values = true)]
     pub(super) storage_url: Option<String>,
+    /// PEM CA certificates of the PostgreSQL server (the `[storage]`
+    /// table's `ca_file`): TLS with the server's certificate verified.
+    #[arg(long, env = "PERCH_STORAGE_CA_FILE")]
+    pub(super) storage_ca_file: Option<PathBuf>,
     /// Config file (TOML).
     #[arg(long, env = "PERCH_CONFIG")]
     pub(super) config: Option<PathBuf>,

@@ -166,6 +166,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         admin_listen: args.admin_listen,
         tls_listen: args.tls_listen,
         storage_url: args.storage_url,
+        storage_ca_file: args.storage_ca_file,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(c) => c,
