@@ -36,6 +36,17 @@
 #                over TLS with h2load; and how long ACME takes, against
 #                Pebble (Debian's package), from the first route to the
 #                certificate served
+#   cluster      cluster mode: three nodes on one PostgreSQL (Debian's, a
+#                throwaway cluster on a loopback port, pinned to SERVER_CPU;
+#                the nodes unpinned, then pinned there for the throughput
+#                runs): the distribution over CHANGES (100) changes
+#                of the time from the 2xx on node 1 to nodes 2 and 3 serving a
+#                new version (upload: includes their fetch + compile of the
+#                new component), a route switch between warm functions, and
+#                a KV write becoming readable (bench/cluster.py; goal p99
+#                ≤ 1 s, target ≤ 100 ms); then hello rps and guest KV get and
+#                put throughput on a cluster node against a redb node,
+#                alternating (goal: hello ≥ 0.95 ×) (not in the default list)
 #   containers   container cold start (no instance running): a request through
 #                Perch to its first byte, against create + start + first 200
 #                through the same engine API (bench/coldstart.py), alternating,
@@ -55,7 +66,7 @@
 #
 # Environment: ROUNDS (5), DURATION (10, seconds per run), CONNS (32),
 # SERVER_CPU (0), LOAD_CPU (1), REUSE (128), MANY_FUNCTIONS (10000),
-# MANY_COMPONENTS (500), MANY_DATA (keep the many scenario's deployed data
+# MANY_COMPONENTS (500), CHANGES (100, the cluster scenario), MANY_DATA (keep the many scenario's deployed data
 # directory there and reuse it on the next run), SPIN_CPU_MS (500, the
 # hostile tenant's CPU limit), SPINNERS (3), HANGERS (256, the tenant
 # concurrency cap), PERCH_BENCH_CACHE, SKIP_BUILD=1, PERCH_BASELINE (the
@@ -119,6 +130,9 @@ install_tools() {
         command -v pebble >/dev/null || missing+=(pebble)
         command -v openssl >/dev/null || missing+=(openssl)
     fi
+    if has_scenario cluster; then
+        compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+    fi
     if has_scenario containers; then
         command -v podman >/dev/null || missing+=(podman catatonit netavark aardvark-dns iptables)
         command -v runc >/dev/null || missing+=(runc)
@@ -155,14 +169,16 @@ build() {
 
 # ---------------------------------------------------------------- servers
 
-# start_perch DIR [CONFIG-TOML] — sets PERCH_PID, DATA (host:port), ADMIN (url)
+# start_perch DIR [CONFIG-TOML] — sets PERCH_PID, DATA (host:port), ADMIN (url);
+# the server's environment has EXTRA_ENV (NAME=value words) too
+EXTRA_ENV=()
 start_perch() {
     local dir=$1 config=${2:-}
     mkdir -p "$dir"
     printf '%s\n' "$config" >"$dir/perch.toml"
     local pin=(taskset -c "$SERVER_CPU")
     [ "${UNPINNED:-}" = 1 ] && pin=()
-    PERCH_ADMIN_TOKEN=$TOKEN "${pin[@]}" "$PERCH" serve --data-dir "$dir/data" \
+    env PERCH_ADMIN_TOKEN=$TOKEN "${EXTRA_ENV[@]}" "${pin[@]}" "$PERCH" serve --data-dir "$dir/data" \
         --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --config "$dir/perch.toml" \
         >"$dir/stdout" 2>>"$dir/stderr" &
     PERCH_PID=$!
@@ -1022,6 +1038,100 @@ CONF
     python3 "$ROOT/bench/coldstart.py" --report "$SAMPLES" | tee -a "$REPORT"
 }
 
+# start_postgres — a throwaway PostgreSQL cluster in $WORK/pg on a loopback
+# port (as the postgres user when run as root: initdb refuses root); sets
+# PG_URL, PG_CTL
+start_postgres() {
+    local bin dir=$WORK/pg port as=()
+    bin=$(dirname "$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -1)")
+    mkdir -p "$dir"
+    if [ "$(id -u)" -eq 0 ]; then
+        # mktemp's 0700: the postgres user must pass through to its dir.
+        chmod 711 "$WORK"
+        chown postgres "$dir"
+        as=(runuser -u postgres --)
+    fi
+    "${as[@]}" "$bin/initdb" -A trust -D "$dir/data" >/dev/null
+    port=$(free_port)
+    PG_CTL=("${as[@]}" "$bin/pg_ctl" -D "$dir/data")
+    taskset -c "$SERVER_CPU" "${PG_CTL[@]}" -l "$dir/log" -w -o \
+        "-k $dir -c listen_addresses=127.0.0.1 -p $port -c max_connections=200" start >/dev/null
+    PG_URL="host=127.0.0.1 port=$port user=postgres dbname=postgres"
+}
+
+scenario_cluster() {
+    log "scenario cluster: three nodes on one PostgreSQL"
+    start_postgres
+    local key nodes=() admins=() pids=() n
+    key=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+    for n in 1 2 3; do
+        # Unpinned while changes propagate (nodes 2 and 3 compile a new
+        # component at the same time, as separate machines would); pinned
+        # to SERVER_CPU for the throughput runs below.
+        EXTRA_ENV=("PERCH_STORAGE_URL=$PG_URL" "PERCH_SECRET_KEY=$key")
+        UNPINNED=1 start_perch "$WORK/cluster-n$n" "$(printf '[node]\nname = "n%s"\n' "$n")"
+        EXTRA_ENV=()
+        nodes+=("$DATA") admins+=("$ADMIN") pids+=("$PERCH_PID")
+    done
+    start_perch "$WORK/cluster-redb"
+    local redb=$DATA redb_admin=$ADMIN redb_pid=$PERCH_PID
+    local others="${nodes[1]},${nodes[2]}" changes=${CHANGES:-100}
+    local delays=(taskset -c "$LOAD_CPU" python3 "$ROOT/bench/cluster.py")
+    ADMIN=${admins[0]}
+    deploy bench kv "$KVEXT" kv.cluster.bench
+    {
+        echo
+        echo "### 15. cluster mode: from the 2xx on node 1 to nodes 2 and 3 answering the change ($changes changes, ms)"
+        echo
+        echo "| change | node | n | p50 | p90 | p99 | max |"
+        echo "|---|---|---|---|---|---|---|"
+        "${delays[@]}" versions --admin "${admins[0]}" --token "$TOKEN" --wasm "$HELLO" \
+            --nodes "$others" --changes "$changes" --label "new version (upload; the node fetches and compiles it)"
+        "${delays[@]}" routes --admin "${admins[0]}" --token "$TOKEN" --wasm "$HELLO" \
+            --nodes "$others" --changes "$changes" --label "route switch (warm functions)"
+        "${delays[@]}" kv --writer "${nodes[0]}" --nodes "$others" --changes "$changes" \
+            --label "KV write (guest put on node 1, the old value cached on 2 and 3)"
+    } | tee -a "$REPORT"
+    # Throughput: node 1 of the cluster against a redb node, alternating,
+    # every server on SERVER_CPU.
+    for n in "${pids[@]}"; do taskset -a -p -c "$SERVER_CPU" "$n" >/dev/null; done
+    deploy bench hello "$HELLO" "$HELLO_HOST"
+    ADMIN=$redb_admin
+    deploy bench hello "$HELLO" "$HELLO_HOST"
+    deploy bench kv "$KVEXT" kv.cluster.bench
+    local addr
+    for addr in "$redb" "${nodes[0]}"; do
+        curl -sS -f -X PUT -H "Host: kv.cluster.bench" --data 'hot value' "http://$addr/set/probe" -o /dev/null
+    done
+    cat >"$WORK/cluster-put.lua" <<'LUA'
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("PUT", "/set/k" .. math.random(1, 1000000) .. "-" .. i, nil, "value-0123456789")
+end
+LUA
+    cat >"$WORK/cluster-get.lua" <<'LUA'
+request = function() return wrk.format("GET", "/get/probe") end
+LUA
+    local round variant
+    for round in $(seq 1 "$ROUNDS"); do
+        for variant in redb cluster; do
+            [ $(( round % 2 )) -eq 0 ] && variant=$([ "$variant" = redb ] && echo cluster || echo redb)
+            addr=$redb
+            [ "$variant" = cluster ] && addr=${nodes[0]}
+            wrk_run cluster-hello "$variant" "$round" "$addr" "$HELLO_HOST"
+            wrk_run cluster-kv-get "$variant" "$round" "$addr" kv.cluster.bench -s "$WORK/cluster-get.lua"
+            wrk_run cluster-kv-put "$variant" "$round" "$addr" kv.cluster.bench -s "$WORK/cluster-put.lua"
+        done
+    done
+    summary cluster-hello redb "15a. hello on cluster node 1 (PostgreSQL) vs a redb node (goal ≥ 0.95 ×: routing never touches the database)"
+    summary cluster-kv-get redb "15b. guest KV get of one hot key: cluster node vs redb node ($CONNS connections)"
+    summary cluster-kv-put redb "15c. guest KV put of new keys, durable before the answer: PostgreSQL (fsync on, PostgreSQL pinned with the nodes) vs redb"
+    for n in "${pids[@]}" "$redb_pid"; do stop_pid "$n"; done
+    "${PG_CTL[@]}" -m fast stop >/dev/null
+    ADMIN=$MAIN_ADMIN DATA=$PERCH_DATA
+}
+
 for f in "$PERCH" "$HELLO"; do [ -f "$f" ] || { log "missing $f"; exit 1; }; done
 if has_scenario isolation && [ ! -f "$FAULTY" ]; then log "missing $FAULTY"; exit 1; fi
 
@@ -1059,6 +1169,7 @@ for s in "${SCENARIOS[@]}"; do
         tracing) scenario_tracing ;;
         tls) scenario_tls ;;
         containers) scenario_containers ;;
+        cluster) scenario_cluster ;;
         *) log "unknown scenario $s"; exit 2 ;;
     esac
 done

@@ -7,6 +7,8 @@
 //! - `isolation.rs`: the node's nftables table that keeps tenant networks
 //!   apart whatever the engine's own rules do.
 //! - `pool.rs`: the supervisor of one version's instances.
+//! - `shared.rs`: the [`SharedArchives`] seam: image archives every node
+//!   of a cluster can fetch.
 //! - this file: the node's [`Backend`]: a pool per deployed container
 //!   version, the reaper that scales them down, and the reconcile at
 //!   start that adopts or removes what a previous run left.
@@ -22,6 +24,7 @@ mod docker;
 pub mod driver;
 pub mod isolation;
 mod pool;
+mod shared;
 pub mod spec;
 
 pub use docker::{DockerDriver, network_name};
@@ -33,6 +36,7 @@ pub use pool::{
     AcquireError, COLD_START_BUCKETS, ColdStarts, Instance, Lease, Lifecycle, Notices, Pool, QUEUE,
     VersionId, short_id,
 };
+pub use shared::{Images, SharedArchives};
 pub use spec::{ContainerSpec, Maxima, SpecError};
 
 /// How often the reaper looks at every pool.
@@ -51,14 +55,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Backend {
     /// A backend running containers through `driver`, labelled for `node`;
     /// lifecycle events go to `notices`; `images` is where image archives
-    /// are kept (`<hex>.tar`), to reload an image the engine lost;
-    /// `firewall`, when given, isolates tenant networks (see
-    /// [`Backend::isolate`]).
+    /// are kept, to load an image the engine lacks (lost, or uploaded
+    /// through another node); `firewall`, when given, isolates tenant
+    /// networks (see [`Backend::isolate`]).
     pub fn new(
         driver: Arc<dyn ContainerDriver>,
         node: &str,
         notices: Notices,
-        images: Option<std::path::PathBuf>,
+        images: Option<Images>,
         firewall: Option<Firewall>,
     ) -> Arc<Backend> {
         Arc::new(Backend {
@@ -77,6 +81,11 @@ impl Backend {
     /// The engine.
     pub fn driver(&self) -> &Arc<dyn ContainerDriver> {
         &self.node.driver
+    }
+
+    /// The archives shared with the other nodes (cluster mode).
+    pub fn shared_archives(&self) -> Option<&Arc<dyn SharedArchives>> {
+        self.node.images.as_ref()?.shared.as_ref()
     }
 
     /// The pool of a version, created on first use. A version is

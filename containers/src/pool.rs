@@ -176,8 +176,8 @@ pub(crate) struct Node {
     pub(crate) driver: Arc<dyn ContainerDriver>,
     /// Where lifecycle events and output go.
     pub(crate) notices: Notices,
-    /// Where image archives are kept (`<hex>.tar`).
-    pub(crate) images: Option<std::path::PathBuf>,
+    /// Where image archives are kept.
+    pub(crate) images: Option<crate::Images>,
     /// Start-to-ready times of the node's instances.
     pub(crate) cold_starts: ColdStarts,
     /// Perch's own isolation of tenant networks, unless the operator
@@ -521,8 +521,9 @@ impl Pool {
         }
     }
 
-    /// Loads the image from its kept archive when the engine lost it
-    /// (pruned, or a new engine).
+    /// Loads the image from its kept archive when the engine lacks it
+    /// (pruned, a new engine, or uploaded through another node: then the
+    /// archive is fetched from the shared store first).
     async fn ensure_image(&self) -> Result<(), String> {
         let image = &self.spec.image;
         if self
@@ -534,11 +535,11 @@ impl Pool {
         {
             return Ok(());
         }
-        let Some(dir) = &self.node.images else {
+        let Some(images) = &self.node.images else {
             return Err(format!("the engine has no image {image}"));
         };
-        let archive = crate::archive::archive_path(dir, image);
-        if !archive.exists() {
+        let archive = crate::archive::archive_path(&images.dir, image);
+        if !archive.exists() && !self.fetch_archive(images, &archive).await? {
             return Err(format!(
                 "the engine has no image {image} and no archive of it is kept"
             ));
@@ -549,6 +550,31 @@ impl Pool {
             .load_image(&archive)
             .await
             .map_err(|e| format!("reloading image {image}: {e}"))
+    }
+
+    /// Fetches the image's archive from the shared store to `dest`;
+    /// false when there is no shared store or it has none.
+    async fn fetch_archive(
+        &self,
+        images: &crate::Images,
+        dest: &std::path::Path,
+    ) -> Result<bool, String> {
+        let Some(shared) = images.shared.clone() else {
+            return Ok(false);
+        };
+        tracing::info!(version = %self.id, image = %self.spec.image, "fetching the image archive from the shared store");
+        let (dir, image, dest) = (
+            images.dir.clone(),
+            self.spec.image.clone(),
+            dest.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            shared.fetch(&image, &dest)
+        })
+        .await
+        .map_err(|e| format!("fetching the image archive: {e}"))?
+        .map_err(|e| format!("fetching the image archive: {e}"))
     }
 
     /// Waits until the instance answers (its port, or `health_path` with

@@ -11,9 +11,11 @@
 //! node. The secrets in the registry stay sealed: the cluster's
 //! `PERCH_SECRET_KEY` must be the node's key, which is checked.
 //!
+//! The container image archives (`images/`) go into the shared store with
+//! the components, each read back by its SHA-256.
+//!
 //! What stays behind: the audit log and usage totals (the node's backup
-//! keeps them), and container image archives (`images/`), which cluster
-//! nodes do not share yet: copy them into each node's data directory.
+//! keeps them).
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,8 +47,10 @@ pub struct Migrated {
     pub components: usize,
     /// Their bytes.
     pub component_bytes: u64,
-    /// Image records whose archives stay in the data directory.
+    /// Image archives.
     pub images: usize,
+    /// Their bytes.
+    pub image_bytes: u64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -231,6 +235,24 @@ pub fn migrate(from: &Path, to: &PgConfig, cluster_key: Option<&str>) -> Result<
         out.component_bytes += bytes.len() as u64;
     }
 
+    // Image archives, once per image whichever tenants hold it.
+    let archives = crate::pg::PgImages::new(to);
+    let mut images: Vec<&str> = source.images.iter().map(|i| i.id.as_str()).collect();
+    images.sort_unstable();
+    images.dedup();
+    for id in images {
+        use perch_containers::SharedArchives;
+        let path = perch_containers::archive::archive_path(&crate::api::images_dir(from), id);
+        let (sha, size) = file_sha256(&path)
+            .map_err(|e| format!("image {id}'s archive {}: {e}", path.display()))?;
+        archives.put(id, &path)?;
+        if archives.checksum(id)?.as_deref() != Some(&sha[..]) {
+            return Err(format!("image {id}'s archive did not read back the same"));
+        }
+        out.images += 1;
+        out.image_bytes += size;
+    }
+
     // KV.
     let tenants: Vec<String> = source.tenants.iter().map(|t| t.name.clone()).collect();
     let node_kv = perch_kv::RedbKv::open(db.clone()).map_err(|e| e.to_string())?;
@@ -295,8 +317,24 @@ pub fn migrate(from: &Path, to: &PgConfig, cluster_key: Option<&str>) -> Result<
     }
     out.records = puts(&source).len();
     out.versions = source.functions.iter().map(|f| f.versions.len()).sum();
-    out.images = source.images.len();
     Ok(out)
+}
+
+/// A file's SHA-256 and size, read in pieces.
+fn file_sha256(path: &Path) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut sha = Context::new(&SHA256);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((sha.finish().as_ref().to_vec(), size));
+        }
+        sha.update(&buf[..n]);
+        size += n as u64;
+    }
 }
 
 #[cfg(test)]

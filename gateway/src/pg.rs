@@ -1,11 +1,15 @@
 //! Cluster mode's PostgreSQL implementations of the gateway's smaller
 //! stores: the audit log ([`PgAudit`]), each node's usage totals
-//! ([`PgUsage`]), the cron tick lease ([`PgLease`]) and the nodes'
-//! heartbeats ([`PgNodes`]). (The registry's
+//! ([`PgUsage`]), the cron tick lease ([`PgLease`]), the nodes'
+//! heartbeats ([`PgNodes`]) and container image archives ([`PgImages`]). (The registry's
 //! store is `registry::PgStore`, KV is `perch_kv::PgKv`, components are
 //! `perch_runtime::PgArtifactStore`.) Every method blocks: callers run it
 //! on blocking threads.
+use std::io::{Read, Write};
+use std::path::Path;
+
 use perch_pg::{PgConfig, Pool};
+use ring::digest::{Context, SHA256};
 
 use crate::audit::{AuditEntry, AuditStore};
 use crate::cron::{Tick, TickLease};
@@ -39,6 +43,18 @@ const MIGRATIONS: &[&str] = &[
          revision bigint NOT NULL,
          version text NOT NULL,
          last_seen timestamptz NOT NULL
+     );",
+    "CREATE TABLE perch_image_archives (
+         image text PRIMARY KEY,
+         size bigint NOT NULL,
+         chunks integer NOT NULL,
+         sha256 bytea NOT NULL
+     );
+     CREATE TABLE perch_image_chunks (
+         image text NOT NULL,
+         n integer NOT NULL,
+         bytes bytea NOT NULL,
+         PRIMARY KEY (image, n)
      );",
 ];
 
@@ -307,6 +323,159 @@ impl NodeStore for PgNodes {
             .execute("DELETE FROM perch_nodes WHERE id = $1", &[&id])
             .map_err(describe)?;
         Ok(())
+    }
+}
+
+/// Bytes per image chunk row.
+const IMAGE_CHUNK: u64 = 1 << 20;
+
+/// Container image archives in the shared database, so that a container
+/// version runs on every node: a header row (size, chunk count, SHA-256)
+/// and rows of at most 1 MiB, written in one transaction (an archive is
+/// whole or absent), streamed both ways (an archive is never held in
+/// memory whole).
+pub struct PgImages {
+    pool: Pool,
+}
+
+impl PgImages {
+    /// Archives in the database of `config`, on a pool of their own whose
+    /// statements may take a minute (storing waits for another node
+    /// storing the same image).
+    pub fn new(config: &PgConfig) -> PgImages {
+        let mut config = config.clone();
+        config.pool_size = config.pool_size.min(2);
+        config.statement_timeout = config
+            .statement_timeout
+            .max(std::time::Duration::from_secs(60));
+        PgImages {
+            pool: Pool::new(config, "perch-images"),
+        }
+    }
+
+    /// The SHA-256 of image `id`'s stored archive, if one is stored.
+    pub fn checksum(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        let mut client = self.pool.get()?;
+        let row = client
+            .query_opt(
+                "SELECT sha256 FROM perch_image_archives WHERE image = $1",
+                &[&id],
+            )
+            .map_err(describe)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> String {
+    format!("{}: {e}", path.display())
+}
+
+impl perch_containers::SharedArchives for PgImages {
+    fn put(&self, id: &str, path: &Path) -> Result<(), String> {
+        let mut client = self.pool.get()?;
+        let mut txn = client.transaction().map_err(describe)?;
+        // One writer per image: another node storing it too waits here,
+        // then finds it stored.
+        txn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&id],
+        )
+        .map_err(describe)?;
+        let stored = txn
+            .query_opt(
+                "SELECT 1 FROM perch_image_archives WHERE image = $1",
+                &[&id],
+            )
+            .map_err(describe)?;
+        if stored.is_some() {
+            return txn.commit().map_err(describe);
+        }
+        let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+        let mut sha = Context::new(&SHA256);
+        let (mut chunks, mut size) = (0i32, 0i64);
+        let mut chunk = Vec::with_capacity(IMAGE_CHUNK as usize);
+        loop {
+            chunk.clear();
+            (&mut file)
+                .take(IMAGE_CHUNK)
+                .read_to_end(&mut chunk)
+                .map_err(|e| io_error(path, e))?;
+            if chunk.is_empty() {
+                break;
+            }
+            sha.update(&chunk);
+            txn.execute(
+                "INSERT INTO perch_image_chunks (image, n, bytes) VALUES ($1, $2, $3)",
+                &[&id, &chunks, &chunk],
+            )
+            .map_err(describe)?;
+            chunks += 1;
+            size += chunk.len() as i64;
+        }
+        txn.execute(
+            "INSERT INTO perch_image_archives (image, size, chunks, sha256) VALUES ($1, $2, $3, $4)",
+            &[&id, &size, &chunks, &sha.finish().as_ref()],
+        )
+        .map_err(describe)?;
+        txn.commit().map_err(describe)
+    }
+
+    fn fetch(&self, id: &str, dest: &Path) -> Result<bool, String> {
+        let mut client = self.pool.get()?;
+        // One snapshot: an archive deleted meanwhile is read whole or not.
+        let mut txn = client
+            .build_transaction()
+            .isolation_level(perch_pg::postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(describe)?;
+        let Some(head) = txn
+            .query_opt(
+                "SELECT chunks, sha256 FROM perch_image_archives WHERE image = $1",
+                &[&id],
+            )
+            .map_err(describe)?
+        else {
+            return Ok(false);
+        };
+        let (chunks, want): (i32, Vec<u8>) = (head.get(0), head.get(1));
+        let part = dest.with_extension(format!("fetch-{:016x}", fastrand::u64(..)));
+        let written = (|| {
+            let mut out = std::fs::File::create(&part).map_err(|e| io_error(&part, e))?;
+            let mut sha = Context::new(&SHA256);
+            for n in 0..chunks {
+                let row = txn
+                    .query_one(
+                        "SELECT bytes FROM perch_image_chunks WHERE image = $1 AND n = $2",
+                        &[&id, &n],
+                    )
+                    .map_err(describe)?;
+                let bytes: &[u8] = row.get(0);
+                sha.update(bytes);
+                out.write_all(bytes).map_err(|e| io_error(&part, e))?;
+            }
+            if sha.finish().as_ref() != want.as_slice() {
+                return Err(format!(
+                    "image {id}: the stored archive does not match its SHA-256"
+                ));
+            }
+            out.sync_all().map_err(|e| io_error(&part, e))?;
+            std::fs::rename(&part, dest).map_err(|e| io_error(dest, e))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&part);
+        }
+        written.map(|()| true)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), String> {
+        let mut client = self.pool.get()?;
+        let mut txn = client.transaction().map_err(describe)?;
+        txn.execute("DELETE FROM perch_image_archives WHERE image = $1", &[&id])
+            .map_err(describe)?;
+        txn.execute("DELETE FROM perch_image_chunks WHERE image = $1", &[&id])
+            .map_err(describe)?;
+        txn.commit().map_err(describe)
     }
 }
 

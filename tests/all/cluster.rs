@@ -666,3 +666,77 @@ fn nodes_reach_postgresql_over_tls_verified_by_a_ca_or_bound_to_its_certificate(
         &["sslmode=disable"],
     );
 }
+
+#[test]
+fn an_image_uploaded_through_one_node_runs_on_another() {
+    use crate::containers::{PAGE, fastrand_u32, httpd_image, put_container, route, upload_image};
+    let Some(podman) = perch_tests::Podman::get() else {
+        return;
+    };
+    let Some(url) = perch_pg::test_database() else {
+        return;
+    };
+    // Node names Podman's watcher cleans up after (`test-<pid>-<hex>`).
+    let node = |n: u32| {
+        Perch::start_with_env(
+            &format!(
+                "[node]\nname = \"test-{}-{:08x}{n}\"\n[containers]\nengine = \"{}\"\nmax_image_mb = 8\n",
+                std::process::id(),
+                fastrand_u32(),
+                podman.url
+            ),
+            &[
+                ("PERCH_STORAGE_URL", &url),
+                ("PERCH_SECRET_KEY", SECRET_KEY),
+            ],
+        )
+    };
+    let (n1, n2) = (node(1), node(2));
+    n1.admin().put_json("/v1/tenants/shared", None).ok();
+    let tag = format!("localhost/shared-{:08x}:1", fastrand_u32());
+    let archive = httpd_image(&tag);
+    let id = perch_tests::image_id(&archive);
+    upload_image(&n1, "shared", &archive).expect_status(201);
+    put_container(
+        &n1,
+        "shared",
+        "web",
+        json!({"image": id, "port": 8080, "idle_timeout_s": 1}),
+    )
+    .expect_status(201);
+    route(&n1, "shared", "web");
+    // The engine forgets the image, and node 2 never had its archive:
+    // node 2 fetches it from the database, loads it and serves.
+    podman.cli(&["rmi", "-f", &id]).unwrap();
+    served(&n2, "web.shared.test", "/", |_| true);
+    let resp = n2.get("web.shared.test", "/");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().unwrap().as_ref(), PAGE);
+
+    // Deleting the image (its function first) deletes the shared archive.
+    let mut db = perch_pg::PgConfig::new(&url).connect("test").unwrap();
+    let stored = |db: &mut perch_pg::postgres::Client| -> i64 {
+        db.query_one(
+            "SELECT count(*) FROM perch_image_archives WHERE image = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(stored(&mut db), 1);
+    n1.admin()
+        .delete("/v1/tenants/shared/functions/web")
+        .expect_status(204);
+    n1.admin()
+        .delete(&format!("/v1/tenants/shared/images/{id}"))
+        .expect_status(204);
+    assert_eq!(stored(&mut db), 0);
+    let chunks: i64 = db
+        .query_one(
+            "SELECT count(*) FROM perch_image_chunks WHERE image = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(chunks, 0);
+}

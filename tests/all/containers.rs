@@ -9,11 +9,11 @@ use perch_tests::{Perch, Podman, busybox_image, eventually, image_id};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const PAGE: &[u8] = b"<h1>hello from container</h1>\n";
+pub(crate) const PAGE: &[u8] = b"<h1>hello from container</h1>\n";
 
 /// An httpd image of its own for each tag (tests share one engine: one
 /// test deleting its image must not take another's).
-fn httpd_image(tag: &str) -> Vec<u8> {
+pub(crate) fn httpd_image(tag: &str) -> Vec<u8> {
     busybox_image(
         tag,
         &[
@@ -36,14 +36,14 @@ fn perch(podman: &Podman, extra: &str) -> (Perch, String) {
     (p, node)
 }
 
-fn fastrand_u32() -> u32 {
+pub(crate) fn fastrand_u32() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     (t.subsec_nanos() ^ std::process::id().rotate_left(16)) ^ (t.as_secs() as u32)
 }
 
-fn upload_image(p: &Perch, tenant: &str, archive: &[u8]) -> perch_tests::Answer {
+pub(crate) fn upload_image(p: &Perch, tenant: &str, archive: &[u8]) -> perch_tests::Answer {
     p.admin().call(
         Method::PUT,
         &format!("/v1/tenants/{tenant}/images"),
@@ -51,7 +51,12 @@ fn upload_image(p: &Perch, tenant: &str, archive: &[u8]) -> perch_tests::Answer 
     )
 }
 
-fn put_container(p: &Perch, tenant: &str, name: &str, spec: Value) -> perch_tests::Answer {
+pub(crate) fn put_container(
+    p: &Perch,
+    tenant: &str,
+    name: &str,
+    spec: Value,
+) -> perch_tests::Answer {
     p.admin().call(
         Method::PUT,
         &format!("/v1/tenants/{tenant}/functions/{name}"),
@@ -63,7 +68,7 @@ fn put_container(p: &Perch, tenant: &str, name: &str, spec: Value) -> perch_test
 }
 
 /// Routes `FUNCTION.TENANT.test` to the tenant's function.
-fn route(p: &Perch, tenant: &str, function: &str) {
+pub(crate) fn route(p: &Perch, tenant: &str, function: &str) {
     p.admin()
         .put_json(
             &format!("/v1/tenants/{tenant}/routes/{function}.{tenant}.test"),

@@ -13,7 +13,7 @@ use perch_containers::archive::archive_path;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use super::common::{Resp, TenantCall, blocking};
+use super::common::{Resp, TenantCall, blocking, storage_unavailable};
 use crate::app::App;
 use crate::http::{
     declared_length, error, internal_error, json, media_type, method_not_allowed, no_content,
@@ -223,6 +223,16 @@ async fn store(
             };
         }
     }
+    // Cluster mode: the archive where every node can fetch it, before the
+    // record that lets a version name it commits.
+    if let Some(shared) = backend.shared_archives().cloned() {
+        let (id, path) = (image.id.clone(), kept.clone());
+        let stored = tokio::task::spawn_blocking(move || shared.put(&id, &path)).await;
+        if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r) {
+            forget_archive(app, tenant, &image.id).await;
+            return storage_unavailable(&format!("storing image {}'s archive: {e}", image.id));
+        }
+    }
     let record = ImageRecord {
         tenant: tenant.to_string(),
         id: image.id.clone(),
@@ -259,10 +269,21 @@ async fn forget_archive(app: &Arc<App>, tenant: &str, id: &str) {
     }
     let path = archive_path(&images_dir(&app.config.data_dir), id);
     let _ = tokio::fs::remove_file(path).await;
-    if let Some(backend) = &app.containers
-        && let Err(e) = backend.driver().remove_image(id).await
-    {
+    let Some(backend) = &app.containers else {
+        return;
+    };
+    if let Err(e) = backend.driver().remove_image(id).await {
         tracing::warn!(image = %id, error = %e, "removing an image from the engine");
+    }
+    // (Other nodes keep the copies they fetched in their image directory,
+    // a cache: a node that lacks an image fetches it again, and none is
+    // fetched once no version names it.)
+    if let Some(shared) = backend.shared_archives().cloned() {
+        let image = id.to_string();
+        let deleted = tokio::task::spawn_blocking(move || shared.delete(&image)).await;
+        if let Err(e) = deleted.map_err(|e| e.to_string()).and_then(|r| r) {
+            tracing::warn!(image = %id, error = %e, "deleting an image archive from the cluster's store");
+        }
     }
 }
 

@@ -111,7 +111,7 @@ fn run_migrate(from: &std::path::Path, to: &str, ca_file: Option<&std::path::Pat
     match crate::migrate::migrate(from, &pg, key.as_deref()) {
         Ok(m) => {
             println!(
-                "migrated {}: {} registry records ({} versions; sha256 {}), {} KV namespaces with {} keys (sha256 {}), {} components ({} bytes); all read back the same",
+                "migrated {}: {} registry records ({} versions; sha256 {}), {} KV namespaces with {} keys (sha256 {}), {} components ({} bytes), {} image archives ({} bytes); all read back the same",
                 from.display(),
                 m.records,
                 m.versions,
@@ -120,15 +120,10 @@ fn run_migrate(from: &std::path::Path, to: &str, ca_file: Option<&std::path::Pat
                 m.keys,
                 m.kv_sha256,
                 m.components,
-                m.component_bytes
+                m.component_bytes,
+                m.images,
+                m.image_bytes
             );
-            if m.images > 0 {
-                println!(
-                    "note: {} container image archives stay in {}: copy that directory into every cluster node's data directory",
-                    m.images,
-                    crate::api::images_dir(from).display()
-                );
-            }
             if key.is_none() {
                 println!(
                     "start the cluster's nodes with PERCH_SECRET_KEY set to the contents of {}",

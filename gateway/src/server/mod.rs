@@ -191,6 +191,8 @@ struct Stores {
     nodes: Arc<dyn crate::nodes::NodeStore>,
     /// The node's redb file (for KV and backups); `None` in cluster mode.
     db: Option<Arc<redb::Database>>,
+    /// Image archives every node fetches (cluster mode).
+    images: Option<Arc<dyn perch_containers::SharedArchives>>,
 }
 
 /// Opens the registry, audit, usage and lease stores: in the redb file at
@@ -209,6 +211,7 @@ fn open_stores(storage: &Storage, db_path: &Path, node: &str) -> Result<Stores, 
                 lease: Arc::new(LocalLease::default()),
                 nodes: Arc::new(crate::nodes::LocalNodes::default()),
                 db: Some(db),
+                images: None,
             })
         }
         Storage::Postgres(pg) => {
@@ -223,6 +226,7 @@ fn open_stores(storage: &Storage, db_path: &Path, node: &str) -> Result<Stores, 
                 lease: Arc::new(crate::pg::PgLease::new(pool.clone(), node)),
                 nodes: Arc::new(crate::pg::PgNodes::new(pool)),
                 db: None,
+                images: Some(Arc::new(crate::pg::PgImages::new(pg))),
             })
         }
     }
@@ -324,6 +328,7 @@ pub async fn serve(
         lease,
         nodes,
         db: backup_db,
+        images: shared_images,
         ..
     } = stores;
     {
@@ -372,7 +377,10 @@ pub async fn serve(
                 &registry,
                 &logs,
                 &node,
-                &crate::api::images_dir(&config.data_dir),
+                perch_containers::Images {
+                    dir: crate::api::images_dir(&config.data_dir),
+                    shared: shared_images,
+                },
             )
             .await?,
         ),
@@ -649,7 +657,7 @@ async fn start_containers(
     registry: &Registry,
     logs: &Arc<LogHub>,
     node: &Arc<str>,
-    images_dir: &std::path::Path,
+    images: perch_containers::Images,
 ) -> Result<Arc<perch_containers::Backend>, ServeError> {
     let driver = perch_containers::DockerDriver::connect(&cc.engine)
         .await
@@ -662,7 +670,7 @@ async fn start_containers(
         Arc::new(driver),
         node_name,
         notices,
-        Some(images_dir.to_path_buf()),
+        Some(images),
         firewall,
     );
     backend.isolate().await.map_err(|e| {
