@@ -10,11 +10,12 @@
 //!   queued at the moment into one transaction (group commit): it first
 //!   locks the usage rows of the tenants involved (in name order, so two
 //!   nodes' groups cannot deadlock on them), which also serialises every
-//!   writer of a tenant across the cluster; each job then reads the keys
-//!   it touches in one statement, works out the result (`apply`), is
-//!   refused past a quota, and writes its changes in at most two
-//!   statements. A group that meets a deadlock or serialisation failure is
-//!   run again.
+//!   writer of a tenant across the cluster; the keys every job of the
+//!   group touches are read in one statement, each job works out its
+//!   result on what the jobs before it left (`apply`) or is refused past a
+//!   quota, and the group's changes are written in at most two statements:
+//!   a group costs a handful of round trips however many jobs it holds. A
+//!   group that meets a deadlock or serialisation failure is run again.
 //! - Reads go through a moka cache, filled from the pool. Every commit
 //!   announces its keys on `NOTIFY perch_kv`; each node's listening
 //!   connection invalidates them, so another node sees a write as soon as
@@ -688,11 +689,12 @@ fn run_transaction(
         tenants.sort_unstable();
         tenants.dedup();
         let mut usage = lock_usage(&mut txn, &tenants)?;
+        let mut pending = Pending::read(&mut txn, jobs)?;
         for job in jobs {
             outcomes.push(match job {
                 Job::Write { ns, ops, .. } => {
                     let quota = shared.quotas.get(&ns.tenant);
-                    Outcome::Write(write_job(&mut txn, ns, ops, quota, &mut usage, touched)?)
+                    Outcome::Write(write_job(&mut pending, ns, ops, quota, &mut usage, touched))
                 }
                 Job::CreateNamespace { ns, .. } => {
                     let n = txn.execute(
@@ -703,6 +705,9 @@ fn run_transaction(
                     Outcome::Created(Ok(n == 1))
                 }
                 Job::DeleteTenant { tenant, .. } => {
+                    // Earlier jobs' writes first, so that they go too.
+                    pending.flush(&mut txn)?;
+                    pending.forget_tenant(tenant);
                     txn.execute("DELETE FROM perch_kv WHERE tenant = $1", &[tenant])?;
                     txn.execute(
                         "DELETE FROM perch_kv_namespaces WHERE tenant = $1",
@@ -715,6 +720,7 @@ fn run_transaction(
                 Job::Purge { .. } => unreachable!("a purge runs alone"),
             });
         }
+        pending.flush(&mut txn)?;
         save_usage(&mut txn, usage)?;
     }
     announce(&mut txn, touched)?;
@@ -760,69 +766,151 @@ fn save_usage(txn: &mut Transaction<'_>, usage: Usage) -> Result<(), Retry> {
     Ok(())
 }
 
-/// One write job: `Ok(Err(_))` when the job fails on its own (an op, a
-/// quota) and the group goes on without it.
+/// What a group's write jobs see and leave: every key they touch, read in
+/// one statement before the first job (`None`: absent), updated as each
+/// job applies, and written in (at most) two statements at the end
+/// ([`Pending::flush`]), so a group of N jobs costs a few round trips,
+/// not 2N.
+#[derive(Default)]
+struct Pending {
+    state: HashMap<(NamespaceId, String), Option<Entry>>,
+    /// Keys a job changed since the last flush.
+    dirty: HashSet<(NamespaceId, String)>,
+}
+
+impl Pending {
+    /// Reads the stored entries (expired ones too) of every key the write
+    /// jobs of `jobs` touch.
+    fn read(txn: &mut Transaction<'_>, jobs: &[Job]) -> Result<Pending, Retry> {
+        let mut wanted: HashSet<(NamespaceId, String)> = HashSet::new();
+        for job in jobs {
+            if let Job::Write { ns, ops, .. } = job {
+                wanted.extend(ops.iter().map(|op| (ns.clone(), op.key().to_string())));
+            }
+        }
+        let mut pending = Pending::default();
+        if wanted.is_empty() {
+            return Ok(pending);
+        }
+        let (mut tenants, mut names, mut keys) = (vec![], vec![], vec![]);
+        for (ns, key) in &wanted {
+            tenants.push(ns.tenant.as_str());
+            names.push(ns.name.as_str());
+            keys.push(key.as_bytes());
+        }
+        let rows = txn.query(
+            "SELECT tenant, ns, key, value, metadata, expires_at_ms FROM perch_kv
+             WHERE (tenant, ns, key) IN
+                   (SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]))",
+            &[&tenants, &names, &keys],
+        )?;
+        pending.state = wanted.into_iter().map(|k| (k, None)).collect();
+        for row in rows {
+            let ns = NamespaceId::new(row.get::<_, &str>(0), row.get::<_, &str>(1));
+            let key = String::from_utf8(row.get(2)).map_err(storage)?;
+            let e = entry(row.get(3), row.get(4), row.get(5))?;
+            pending.state.insert((ns, key), Some(e));
+        }
+        Ok(pending)
+    }
+
+    /// Writes what the jobs since the last flush left: one upsert, one
+    /// delete.
+    fn flush(&mut self, txn: &mut Transaction<'_>) -> Result<(), Retry> {
+        let (mut pt, mut pn, mut pk, mut values, mut metas, mut expiries) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut dt, mut dn, mut dk) = (vec![], vec![], vec![]);
+        for slot in &self.dirty {
+            let (ns, key) = slot;
+            match self.state.get(slot).and_then(Option::as_ref) {
+                Some(e) => {
+                    pt.push(ns.tenant.as_str());
+                    pn.push(ns.name.as_str());
+                    pk.push(key.as_bytes());
+                    values.push(e.value.as_slice());
+                    metas.push(e.metadata.as_deref().map(str::as_bytes));
+                    expiries.push(e.expires_at_ms.map(|t| t as i64));
+                }
+                None => {
+                    dt.push(ns.tenant.as_str());
+                    dn.push(ns.name.as_str());
+                    dk.push(key.as_bytes());
+                }
+            }
+        }
+        if !pk.is_empty() {
+            txn.execute(
+                "INSERT INTO perch_kv (tenant, ns, key, value, metadata, expires_at_ms)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[],
+                                      $5::bytea[], $6::int8[])
+                 ON CONFLICT (tenant, ns, key) DO UPDATE
+                 SET value = EXCLUDED.value, metadata = EXCLUDED.metadata,
+                     expires_at_ms = EXCLUDED.expires_at_ms",
+                &[&pt, &pn, &pk, &values, &metas, &expiries],
+            )?;
+        }
+        if !dk.is_empty() {
+            txn.execute(
+                "DELETE FROM perch_kv WHERE (tenant, ns, key) IN
+                     (SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]))",
+                &[&dt, &dn, &dk],
+            )?;
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+
+    /// After a tenant's keys were deleted: none of them is stored.
+    fn forget_tenant(&mut self, tenant: &str) {
+        for ((ns, _), entry) in self.state.iter_mut() {
+            if ns.tenant == tenant {
+                *entry = None;
+            }
+        }
+    }
+}
+
+/// One write job, applied to `pending`: `Ok(Err(_))` when the job fails on
+/// its own (an op, a quota) and the group goes on without it.
 fn write_job(
-    txn: &mut Transaction<'_>,
+    pending: &mut Pending,
     ns: &NamespaceId,
     ops: &[WriteOp],
     quota: crate::KvQuota,
     usage: &mut Usage,
     touched: &mut Touched,
-) -> Result<Result<Vec<WriteResult>, KvError>, Retry> {
-    let mut keys: Vec<&str> = ops.iter().map(WriteOp::key).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let stored = read_keys(txn, ns, &keys)?;
+) -> Result<Vec<WriteResult>, KvError> {
+    let stored: HashMap<String, Option<Entry>> = ops
+        .iter()
+        .map(|op| {
+            let key = op.key().to_string();
+            let e = pending
+                .state
+                .get(&(ns.clone(), key.clone()))
+                .cloned()
+                .flatten();
+            (key, e)
+        })
+        .collect();
     let Applied {
         changes,
         results,
         delta,
-    } = match apply(ops, now_ms(), stored) {
-        Ok(a) => a,
-        Err(e) => return Ok(Err(e)),
-    };
+    } = apply(ops, now_ms(), stored)?;
     let slot = usage.entry(ns.tenant.clone()).or_default();
-    if quota != crate::KvQuota::default()
-        && let Err(e) = slot.0.admit(delta, quota)
-    {
-        return Ok(Err(e));
+    if quota != crate::KvQuota::default() {
+        slot.0.admit(delta, quota)?;
     }
     if delta != (0, 0) {
         *slot = (slot.0.plus(delta), true);
     }
-    let (mut put_keys, mut values, mut metas, mut expiries) = (vec![], vec![], vec![], vec![]);
-    let mut gone: Vec<&[u8]> = Vec::new();
-    for c in &changes {
-        match &c.after {
-            Some(e) => {
-                put_keys.push(c.key.as_bytes());
-                values.push(e.value.as_slice());
-                metas.push(e.metadata.as_deref().map(str::as_bytes));
-                expiries.push(e.expires_at_ms.map(|t| t as i64));
-            }
-            None => gone.push(c.key.as_bytes()),
-        }
+    for c in changes {
         touched.keys.push(full_key(ns, &c.key));
+        let slot = (ns.clone(), c.key);
+        pending.state.insert(slot.clone(), c.after);
+        pending.dirty.insert(slot);
     }
-    if !put_keys.is_empty() {
-        txn.execute(
-            "INSERT INTO perch_kv (tenant, ns, key, value, metadata, expires_at_ms)
-             SELECT $1, $2, k, v, m, e
-             FROM unnest($3::bytea[], $4::bytea[], $5::bytea[], $6::int8[]) AS u(k, v, m, e)
-             ON CONFLICT (tenant, ns, key) DO UPDATE
-             SET value = EXCLUDED.value, metadata = EXCLUDED.metadata,
-                 expires_at_ms = EXCLUDED.expires_at_ms",
-            &[&ns.tenant, &ns.name, &put_keys, &values, &metas, &expiries],
-        )?;
-    }
-    if !gone.is_empty() {
-        txn.execute(
-            "DELETE FROM perch_kv WHERE tenant = $1 AND ns = $2 AND key = ANY($3)",
-            &[&ns.tenant, &ns.name, &gone],
-        )?;
-    }
-    Ok(Ok(results))
+    Ok(results)
 }
 
 /// Removes up to [`PURGE_BATCH`] expired keys, unless another node holds
