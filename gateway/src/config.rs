@@ -788,6 +788,14 @@ impl Config {
         if self.max_versions == 0 {
             return Err("max.versions_per_function must be positive".into());
         }
+        if matches!(self.storage, Storage::Postgres(_))
+            && self.tls.as_ref().is_some_and(|t| t.acme.is_some())
+        {
+            // Each node would order on its own, keep its account and its
+            // HTTP-01 answers to itself, while the CA's request reaches
+            // whichever node the balancer picks.
+            return Err("tls.acme is not available in cluster mode (storage.type = \"postgres\") yet: use tenants' uploaded certificates or [[tls.certificates]] files, which every node serves".into());
+        }
         if self.node_name.is_empty() || self.node_name.len() > 253 {
             return Err("node.name must be 1 to 253 characters".into());
         }
@@ -944,6 +952,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn acme_is_refused_in_cluster_mode() {
+        let text =
+            "[tls]\nlisten = \"127.0.0.1:8443\"\n[tls.acme]\ndirectory = \"https://ca.test/dir\"\n";
+        let over = |url: Option<&str>| Overrides {
+            storage_url: url.map(str::to_string),
+            ..Default::default()
+        };
+        let file = || toml::from_str::<FileConfig>(text).unwrap();
+        assert!(
+            Config::resolve(file(), over(None))
+                .unwrap()
+                .tls
+                .unwrap()
+                .acme
+                .is_some()
+        );
+        let e = Config::resolve(file(), over(Some("host=/tmp user=postgres"))).unwrap_err();
+        assert!(
+            e.contains("tls.acme is not available in cluster mode"),
+            "{e}"
+        );
     }
 
     #[test]
