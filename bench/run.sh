@@ -648,10 +648,9 @@ EOF
     } | tee -a "$REPORT"
 }
 
-scenario_kv() {
-    log "scenario kv"
-    deploy bench kv "$KVEXT" kv.bench.test
-    curl -sS -f -X PUT -H "Host: kv.bench.test" --data 'hot value' "http://$PERCH_DATA/set/probe" -o /dev/null
+# kv_scripts — the wrk scripts of the KV scenarios: $WORK/put.lua (a new
+# key each request), $WORK/get.lua (the key `probe`)
+kv_scripts() {
     cat >"$WORK/put.lua" <<'EOF'
 local i = 0
 request = function()
@@ -662,6 +661,13 @@ EOF
     cat >"$WORK/get.lua" <<'EOF'
 request = function() return wrk.format("GET", "/get/probe") end
 EOF
+}
+
+scenario_kv() {
+    log "scenario kv"
+    deploy bench kv "$KVEXT" kv.bench.test
+    curl -sS -f -X PUT -H "Host: kv.bench.test" --data 'hot value' "http://$PERCH_DATA/set/probe" -o /dev/null
+    kv_scripts
     for round in $(seq 1 "$ROUNDS"); do
         wrk_run kv hello "$round" "$PERCH_DATA" "$HELLO_HOST"
         wrk_run kv kv-get-hot "$round" "$PERCH_DATA" kv.bench.test -s "$WORK/get.lua"
@@ -1103,16 +1109,7 @@ scenario_cluster() {
     for addr in "$redb" "${nodes[0]}"; do
         curl -sS -f -X PUT -H "Host: kv.cluster.bench" --data 'hot value' "http://$addr/set/probe" -o /dev/null
     done
-    cat >"$WORK/cluster-put.lua" <<'LUA'
-local i = 0
-request = function()
-  i = i + 1
-  return wrk.format("PUT", "/set/k" .. math.random(1, 1000000) .. "-" .. i, nil, "value-0123456789")
-end
-LUA
-    cat >"$WORK/cluster-get.lua" <<'LUA'
-request = function() return wrk.format("GET", "/get/probe") end
-LUA
+    kv_scripts
     local round variant
     for round in $(seq 1 "$ROUNDS"); do
         for variant in redb cluster; do
@@ -1120,8 +1117,8 @@ LUA
             addr=$redb
             [ "$variant" = cluster ] && addr=${nodes[0]}
             wrk_run cluster-hello "$variant" "$round" "$addr" "$HELLO_HOST"
-            wrk_run cluster-kv-get "$variant" "$round" "$addr" kv.cluster.bench -s "$WORK/cluster-get.lua"
-            wrk_run cluster-kv-put "$variant" "$round" "$addr" kv.cluster.bench -s "$WORK/cluster-put.lua"
+            wrk_run cluster-kv-get "$variant" "$round" "$addr" kv.cluster.bench -s "$WORK/get.lua"
+            wrk_run cluster-kv-put "$variant" "$round" "$addr" kv.cluster.bench -s "$WORK/put.lua"
         done
     done
     summary cluster-hello redb "15a. hello on cluster node 1 (PostgreSQL) vs a redb node (goal ≥ 0.95 ×: routing never touches the database)"

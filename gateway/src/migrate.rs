@@ -12,10 +12,10 @@
 //! `PERCH_SECRET_KEY` must be the node's key, which is checked.
 //!
 //! The container image archives (`images/`) go into the shared store with
-//! the components, each read back by its SHA-256.
-//!
-//! What stays behind: the audit log and usage totals (the node's backup
-//! keeps them).
+//! the components, each read back by its SHA-256; the audit log keeps its
+//! entries' ids (appends go on after them), and the node's usage totals
+//! become the totals of a node named `migrated` (a tenant's usage is the
+//! sum over nodes).
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,9 @@ use perch_pg::PgConfig;
 use perch_runtime::{ArtifactStore, Digest, LocalArtifactStore, PgArtifactStore};
 use ring::digest::{Context, SHA256};
 
+use crate::audit::{AuditEntry, AuditStore};
 use crate::registry::{Change, PgStore, Records, RedbStore, RegistryStore};
+use crate::telemetry::usage::UsageStore;
 
 /// What was copied, verified.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -51,6 +53,38 @@ pub struct Migrated {
     pub images: usize,
     /// Their bytes.
     pub image_bytes: u64,
+    /// Audit entries.
+    pub audit_entries: usize,
+    /// SHA-256 (hex) of the audit entries, in id order.
+    pub audit_sha256: String,
+    /// Tenants with usage totals.
+    pub usage_tenants: usize,
+}
+
+/// The node name the migrated usage totals are kept under.
+pub const MIGRATED_NODE: &str = "migrated";
+
+/// Every entry of `audit`, in id order.
+fn all_audit(audit: &dyn AuditStore) -> Result<Vec<AuditEntry>, String> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let page = audit.list(None, before, 1000)?;
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        all.extend(page);
+    }
+    all.reverse();
+    Ok(all)
+}
+
+fn audit_digest(entries: &[AuditEntry]) -> Result<String, String> {
+    let mut sha = Context::new(&SHA256);
+    for e in entries {
+        sha.update(&serde_json::to_vec(e).map_err(|e| e.to_string())?);
+        sha.update(b"\n");
+    }
+    Ok(hex(sha.finish().as_ref()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -302,6 +336,29 @@ pub fn migrate(from: &Path, to: &PgConfig, cluster_key: Option<&str>) -> Result<
         ));
     }
     (out.namespaces, out.keys, out.kv_sha256) = copied;
+
+    // The audit log, with its ids, and the usage totals.
+    let pool = perch_pg::Pool::new(to.clone(), "perch-migrate");
+    let node_audit = crate::audit::RedbAudit::new(db.clone());
+    let entries = all_audit(&node_audit)?;
+    let cluster_audit = crate::pg::PgAudit::new(pool.clone());
+    cluster_audit.import(&entries)?;
+    out.audit_sha256 = audit_digest(&entries)?;
+    if audit_digest(&all_audit(&cluster_audit)?)? != out.audit_sha256 {
+        return Err("the audit log did not read back the same".into());
+    }
+    out.audit_entries = entries.len();
+    let totals = crate::telemetry::usage::RedbUsage::new(db.clone()).load()?;
+    let cluster_usage = crate::pg::PgUsage::new(pool, MIGRATED_NODE);
+    cluster_usage.save(&totals)?;
+    let sorted = |mut t: Vec<(String, crate::telemetry::usage::Totals)>| {
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        serde_json::to_string(&t).unwrap_or_default()
+    };
+    if sorted(cluster_usage.load()?) != sorted(totals.clone()) {
+        return Err("the usage totals did not read back the same".into());
+    }
+    out.usage_tenants = totals.len();
 
     // The registry, in one commit.
     target

@@ -79,6 +79,32 @@ impl PgAudit {
     pub fn new(pool: Pool) -> PgAudit {
         PgAudit { pool }
     }
+
+    /// Writes `entries` with their own ids (kept as they are where an id
+    /// is there already), in one transaction; appends then go on after
+    /// the largest id (`perch storage migrate`).
+    pub fn import(&self, entries: &[AuditEntry]) -> Result<(), String> {
+        let mut client = self.pool.get()?;
+        let mut txn = client.transaction().map_err(describe)?;
+        for e in entries {
+            let bytes = serde_json::to_vec(e).map_err(|e| e.to_string())?;
+            txn.execute(
+                "INSERT INTO perch_audit (id, tenant, entry) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&(e.id as i64), &e.tenant, &bytes],
+            )
+            .map_err(describe)?;
+        }
+        if !entries.is_empty() {
+            txn.execute(
+                "SELECT setval(pg_get_serial_sequence('perch_audit', 'id'),
+                               (SELECT max(id) FROM perch_audit))",
+                &[],
+            )
+            .map_err(describe)?;
+        }
+        txn.commit().map_err(describe)
+    }
 }
 
 impl AuditStore for PgAudit {

@@ -4,7 +4,8 @@ use postgres::Client;
 /// Applies the `migrations` that the database lacks, in one transaction,
 /// recording how many ran in the one-row table `version_table`; refuses a
 /// schema newer than `migrations` knows (another node runs a newer Perch).
-/// Nodes starting together take turns (a transaction-scoped advisory lock).
+/// Nodes starting together take turns (a transaction-scoped advisory lock);
+/// its statements may take up to five minutes each.
 pub fn migrate(
     client: &mut Client,
     version_table: &str,
@@ -12,6 +13,11 @@ pub fn migrate(
 ) -> Result<(), String> {
     let e = |e: postgres::Error| crate::describe(&e);
     let mut txn = client.transaction().map_err(e)?;
+    // Not the connection's statement timeout (5 s by default): a schema
+    // change may wait for another node's, or for a disk that is busy
+    // flushing a checkpoint, far longer than a query may.
+    txn.batch_execute("SET LOCAL statement_timeout = '5min'")
+        .map_err(e)?;
     txn.execute("SELECT pg_advisory_xact_lock(7263)", &[])
         .map_err(e)?;
     txn.batch_execute(&format!(

@@ -270,6 +270,7 @@ fn a_postgres_restart_under_load_degrades_the_nodes_and_loses_nothing() {
     let stop = AtomicBool::new(false);
     let acked = Mutex::new(Vec::<String>::new());
     std::thread::scope(|s| {
+        let _stop = perch_tests::StopOnDrop(&stop);
         let load: Vec<_> = [&n1, &n2]
             .into_iter()
             .map(|n| {
@@ -522,6 +523,11 @@ fn perch_storage_migrate_moves_a_node_into_a_cluster_that_serves_it_the_same() {
     };
     let before = listing(&api);
     let hello = single.get("hello.m.test", "/").text().unwrap();
+    // The audit log and the usage totals go too.
+    let audit = single.admin().get("/v1/audit?limit=1000").ok()["entries"].clone();
+    assert!(audit.as_array().unwrap().len() >= 5, "{audit}");
+    let requests = single.admin().get("/v1/tenants/m/usage").ok()["usage"]["requests"].clone();
+    assert_eq!(requests, 4);
     assert!(single.sigterm().success());
     let data = single.dir.join("data");
     let key = std::fs::read_to_string(data.join("secret.key")).unwrap();
@@ -545,7 +551,13 @@ fn perch_storage_migrate_moves_a_node_into_a_cluster_that_serves_it_the_same() {
     let stdout = String::from_utf8_lossy(&done.stdout);
     assert!(done.status.success(), "{done:?}");
     assert!(
-        stdout.contains("3 KV namespaces with 4 keys") && stdout.contains("2 components"),
+        stdout.contains("3 KV namespaces with 4 keys")
+            && stdout.contains("2 components")
+            && stdout.contains(&format!(
+                "{} audit entries",
+                audit.as_array().unwrap().len()
+            ))
+            && stdout.contains("usage of 1 tenants"),
         "{stdout}"
     );
     // Not twice into the same database.
@@ -561,6 +573,14 @@ fn perch_storage_migrate_moves_a_node_into_a_cluster_that_serves_it_the_same() {
             ("PERCH_STORAGE_URL", &url),
             ("PERCH_SECRET_KEY", key.trim()),
         ],
+    );
+    assert_eq!(
+        node.admin().get("/v1/audit?limit=1000").ok()["entries"],
+        audit
+    );
+    assert_eq!(
+        node.admin().get("/v1/tenants/m/usage").ok()["usage"]["requests"],
+        requests
     );
     assert_eq!(node.get("hello.m.test", "/").text().unwrap(), hello);
     assert_eq!(

@@ -25,6 +25,18 @@ pub const ADMIN_TOKEN: &str = "perch_test_admin_token";
 /// code, a metric, a log line); latency is measured by `bench/run.sh`.
 pub const NO_HANG: Duration = Duration::from_secs(10);
 
+/// Sets its flag when dropped: inside `std::thread::scope`, a panic of the
+/// scope's own body (a failed assertion) still stops the threads that loop
+/// until the flag is set, so the test fails instead of hanging (the scope
+/// waits for its threads before the panic goes on).
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Polls `cond` every 20 ms until it holds; panics naming `what` if it
 /// still does not after 30 s.
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {

@@ -111,7 +111,7 @@ fn run_migrate(from: &std::path::Path, to: &str, ca_file: Option<&std::path::Pat
     match crate::migrate::migrate(from, &pg, key.as_deref()) {
         Ok(m) => {
             println!(
-                "migrated {}: {} registry records ({} versions; sha256 {}), {} KV namespaces with {} keys (sha256 {}), {} components ({} bytes), {} image archives ({} bytes); all read back the same",
+                "migrated {}: {} registry records ({} versions; sha256 {}), {} KV namespaces with {} keys (sha256 {}), {} components ({} bytes), {} image archives ({} bytes), {} audit entries (sha256 {}), usage of {} tenants; all read back the same",
                 from.display(),
                 m.records,
                 m.versions,
@@ -122,7 +122,10 @@ fn run_migrate(from: &std::path::Path, to: &str, ca_file: Option<&std::path::Pat
                 m.components,
                 m.component_bytes,
                 m.images,
-                m.image_bytes
+                m.image_bytes,
+                m.audit_entries,
+                m.audit_sha256,
+                m.usage_tenants
             );
             if key.is_none() {
                 println!(
