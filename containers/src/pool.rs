@@ -570,7 +570,21 @@ impl Pool {
         );
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            shared.fetch(&image, &dest)
+            if !shared.fetch(&image, &dest)? {
+                return Ok(false);
+            }
+            // Checked as an upload is, before the engine sees it: what the
+            // database hands back must be an archive of this very image.
+            match crate::archive::inspect(&dest) {
+                Ok(found) if found.id == image => Ok(true),
+                found => {
+                    let _ = std::fs::remove_file(&dest);
+                    Err(match found {
+                        Ok(other) => format!("the stored archive is of image {}", other.id),
+                        Err(e) => format!("the stored archive is refused: {}", e.0),
+                    })
+                }
+            }
         })
         .await
         .map_err(|e| format!("fetching the image archive: {e}"))?
