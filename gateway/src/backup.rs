@@ -108,6 +108,13 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// A file's size and SHA-256 (hex), read through [`Hashing`].
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut hashing = Hashing::new(std::fs::File::open(path)?);
+    std::io::copy(&mut hashing, &mut std::io::sink())?;
+    Ok(hashing.finish())
+}
+
 fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }

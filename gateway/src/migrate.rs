@@ -27,6 +27,7 @@ use ring::digest::{Context, SHA256};
 
 use crate::audit::{AuditEntry, AuditStore};
 use crate::registry::{Change, PgStore, Records, RedbStore, RegistryStore};
+use crate::secrets::hex;
 use crate::telemetry::usage::UsageStore;
 
 /// What was copied, verified.
@@ -85,10 +86,6 @@ fn audit_digest(entries: &[AuditEntry]) -> Result<String, String> {
         sha.update(b"\n");
     }
     Ok(hex(sha.finish().as_ref()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Every record as a put, in a stable order (by kind and key).
@@ -277,10 +274,10 @@ pub fn migrate(from: &Path, to: &PgConfig, cluster_key: Option<&str>) -> Result<
     for id in images {
         use perch_containers::SharedArchives;
         let path = perch_containers::archive::archive_path(&crate::api::images_dir(from), id);
-        let (sha, size) = file_sha256(&path)
+        let (size, sha) = crate::backup::hash_file(&path)
             .map_err(|e| format!("image {id}'s archive {}: {e}", path.display()))?;
         archives.put(id, &path)?;
-        if archives.checksum(id)?.as_deref() != Some(&sha[..]) {
+        if archives.checksum(id)?.map(|c| hex(&c)) != Some(sha) {
             return Err(format!("image {id}'s archive did not read back the same"));
         }
         out.images += 1;
@@ -375,23 +372,6 @@ pub fn migrate(from: &Path, to: &PgConfig, cluster_key: Option<&str>) -> Result<
     out.records = puts(&source).len();
     out.versions = source.functions.iter().map(|f| f.versions.len()).sum();
     Ok(out)
-}
-
-/// A file's SHA-256 and size, read in pieces.
-fn file_sha256(path: &Path) -> std::io::Result<(Vec<u8>, u64)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut sha = Context::new(&SHA256);
-    let mut buf = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok((sha.finish().as_ref().to_vec(), size));
-        }
-        sha.update(&buf[..n]);
-        size += n as u64;
-    }
 }
 
 #[cfg(test)]

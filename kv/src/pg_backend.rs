@@ -870,8 +870,9 @@ impl Pending {
     }
 }
 
-/// One write job, applied to `pending`: `Ok(Err(_))` when the job fails on
-/// its own (an op, a quota) and the group goes on without it.
+/// One write job, applied to `pending`: `Err` when the job fails on its
+/// own (an op, a quota), changing nothing, and the group goes on without
+/// it.
 fn write_job(
     pending: &mut Pending,
     ns: &NamespaceId,

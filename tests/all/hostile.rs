@@ -227,6 +227,7 @@ fn spinning_guests_hit_the_cpu_limit_while_others_are_served() {
     // are answered meanwhile.
     let stop = AtomicBool::new(false);
     let (spins, probes) = std::thread::scope(|s| {
+        let _stop = perch_tests::StopOnDrop(&stop);
         let prober = s.spawn(|| probe(&perch, "hello.b.test", &stop, 10));
         let spins: Vec<_> = (0..3).map(|_| s.spawn(spin)).collect();
         let spins: Vec<_> = spins.into_iter().map(|h| h.join().unwrap()).collect();
@@ -286,6 +287,7 @@ fn memory_growth_stops_at_the_instance_limit_and_rss_stays_bounded() {
 
     let stop = AtomicBool::new(false);
     let probes = std::thread::scope(|s| {
+        let _stop = perch_tests::StopOnDrop(&stop);
         let prober = s.spawn(|| probe(&perch, "hello.b.test", &stop, 5));
         for _ in 0..3 {
             assert_eq!(
@@ -475,6 +477,7 @@ fn slowloris_connections_are_cut_by_the_header_timeout_while_others_are_served()
         .collect();
     let stop = AtomicBool::new(false);
     let (closed_after, probes) = std::thread::scope(|sc| {
+        let _stop = perch_tests::StopOnDrop(&stop);
         let prober = sc.spawn(|| probe(&perch, "hello.b.test", &stop, 20));
         let mut closed_after: Vec<Option<Duration>> = vec![None; slow.len()];
         let deadline = opened + Duration::from_secs(30);

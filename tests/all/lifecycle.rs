@@ -14,6 +14,7 @@ fn redeploy_under_load_fails_no_request() {
     let ok = AtomicUsize::new(0);
     let perch_ref = &perch;
     std::thread::scope(|s| {
+        let _stop = perch_tests::StopOnDrop(&stop);
         let workers: Vec<_> = (0..4)
             .map(|_| {
                 s.spawn(|| {

@@ -227,10 +227,14 @@ async fn store(
     // record that lets a version name it commits.
     if let Some(shared) = backend.shared_archives().cloned() {
         let (id, path) = (image.id.clone(), kept.clone());
-        let stored = tokio::task::spawn_blocking(move || shared.put(&id, &path)).await;
-        if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r) {
+        let put = move || {
+            shared
+                .put(&id, &path)
+                .map_err(|e| format!("storing image {id}'s archive: {e}"))
+        };
+        if let Err(resp) = off_thread(put, |e: String| storage_unavailable(&e)).await {
             forget_archive(app, tenant, &image.id).await;
-            return storage_unavailable(&format!("storing image {}'s archive: {e}", image.id));
+            return resp;
         }
     }
     let record = ImageRecord {
